@@ -1,0 +1,35 @@
+"""Shared test fixtures: the real data and weights in ../shared (next to the repository)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get('LIIF_SHARED', ROOT.parent / 'shared'))
+DATA = SHARED / 'data'
+BENCHMARK = DATA / 'benchmark'
+WEIGHTS = SHARED / 'weights' / 'edsr-baseline-liif.pth'
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests need the shared data and weights "
+                    f"(set LIIF_SHARED to the folder that holds data/ and weights/)")
+    return path
+
+
+@pytest.fixture(scope='session')
+def benchmark_root() -> Path:
+    return _need(BENCHMARK)
+
+
+@pytest.fixture(scope='session')
+def official_weights() -> Path:
+    return _need(WEIGHTS)
+
+
+@pytest.fixture(scope='session')
+def train_root() -> Path:
+    return _need(DATA / 'train')
