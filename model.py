@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imgproc import coord_cell
+
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
@@ -205,6 +207,14 @@ class LIIF(nn.Module):
         feat = self.gen_feat(lr)
         return torch.cat([self.query_rgb(feat, coord[:, i:i + chunk], cell[:, i:i + chunk])
                           for i in range(0, coord.shape[1], chunk)], 1)
+
+    @torch.no_grad()
+    def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int = 30000) -> torch.Tensor:
+        """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w)."""
+        coord, cell = coord_cell(*size)
+        b = lr.shape[0]
+        coord, cell = coord.to(lr.device).expand(b, -1, -1), cell.to(lr.device).expand(b, -1, -1)
+        return self.predict(lr, coord, cell, chunk).view(b, *size, 3).permute(0, 3, 1, 2)
 
 
 ENCODERS = {'edsr-baseline': EDSR, 'rdn': RDN}
