@@ -25,7 +25,7 @@ cell_decode = True  # give the decoder the query's cell size
 fast = True  # folded first layer + batched ensemble (same function); False runs the official algorithm
 
 # ---- data
-train_dir = 'data/DIV2K/DIV2K_train_HR'  # folder of HR training images
+train_dir = ['data/DIV2K/DIV2K_train_HR']  # folders of HR training images (all are used)
 valid_dir = 'data/DIV2K/DIV2K_valid_HR'  # folder of HR validation images
 valid_first = 10  # validate on the first N images of valid_dir (the official recipe uses 10)
 patch_size = 48  # LR patch side in pixels
@@ -93,6 +93,8 @@ def _convert(name: str, text: str, default):
     """Parse a command-line value and insist that it has the default's type."""
     if isinstance(default, str):
         return text
+    if isinstance(default, list) and all(isinstance(v, str) for v in default) and not text.startswith('['):
+        return text.split(',')  # --test_sets=Set5,Set14
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -150,7 +152,9 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         problems.append(f"amp must be 'fp32', 'bf16' or 'fp16', got {cfg.amp!r}")
     positive('chunk')
     if job == 'train':
-        existing('train_dir')
+        for folder in cfg.train_dir:
+            if not Path(folder).is_dir():
+                problems.append(f"train_dir: folder {folder!r} does not exist")
         existing('valid_dir')
         for name in ('patch_size', 'sample_q', 'repeat', 'batch_size', 'lr', 'epochs', 'valid_every',
                      'save_every', 'scale_min', 'scale_max'):
