@@ -45,7 +45,7 @@ epochs = 1000
 valid_every = 1  # validate every N epochs
 save_every = 100  # keep a numbered checkpoint every N epochs
 ema_decay = 0.0  # EMA of the weights, ema = d*ema + (1-d)*w; 0 disables it
-amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' autocast
+amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' (CUDA) autocast, in training, testing and inference
 channels_last = False  # channels_last memory format for the encoder (CUDA)
 compile = False  # torch.compile the model
 resume = ''  # a run's checkpoint to continue ('' = start fresh; 'auto' = out_dir/last.pth if present)
@@ -93,7 +93,7 @@ def _convert(name: str, text: str, default):
     """Parse a command-line value and insist that it has the default's type."""
     if isinstance(default, str):
         return text
-    if isinstance(default, list) and all(isinstance(v, str) for v in default) and not text.startswith('['):
+    if isinstance(default, list) and default and all(isinstance(v, str) for v in default) and not text.startswith('['):
         return text.split(',')  # --test_sets=Set5,Set14
     try:
         value = ast.literal_eval(text)
@@ -103,6 +103,8 @@ def _convert(name: str, text: str, default):
         raise ValueError(f"--{name}={text}: cannot read this as a {type(default).__name__}") from None
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(default, list) and isinstance(value, (tuple, int, float)) and not isinstance(value, bool):
+        value = list(value) if isinstance(value, tuple) else [value]  # --test_scales=2,3,4 or --test_scales=4
     if type(value) is not type(default):
         raise ValueError(f"--{name}={text}: expected a {type(default).__name__} like {default!r}, "
                          f"got a {type(value).__name__}")
@@ -169,7 +171,13 @@ def check(cfg: SimpleNamespace, job: str) -> None:
             if getattr(cfg, name) not in ('', 'auto') and not Path(getattr(cfg, name)).is_file():
                 problems.append(f"{name}: checkpoint {getattr(cfg, name)!r} does not exist")
     if job == 'test':
+        if not Path(cfg.weights).is_file():
+            problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
+                            f"(`python scripts/download_weights.py` fetches the official one)")
         existing('test_root')
+        if not cfg.test_sets or not cfg.test_scales:
+            problems.append(f"test_sets and test_scales must not be empty, "
+                            f"got {cfg.test_sets!r} and {cfg.test_scales!r}")
         for s in cfg.test_scales:
             if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
                 problems.append(f"test_scales must hold positive numbers, got {s!r}")

@@ -1,4 +1,5 @@
 """Image processing: coordinates, image I/O, colour conversion and resizing."""
+import math
 from pathlib import Path
 
 import cv2
@@ -29,9 +30,14 @@ def load_image(path: str | Path) -> np.ndarray:
     """An image file as stored: HxWx3 RGB, uint8 or uint16. Grayscale is replicated to 3 channels
     (like the official PIL `convert('RGB')`) and an alpha channel is dropped."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ImageError(f"image {path} does not exist")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if not path.is_file():
+        raise ImageError(f"image {path} is not a file")
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None:
         raise ImageError(f"{path} is not a readable image (PNG, JPEG, BMP or TIFF expected)")
     if img.dtype not in (np.uint8, np.uint16):
@@ -61,3 +67,191 @@ def pil_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if img.dtype != np.uint8:
         raise TypeError(f"pil_resize takes 8-bit images, got {img.dtype}")
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
+    """Write an HxWx3 RGB (or HxW gray, HxWx4 RGBA) image; the format follows the extension
+    (PNG, JPEG, BMP, TIFF, ... whatever OpenCV writes). Float input is taken as [0, 1], clipped and
+    ROUNDED (never truncated) to 8 bits, or to 16 bits with bits=16 (PNG/TIFF only); uint8 and
+    uint16 input is written as is. Parent folders are created. Returns the path."""
+    path = Path(path)
+    if bits not in (8, 16):
+        raise ValueError(f"write_image: bits must be 8 or 16, got {bits} (writing {path})")
+    if not cv2.haveImageWriter(str(path)):
+        raise ValueError(f"cannot write {path}: unsupported image extension '{path.suffix}'")
+    img = np.asarray(img)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)) or img.size == 0:
+        raise ValueError(f"cannot write {path}: expected HxW, HxWx3 or HxWx4, got shape {img.shape}")
+    if img.dtype.kind == 'f':
+        if not np.isfinite(img).all():
+            raise ValueError(f"cannot write {path}: the image has NaN or infinite values")
+        top = 65535 if bits == 16 else 255
+        img = np.floor(np.clip(img.astype(np.float64), 0, 1) * top + 0.5)
+        img = img.astype(np.uint16 if bits == 16 else np.uint8)
+    elif img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"cannot write {path}: unsupported sample type {img.dtype}")
+    if img.dtype == np.uint16 and path.suffix.lower() not in ('.png', '.tif', '.tiff'):
+        raise ValueError(f"cannot write {path}: 16-bit images need a .png or .tif file")
+    if img.ndim == 3 and img.shape[2] >= 3:  # RGB(A) -> BGR(A)
+        img = np.concatenate([img[:, :, 2::-1], img[:, :, 3:]], axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        written = cv2.imwrite(str(path), np.ascontiguousarray(img))
+    except cv2.error as e:
+        raise ValueError(f"could not write image {path}: {e}") from None
+    if not written:
+        raise ValueError(f"could not write image {path}")
+    return path
+
+
+def image_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """HxWx3 (or HxW gray) uint8, uint16 or float [0, 1] image -> (3, H, W) float32 tensor in [0, 1]."""
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image_to_tensor expects an HxWx3 image, got shape {img.shape}")
+    if img.dtype.kind != 'f':
+        img = to_float(img)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+
+
+def tensor_to_image(t: torch.Tensor) -> np.ndarray:
+    """(3, H, W) or (1, 3, H, W) tensor -> HxWx3 float32 numpy image (values kept, not clamped)."""
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise ValueError(f"tensor_to_image expects (3, H, W) or (1, 3, H, W), got {tuple(t.shape)}")
+    return t.detach().to('cpu', torch.float32).permute(1, 2, 0).contiguous().numpy()
+
+
+# MATLAB rgb2ycbcr (ITU-R BT.601, studio swing) for R, G, B in [0, 1], YCbCr in 0-255 units.
+YCBCR_MATRIX = np.array([[65.481, 128.553, 24.966],
+                         [-37.797, -74.203, 112.0],
+                         [112.0, -93.786, -18.214]])
+YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
+
+
+def _rgb_01(img: np.ndarray, caller: str) -> np.ndarray:
+    """An HxWx3 uint8 or float [0, 1] image as float64 in [0, 1]."""
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{caller} expects an HxWx3 image, got shape {img.shape}")
+    if img.dtype != np.uint8 and img.dtype.kind != 'f':
+        raise ValueError(f"{caller} takes uint8 or float images, got {img.dtype}")
+    return img.astype(np.float64) / (255 if img.dtype == np.uint8 else 1)
+
+
+def rgb_to_ycbcr(img: np.ndarray) -> np.ndarray:
+    """MATLAB rgb2ycbcr of an HxWx3 RGB image, with MATLAB's units: uint8 in -> uint8 out in 0-255
+    units (Y in [16, 235], Cb/Cr in [16, 240], rounded half away from zero); float in [0, 1] ->
+    float64 out in [0, 1] units (Y in [16/255, 235/255])."""
+    ycbcr = _rgb_01(img, 'rgb_to_ycbcr') @ YCBCR_MATRIX.T + YCBCR_OFFSET  # 0-255 units
+    if img.dtype == np.uint8:
+        return np.clip(np.floor(ycbcr + 0.5), 0, 255).astype(np.uint8)
+    return ycbcr / 255
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """Luma Y of MATLAB rgb2ycbcr as float64 in 0-255 units ([16, 235]), NOT rounded, of an HxWx3
+    uint8 image or float image in [0, 1]."""
+    return _rgb_01(img, 'rgb_to_y') @ YCBCR_MATRIX[0] + YCBCR_OFFSET[0]
+
+
+# ---------------------------------------------------------------- MATLAB-compatible bicubic resize
+
+def cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic'), support [-2, 2]."""
+    ax = np.abs(x)
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return ((1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
+            + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+
+
+def resize_weights(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis taps of MATLAB imresize: weights (out_len, P) float64, each row summing to 1, and
+    0-based source indices (out_len, P). When shrinking (scale < 1) the kernel is stretched by
+    1/scale (antialiasing, support 4/scale). Out-of-range taps are clamped to the edge pixel."""
+    width = 4.0 / scale if scale < 1 else 4.0
+    out_pos = np.arange(1, out_len + 1, dtype=np.float64)
+    centre = out_pos / scale + 0.5 * (1 - 1 / scale)  # 1-based source position of each output pixel
+    left = np.floor(centre - width / 2)
+    taps = int(math.ceil(width)) + 2
+    index = left[:, None] + np.arange(taps)[None, :]
+    dist = centre[:, None] - index
+    weights = scale * cubic(scale * dist) if scale < 1 else cubic(dist)
+    weights /= weights.sum(axis=1, keepdims=True)
+    index = np.clip(index.astype(np.int64) - 1, 0, in_len - 1)
+    return weights, index
+
+
+def _resize_plan(in_hw: tuple[int, int], scale, size) -> list[tuple[int, int, float]]:
+    """[(axis, out_len, axis scale), ...] in MATLAB's order: the axis with the smaller scale first,
+    the row axis (height) first on a tie."""
+    if (scale is None) == (size is None):
+        raise ValueError("imresize: give exactly one of scale and size")
+    if size is not None:
+        out_hw = tuple(int(n) for n in size)
+        if len(out_hw) != 2 or min(out_hw) < 1:
+            raise ValueError(f"imresize: size must be (out_h, out_w) of positive ints, got {size}")
+        scales = tuple(o / i for o, i in zip(out_hw, in_hw))
+    else:
+        scales = tuple(float(s) for s in (scale if isinstance(scale, (tuple, list)) else (scale, scale)))
+        if len(scales) != 2 or not all(math.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"imresize: scale must be a positive number or (sh, sw), got {scale}")
+        # MATLAB: ceil(in * scale); the tolerance keeps float fuzz (30 * 0.1) from adding a pixel
+        out_hw = tuple(max(1, math.ceil(i * s - 1e-9)) for i, s in zip(in_hw, scales))
+    if out_hw[0] * out_hw[1] > 2 ** 31:
+        raise ValueError(f"imresize: output size {out_hw} is absurdly large")
+    order = sorted(range(2), key=lambda axis: scales[axis])  # stable: height first on a tie
+    return [(axis, out_hw[axis], scales[axis]) for axis in order]
+
+
+def _round_to(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """MATLAB's float -> integer conversion: round half away from zero, saturate."""
+    info = np.iinfo(dtype)
+    return np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), info.min, info.max)
+
+
+def imresize(image: np.ndarray, scale=None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """MATLAB-compatible bicubic imresize of an HxW or HxWxC numpy image (bit-exact with MATLAB's
+    imresize(image, scale, 'bicubic') on uint8 images).
+
+    scale: factor (> 1 enlarges) as a number or (sh, sw); the output is ceil(in * scale).
+    size: (out_h, out_w) instead of scale. The two 1-D passes run in MATLAB's order (smaller
+    scale first, height first on a tie). Integer input (uint8/uint16) gives the same type, rounded
+    half away from zero after EACH pass as MATLAB does; float input gives float of the same type.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+        raise ValueError(f"imresize expects an HxW or HxWxC image, got shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != 'f':
+        raise ValueError(f"imresize takes uint8, uint16 or float images, got {image.dtype}")
+    out = image.astype(np.float64)
+    for axis, out_len, axis_scale in _resize_plan(image.shape[:2], scale, size):
+        weights, index = resize_weights(out.shape[axis], out_len, axis_scale)
+        src = np.moveaxis(out, axis, 0)
+        acc = np.zeros((out_len,) + src.shape[1:])
+        bcast = (-1,) + (1,) * (src.ndim - 1)
+        for tap in range(weights.shape[1]):  # tap by tap: memory stays the size of the output
+            acc += weights[:, tap].reshape(bcast) * src[index[:, tap]]
+        if image.dtype.kind != 'f':
+            acc = _round_to(acc, image.dtype)
+        out = np.moveaxis(acc, 0, axis)
+    return out.astype(image.dtype)
+
+
+def imresize_torch(t: torch.Tensor, scale=None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """imresize on a float tensor (B, C, H, W) or (C, H, W) on any device: the same weights and
+    pass order as `imresize` on float images (no integer rounding), computed in t's dtype."""
+    if t.dim() not in (3, 4) or not t.is_floating_point():
+        raise ValueError(f"imresize_torch expects a float (B, C, H, W) or (C, H, W) tensor, "
+                         f"got {t.dtype} {tuple(t.shape)}")
+    out = t
+    for axis, out_len, axis_scale in _resize_plan(tuple(t.shape[-2:]), scale, size):
+        in_len = out.shape[axis - 2]
+        weights, index = resize_weights(in_len, out_len, axis_scale)
+        matrix = np.zeros((out_len, in_len))  # dense (out, in) form of the taps; clamped taps add up
+        np.add.at(matrix, (np.repeat(np.arange(out_len), index.shape[1]), index.ravel()), weights.ravel())
+        matrix = torch.from_numpy(matrix).to(out.device, out.dtype)
+        out = (torch.matmul(matrix, out) if axis == 0
+               else torch.matmul(out, matrix.t()))
+    return out

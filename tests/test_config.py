@@ -1,0 +1,159 @@
+"""Settings: `--name=value` overrides typed like the defaults, experiments, start-up checks, saving."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_official_recipe():
+    cfg = config.parse([])
+    assert cfg.experiment == 'edsr-baseline-liif' and cfg.encoder == 'edsr-baseline'
+    assert cfg.hidden_list == [256, 256, 256, 256]
+    assert cfg.feat_unfold and cfg.local_ensemble and cfg.cell_decode
+    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.gamma) == (16, 1e-4, 1000, 0.5)
+    assert cfg.milestones == [200, 400, 600, 800]
+    assert (cfg.patch_size, cfg.sample_q, cfg.scale_min, cfg.scale_max, cfg.repeat) == (48, 2304, 1.0, 4.0, 20)
+    assert cfg.test_sets == ['Set5', 'Set14'] and cfg.test_scales == [2, 3, 4, 6, 8]
+    assert cfg.out_dir == 'results/edsr-baseline-liif'
+
+
+@pytest.mark.parametrize('arg, name, value', [
+    ('--chunk=1000', 'chunk', 1000),
+    ('--scale=3', 'scale', 3.0),  # an int where a float is expected is taken as that float
+    ('--scale=2.5', 'scale', 2.5),
+    ('--save_images=True', 'save_images', True),
+    ('--save_images=false', 'save_images', False),
+    ('--weights=some/file.pth', 'weights', 'some/file.pth'),
+    ('--test_sets=Set5', 'test_sets', ['Set5']),
+    ('--test_sets=Set5,Urban100', 'test_sets', ['Set5', 'Urban100']),
+    ('--test_scales=[2.5,4]', 'test_scales', [2.5, 4]),
+    ('--test_scales=2,3,4', 'test_scales', [2, 3, 4]),
+    ('--test_scales=12', 'test_scales', [12]),
+    ('--scale_hw=[2,3.5]', 'scale_hw', [2, 3.5]),
+    ('--size=1080,1920', 'size', [1080, 1920]),
+    ('--hidden_list=[128,128]', 'hidden_list', [128, 128]),
+    ('--train_dir=a/T91,b/BSDS200', 'train_dir', ['a/T91', 'b/BSDS200']),
+    ('--out_dir=runs/x', 'out_dir', 'runs/x'),
+])
+def test_override_is_typed_like_the_default(arg, name, value):
+    cfg = config.parse([arg])
+    assert getattr(cfg, name) == value
+    assert type(getattr(cfg, name)) is type(value)
+
+
+def test_every_setting_can_be_overridden():
+    for name, default in config.defaults().items():
+        if isinstance(default, str):
+            continue  # strings are taken verbatim; covered above
+        assert getattr(config.parse([f'--{name}={default!r}']), name) == default, name
+
+
+def test_unknown_setting_lists_the_valid_ones():
+    with pytest.raises(ValueError) as err:
+        config.parse(['--scael=2'])
+    message = str(err.value)
+    assert "'scael'" in message
+    for name in ('scale', 'chunk', 'weights', 'test_scales', 'batch_size'):
+        assert name in message
+
+
+@pytest.mark.parametrize('arg', [
+    '--chunk=abc', '--chunk=1.5', '--chunk=[1]', '--scale=[2]', '--scale=two', '--save_images=1',
+    '--save_images=yes', '--test_scales=True', '--hidden_list={256}', '--scale=True',
+])
+def test_wrong_type_is_refused(arg):
+    with pytest.raises(ValueError, match=arg.split('=')[0]):
+        config.parse([arg])
+
+
+@pytest.mark.parametrize('arg', ['chunk=10', '--chunk', '-chunk=10'])
+def test_malformed_argument_is_refused(arg):
+    with pytest.raises(ValueError, match='--name=value'):
+        config.parse([arg])
+
+
+@pytest.mark.parametrize('experiment, expected', [
+    ('rdn-liif', {'encoder': 'rdn'}),
+    ('edsr-baseline-liif-c', {'cell_decode': False, 'feat_unfold': True, 'local_ensemble': True}),
+    ('edsr-baseline-liif-u', {'feat_unfold': False, 'cell_decode': True}),
+    ('edsr-baseline-liif-e', {'local_ensemble': False, 'cell_decode': True}),
+    ('edsr-baseline-liif-d', {'hidden_list': [256, 256]}),
+    ('edsr-baseline-liif-x2', {'scale_min': 2.0, 'scale_max': 2.0}),
+    ('edsr-baseline-liif-x3', {'scale_min': 3.0, 'scale_max': 3.0}),
+    ('edsr-baseline-liif-x4', {'scale_min': 4.0, 'scale_max': 4.0}),
+])
+def test_experiment_sets_its_ablation(experiment, expected):
+    cfg = config.parse([f'--experiment={experiment}'])
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert cfg.out_dir == f'results/{experiment}'
+    assert config.model_options(cfg)['encoder'] == expected.get('encoder', 'edsr-baseline')
+
+
+def test_explicit_overrides_win_over_the_experiment_in_any_order():
+    for argv in (['--experiment=edsr-baseline-liif-c', '--cell_decode=True'],
+                 ['--cell_decode=True', '--experiment=edsr-baseline-liif-c']):
+        cfg = config.parse(argv)
+        assert cfg.experiment == 'edsr-baseline-liif-c' and cfg.cell_decode is True
+
+
+def test_unknown_experiment_lists_the_choices():
+    with pytest.raises(ValueError, match='rdn-liif'):
+        config.parse(['--experiment=edsr-liif'])
+
+
+def check_problems(argv: list[str], job: str) -> str:
+    cfg = config.parse(argv)
+    with pytest.raises(ValueError) as err:
+        config.check(cfg, job)
+    return str(err.value)
+
+
+def test_test_settings_are_checked(tmp_path, benchmark_root, official_weights):
+    good = [f'--test_root={benchmark_root}', f'--weights={official_weights}']
+    config.check(config.parse(good), 'test')
+    assert 'test_root' in check_problems([f'--test_root={tmp_path / "nowhere"}', good[1]], 'test')
+    assert 'weights' in check_problems([good[0], f'--weights={tmp_path / "none.pth"}'], 'test')
+    assert 'Set6' in check_problems(good + ['--test_sets=Set5,Set6'], 'test')
+    for scales in ('[0]', '[-2]', '[4,1e999]', '[]'):
+        assert 'test_scales' in check_problems(good + [f'--test_scales={scales}'], 'test')
+    assert 'chunk' in check_problems(good + ['--chunk=0'], 'test')
+    both = check_problems([f'--test_root={tmp_path / "nowhere"}', good[1], '--test_scales=[-1]'], 'test')
+    assert 'test_root' in both and 'test_scales' in both  # every problem at once
+
+
+def test_inference_settings_are_checked(tmp_path):
+    image = tmp_path / 'a.png'
+    image.write_bytes(b'')  # check() only needs the path to exist
+    good = [f'--input={image}']
+    config.check(config.parse(good), 'inference')
+    config.check(config.parse(good + ['--size=[7,9]', '--scale=0']), 'inference')  # size overrides scale
+    assert 'input' in check_problems([f'--input={tmp_path / "missing.png"}'], 'inference')
+    for arg, name in [('--scale=0', 'scale'), ('--scale=-2', 'scale'), ('--scale=1e999', 'scale'),
+                      ('--size=[0,10]', 'size'), ('--size=[10]', 'size'), ('--size=[10,2.5]', 'size'),
+                      ('--scale_hw=[2,0]', 'scale_hw'), ('--scale_hw=[2]', 'scale_hw'),
+                      ('--max_pixels=0', 'max_pixels'), ('--bits=12', 'bits')]:
+        assert name in check_problems(good + [arg], 'inference'), arg
+
+
+def test_settings_are_saved_and_read_back(tmp_path):
+    cfg = config.parse(['--test_scales=[2.5]', '--experiment=rdn-liif'])
+    config.save(cfg, tmp_path / 'run' / 'config.json')
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == vars(cfg)
+
+
+def test_script_reports_a_bad_setting_without_traceback():
+    done = subprocess.run([sys.executable, 'inference.py', '--scael=2'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: unknown setting 'scael'") and 'scale' in done.stderr
+    assert 'Traceback' not in done.stderr
+    done = subprocess.run([sys.executable, 'inference.py', '--scale=0'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and 'scale must be a positive number' in done.stderr
+    assert 'Traceback' not in done.stderr

@@ -1,0 +1,277 @@
+"""dataset.py against the LIIF data recipe, checked with position-encoding images, PIL and the real files."""
+import math
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dataset import BenchmarkDataset, TrainDataset, list_images
+
+# The 8 dihedral transforms as (row flip, column flip, transpose), written here independently.
+TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (False, True)]
+
+
+def transform(img, hflip, vflip, transpose):
+    if hflip:
+        img = np.flip(img, 0)
+    if vflip:
+        img = np.flip(img, 1)
+    if transpose:
+        img = np.swapaxes(img, 0, 1)
+    return np.ascontiguousarray(img)
+
+
+def save_png(path, img):
+    """Write an HxWx3 RGB array (uint8 or uint16) with OpenCV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(img[:, :, ::-1]))
+
+
+def position_image(height, width):
+    """uint8 RGB whose R = row, G = column and B = a scrambled mix, so every pixel names its place
+    and no flip or transpose of a region looks like another."""
+    rows, cols = np.indices((height, width))
+    return np.stack([rows, cols, (rows * 37 + cols * 101 + rows * cols) % 256], -1).astype(np.uint8)
+
+
+def pil_bicubic(img, height, width):
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
+
+
+def pixel_index(coord, n):
+    """Pixel-centre coordinate -1 + (2i + 1) / n -> integer i, insisting it is a centre."""
+    i = ((coord + 1) * n - 1) / 2
+    assert np.allclose(i, np.round(i), atol=1e-3)
+    return np.round(i).astype(int)
+
+
+@pytest.fixture
+def position_folder(tmp_path):
+    img = position_image(40, 52)
+    save_png(tmp_path / 'pos' / 'a.png', img)
+    return tmp_path / 'pos', img
+
+
+def test_training_items_real_data(train_root):
+    ds = TrainDataset([train_root / 'T91', train_root / 'BSDS200'], patch_size=12, sample_q=100,
+                      first_k=93, repeat=2)
+    assert len(ds) == 2 * 93 and not ds.skipped  # 91 T91 + the first 2 BSDS200, all >= 48 px
+    assert ds.files[-1].parent.name == 'BSDS200' and ds.files[0].name == 't1.png'
+    scales = []
+    for index in range(0, len(ds), 3):
+        item = ds[index]
+        assert item['lr'].shape == (3, 12, 12) and item['lr'].dtype == torch.float32
+        for key, width in (('coord', 2), ('cell', 2), ('gt', 3)):
+            assert item[key].shape == (100, width) and item[key].dtype == torch.float32
+        for key in ('lr', 'gt'):
+            assert 0 <= item[key].min() and item[key].max() <= 1
+        assert item['coord'].abs().max() < 1
+        side = round(12 * item['scale'])
+        assert torch.allclose(item['cell'], torch.full((100, 2), 2 / side))
+        assert len(set(map(tuple, item['coord'].tolist()))) == 100  # drawn without replacement
+        scales.append(item['scale'])
+    assert 1 <= min(scales) < 1.15 and 3.85 < max(scales) <= 4
+
+
+def test_sampled_pixels_and_lr_follow_the_crop(position_folder):
+    """Decode each gt back to its image position: one offset and one dihedral transform must explain
+    every (coord, gt) pair, and the LR must be that transform of PIL bicubic of that crop."""
+    folder, img = position_folder
+    p, q = 8, 40
+    ds = TrainDataset(folder, patch_size=p, scale_min=1.0, scale_max=4.0, sample_q=q, repeat=64)
+    seen = set()
+    for index in range(len(ds)):
+        item = ds[index]
+        side = round(2 / item['cell'][0, 0].item())
+        assert side == round(p * item['scale']) and torch.allclose(item['cell'], torch.tensor(2 / side))
+        crop_pos = np.stack([pixel_index(item['coord'][:, k].numpy(), side) for k in (0, 1)], 1)
+        gt = np.round(item['gt'].numpy() * 255).astype(int)
+        assert np.allclose(item['gt'].numpy() * 255, gt, atol=1e-4)
+        matches = []
+        for flags in TRANSFORMS:
+            # where each augmented-crop pixel came from inside the un-augmented crop
+            source = transform(np.stack(np.indices((side, side)), -1), *flags)[crop_pos[:, 0], crop_pos[:, 1]]
+            offset = gt[:, :2] - source
+            if (offset == offset[0]).all():
+                matches.append((flags, offset[0]))
+        assert len(matches) == 1, f"item {index}: {len(matches)} transforms fit the samples"
+        flags, (x0, y0) = matches[0]
+        assert 0 <= x0 <= 40 - side and 0 <= y0 <= 52 - side
+        crop = img[x0:x0 + side, y0:y0 + side]
+        aug_crop = transform(crop, *flags)
+        assert (aug_crop[crop_pos[:, 0], crop_pos[:, 1]] == gt).all()  # all three channels
+        lr = transform(pil_bicubic(crop, p, p), *flags)
+        assert np.array_equal(np.round(item['lr'].numpy().transpose(1, 2, 0) * 255), lr)
+        seen.add(flags)
+    assert len(seen) == 8  # every flip/transpose combination occurs
+
+
+def test_no_augment_keeps_orientation_and_full_crop_order(position_folder):
+    folder, img = position_folder
+    ds = TrainDataset(folder, patch_size=10, scale_min=2.0, scale_max=2.0, sample_q=400, augment=False,
+                      repeat=200)
+    corners = []
+    for index in range(len(ds)):
+        item = ds[index]
+        assert item['scale'] == 2.0 and item['lr'].shape == (3, 10, 10)
+        rows = pixel_index(item['coord'][:, 0].numpy(), 20)
+        cols = pixel_index(item['coord'][:, 1].numpy(), 20)
+        gt = np.round(item['gt'].numpy() * 255).astype(int)
+        x0, y0 = gt[0, 0] - rows[0], gt[0, 1] - cols[0]
+        corners.append((x0, y0))
+        assert (gt[:, 0] == rows + x0).all() and (gt[:, 1] == cols + y0).all()
+        lr = pil_bicubic(img[x0:x0 + 20, y0:y0 + 20], 10, 10)
+        assert np.array_equal(np.round(item['lr'].numpy().transpose(1, 2, 0) * 255), lr)
+    # crops start anywhere in [0, H - 20] x [0, W - 20], ends included
+    assert np.array_equal(np.min(corners, 0), [0, 0]) and np.array_equal(np.max(corners, 0), [40 - 20, 52 - 20])
+
+
+def same_items(a, b):
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def test_reproducible_by_seed_epoch_index(train_root):
+    kwargs = dict(root=train_root / 'BSDS200', patch_size=16, sample_q=64, first_k=4, repeat=2)
+    a, b = TrainDataset(**kwargs), TrainDataset(**kwargs, in_memory=False)
+    for index in (0, 5, 7):
+        assert same_items(a[index], b[index])
+    other_seed = TrainDataset(**kwargs, seed=1)
+    assert not same_items(a[0], other_seed[0])
+    epoch0 = [a[i] for i in range(len(a))]
+    a.set_epoch(3)
+    assert a.epoch == 3
+    assert not any(same_items(x, a[i]) for i, x in enumerate(epoch0))
+    b.set_epoch(3)
+    assert same_items(a[2], b[2])
+    a.set_epoch(0)
+    assert same_items(a[1], epoch0[1])
+    with pytest.raises(ValueError, match='epoch'):
+        a.set_epoch(-1)
+
+
+def test_dataloader_workers_give_the_same_batches(train_root):
+    ds = TrainDataset(train_root / 'BSDS200', patch_size=16, sample_q=64, first_k=3, repeat=4)
+    ds.set_epoch(2)
+    serial = list(DataLoader(ds, batch_size=4, shuffle=False, num_workers=0))
+    parallel = list(DataLoader(ds, batch_size=4, shuffle=False, num_workers=2))
+    assert len(serial) == len(parallel) == 3
+    for x, y in zip(serial, parallel):
+        assert same_items(x, y)
+    # persistent workers keep their copy of the dataset; set_epoch must still reach them
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True)
+    ds.set_epoch(5)
+    first = list(loader)
+    ds.set_epoch(6)
+    second = list(loader)
+    ds.set_epoch(5)
+    assert same_items(first[0], next(iter(DataLoader(ds, batch_size=4))))
+    assert not same_items(first[0], second[0])
+
+
+def test_sixteen_bit_is_rounded_to_eight(tmp_path):
+    rng = np.random.default_rng(0)
+    img16 = rng.integers(0, 65536, (6, 6, 3), dtype=np.uint16)
+    img16[0, 0] = [128, 129, 65535]  # around a rounding edge
+    save_png(tmp_path / 'deep' / 'x.png', img16)
+    ds = TrainDataset(tmp_path / 'deep', patch_size=6, scale_min=1, scale_max=1, sample_q=36, augment=False)
+    item = ds[0]
+    rows = pixel_index(item['coord'][:, 0].numpy(), 6)
+    cols = pixel_index(item['coord'][:, 1].numpy(), 6)
+    expected = np.floor(img16.astype(np.float64) / 257 + 0.5)[rows, cols]
+    assert np.array_equal(np.round(item['gt'].numpy() * 255), expected)
+    assert expected[(rows == 0) & (cols == 0)].tolist() == [[0, 1, 255]]
+
+
+def test_training_input_errors(tmp_path, position_folder):
+    folder, img = position_folder
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='empty.*no image files'):
+        TrainDataset(tmp_path / 'empty')
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        TrainDataset(tmp_path / 'nowhere')
+    (folder / 'notes.txt').write_text('not an image')
+    with pytest.warns(UserWarning, match='notes.txt'):
+        assert [p.name for p in list_images(folder)] == ['a.png']
+    (folder / 'notes.txt').unlink()
+    with pytest.raises(ValueError, match=r'none is left: pos/a\.png \(40x52\)'):  # 48 * 4 = 192 > 40
+        TrainDataset(folder, patch_size=48, sample_q=100)
+    save_png(folder / 'big.png', position_image(200, 210))
+    with pytest.warns(UserWarning, match=r'skipped: pos/a\.png \(40x52\)'):
+        ds = TrainDataset(folder, patch_size=48, sample_q=100, in_memory=False)
+    assert [p.name for p in ds.files] == ['big.png'] and ds[0]['lr'].shape == (3, 48, 48)
+    (folder / 'broken.png').write_bytes(b'not a png')
+    for in_memory in (True, False):
+        with pytest.raises(ValueError, match='broken.png'):
+            TrainDataset(folder, patch_size=8, sample_q=4, in_memory=in_memory)
+    (folder / 'broken.png').unlink()
+    with pytest.raises(ValueError, match='sample_q'):
+        TrainDataset(folder, patch_size=8, sample_q=65)
+    with pytest.raises(ValueError, match='scale_min'):
+        TrainDataset(folder, patch_size=8, sample_q=4, scale_min=3, scale_max=2)
+    with pytest.raises(ValueError, match='scale_min'):
+        TrainDataset(folder, patch_size=8, sample_q=4, scale_min=0)
+
+
+def test_benchmark_file_pairs(benchmark_root):
+    ds = BenchmarkDataset(benchmark_root / 'Set5', 4)
+    assert ds.lr_files is not None and len(ds) == 5
+    for i, item in enumerate(ds):
+        name = item['name']
+        lr = np.asarray(Image.open(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / f'{name}x4.png').convert('RGB'))
+        hr = np.asarray(Image.open(benchmark_root / 'Set5' / 'HR' / f'{name}.png').convert('RGB'))
+        hr = hr[:lr.shape[0] * 4, :lr.shape[1] * 4]
+        assert item['scale'] == 4.0 and item['lr'].dtype == item['hr'].dtype == torch.float32
+        assert np.array_equal(np.round(item['lr'].numpy().transpose(1, 2, 0) * 255), lr)
+        assert np.array_equal(np.round(item['hr'].numpy().transpose(1, 2, 0) * 255), hr)
+    assert [item['name'] for item in ds] == ['baby', 'bird', 'butterfly', 'head', 'woman']
+
+
+@pytest.mark.parametrize('scale', [6, 2.5])
+def test_benchmark_on_the_fly(benchmark_root, scale):
+    ds = BenchmarkDataset(benchmark_root / 'Set5', scale)
+    assert ds.lr_files is None
+    for item in ds:
+        full = Image.open(benchmark_root / 'Set5' / 'HR' / f"{item['name']}.png").convert('RGB')
+        h_lr, w_lr = math.floor(full.height / scale + 1e-9), math.floor(full.width / scale + 1e-9)
+        hr = full.crop((0, 0, round(w_lr * scale), round(h_lr * scale)))
+        lr = np.asarray(hr.resize((w_lr, h_lr), Image.BICUBIC))
+        assert item['lr'].shape == (3, h_lr, w_lr) and item['scale'] == scale
+        assert item['hr'].shape == (3, round(h_lr * scale), round(w_lr * scale))
+        assert np.array_equal(np.round(item['lr'].numpy().transpose(1, 2, 0) * 255), lr)
+        assert np.array_equal(np.round(item['hr'].numpy().transpose(1, 2, 0) * 255), np.asarray(hr))
+
+
+def test_benchmark_grayscale_has_three_equal_channels(benchmark_root):
+    ds = BenchmarkDataset(benchmark_root / 'Set14', 3)
+    item = ds[[p.stem for p in ds.hr_files].index('bridge')]
+    for key in ('lr', 'hr'):
+        assert torch.equal(item[key][0], item[key][1]) and torch.equal(item[key][0], item[key][2])
+    gray = np.asarray(Image.open(benchmark_root / 'Set14' / 'HR' / 'bridge.png'))
+    assert gray.ndim == 2
+    assert np.array_equal(np.round(item['hr'][0].numpy() * 255), gray[:item['hr'].shape[1], :item['hr'].shape[2]])
+
+
+def test_benchmark_errors(benchmark_root, tmp_path):
+    for bad in (0, -2, float('nan')):
+        with pytest.raises(ValueError, match='scale'):
+            BenchmarkDataset(benchmark_root / 'Set5', bad)
+    with pytest.raises(ValueError, match='too large.*baby'):
+        BenchmarkDataset(benchmark_root / 'Set5', 1000)
+    root = tmp_path / 'Tiny'
+    save_png(root / 'HR' / 'a.png', position_image(20, 24))
+    save_png(root / 'HR' / 'b.png', position_image(20, 24))
+    save_png(root / 'LR_bicubic' / 'X2' / 'ax2.png', position_image(10, 12))
+    with pytest.raises(FileNotFoundError, match='bx2.png'):
+        BenchmarkDataset(root, 2)
+    save_png(root / 'LR_bicubic' / 'X2' / 'bx2.png', position_image(11, 12))
+    with pytest.raises(ValueError, match=r'bx2\.png \(11x12\).*larger'):
+        BenchmarkDataset(root, 2)
+    assert BenchmarkDataset(root, 3)[1]['lr'].shape == (3, 6, 8)  # no X3 folder: on the fly
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert len(BenchmarkDataset(root, 2.0 + 1e-12)) == 2  # a non-integer scale goes on the fly

@@ -1,0 +1,170 @@
+"""The fast path (folded first layer, batched ensemble, tiled encoding) computes the reference path's
+function: same outputs within 1e-5 in fp32 for random and official weights, every ablation switch,
+odd, non-integer and anisotropic sizes, chunks that do not divide the query count, and tiles."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from imgproc import coord_cell, read_image
+from model import EDSR, LIIF, RDN, liif_edsr, model_from_checkpoint
+
+TOL = 1e-5
+
+
+def paths(model, fn):
+    """fn() on the reference path, then on the fast path."""
+    outs = []
+    for fast in (False, True):
+        model.fast = fast
+        outs.append(fn())
+    model.fast = True
+    return outs
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def random_queries(b: int, q: int, h: int, w: int, seed: int = 0):
+    """Random coordinates plus the awkward ones: the square's corners and edges and exact
+    feature-pixel borders, where the look-up's rounding ties; random positive cells."""
+    g = torch.Generator().manual_seed(seed)
+    coord = torch.rand(b, q, 2, generator=g) * 2 - 1
+    row_borders, col_borders = -1 + 2 * torch.arange(h + 1) / h, -1 + 2 * torch.arange(w + 1) / w
+    special = torch.cat([torch.stack([row_borders, torch.full_like(row_borders, 0.3)], -1),
+                         torch.stack([torch.full_like(col_borders, -0.2), col_borders], -1),
+                         torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [0.0, 0.0]])])
+    coord[:, :len(special)] = special
+    cell = (torch.rand(b, q, 2, generator=g) * 0.3 + 0.01) * torch.tensor([2 / h, 2 / w])
+    return coord, cell
+
+
+@pytest.fixture(scope='module')
+def official(official_weights):
+    return model_from_checkpoint(official_weights).eval()
+
+
+@pytest.fixture(scope='module')
+def butterfly_lr(benchmark_root):
+    """A 27x33 crop (odd sizes) of a real Set5 x4 LR image, as (1, 3, h, w)."""
+    img = read_image(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / 'butterflyx4.png')[5:32, 7:40]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+
+
+def test_official_weights_render_non_integer_anisotropic(official, butterfly_lr):
+    size = (45, 70)  # x1.67 by x2.12 from 27x33
+    ref, fast = paths(official, lambda: official.render(butterfly_lr, size, chunk=997))
+    assert ref.shape == (1, 3, *size)
+    assert ref.std() > 0.05  # a real image, not a constant
+    assert max_diff(ref, fast) <= TOL
+
+
+def test_official_weights_queries_and_predict(official, butterfly_lr):
+    coord, cell = random_queries(1, 3001, *butterfly_lr.shape[-2:])
+    with torch.no_grad():
+        ref, fast = paths(official, lambda: official(butterfly_lr, coord, cell))
+    assert max_diff(ref, fast) <= TOL
+    chunked = official.predict(butterfly_lr, coord, cell, chunk=613)
+    assert max_diff(ref, chunked) <= TOL
+
+
+@pytest.mark.parametrize('feat_unfold,local_ensemble,cell_decode', list(itertools.product([True, False], repeat=3)))
+def test_every_ablation_random_weights(feat_unfold, local_ensemble, cell_decode):
+    torch.manual_seed(1)
+    model = LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 24],
+                 feat_unfold=feat_unfold, local_ensemble=local_ensemble, cell_decode=cell_decode).eval()
+    lr = torch.rand(2, 3, 9, 14)
+    coord, cell = random_queries(2, 700, 9, 14, seed=2)
+    with torch.no_grad():
+        ref, fast = paths(model, lambda: model(lr, coord, cell))
+    assert ref.std() > 1e-3
+    assert max_diff(ref, fast) <= TOL
+    size = (23, 40)  # non-integer, anisotropic; 2 x 920 queries in chunks of 333
+    ref, fast = paths(model, lambda: model.render(lr, size, chunk=333))
+    assert max_diff(ref, fast) <= TOL
+    grid, grid_cell = coord_cell(*size)
+    with torch.no_grad():
+        direct = model(lr, grid.expand(2, -1, -1), grid_cell.expand(2, -1, -1))
+    assert max_diff(direct.view(2, *size, 3).permute(0, 3, 1, 2), fast) <= TOL
+
+
+def test_fast_gradients_match_reference():
+    """Training may use the folded path: it must give the reference's gradients too."""
+    torch.manual_seed(3)
+    model = LIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16, 16])
+    lr = torch.rand(2, 3, 7, 6)
+    coord, cell = random_queries(2, 200, 7, 6, seed=4)
+
+    def grads():
+        model.zero_grad()
+        model(lr, coord, cell).square().sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    ref, fast = paths(model, grads)
+    assert ref.abs().max() > 1e-3
+    assert max_diff(ref, fast) <= 1e-4 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize('encoder', [EDSR(n_resblocks=2, n_feats=16), RDN(g0=8, n_blocks=2, n_layers=2, growth=8)],
+                         ids=['edsr', 'rdn'])
+def test_tiled_equals_untiled(encoder):
+    """Small encoders (radius 6 and 7) so that an image many tile margins wide stays cheap."""
+    torch.manual_seed(5)
+    model = LIIF(encoder, 'edsr-baseline' if isinstance(encoder, EDSR) else 'rdn', hidden_list=[32, 32]).eval()
+    lr = torch.rand(2, 3, 40, 34)
+    size = (93, 71)  # x2.33 by x2.09
+    whole = model.render(lr, size, tile=0, chunk=2000)
+    tiled = model.render(lr, size, tile=12, chunk=500)  # 4 x 3 tiles, the inner ones cropped on both sides
+    assert max_diff(whole, tiled) <= TOL
+    model.fast = False
+    assert max_diff(model.render(lr, size, chunk=2000), tiled) <= TOL
+
+
+def test_too_small_tile_margin_is_detected(monkeypatch):
+    """The tiled test can fail: with a margin far short of the receptive radius, tiles differ."""
+    torch.manual_seed(6)
+    model = LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32]).eval()
+    lr = torch.rand(1, 3, 40, 40)
+    whole = model.render(lr, (80, 80), tile=0)
+    monkeypatch.setattr(LIIF, 'tile_margin', property(lambda self: 2))
+    assert max_diff(whole, model.render(lr, (80, 80), tile=10)) > 1e-3
+
+
+def test_official_weights_tiled(official, butterfly_lr):
+    lr = torch.cat([butterfly_lr, butterfly_lr.flip(-1)], -1)[:, :, :, :60]  # 27 x 60
+    whole = official.render(lr, (40, 90), tile=0)
+    tiled = official.render(lr, (40, 90), tile=30)  # 1 x 2 tiles of the 37-pixel-margin encoder
+    assert max_diff(whole, tiled) <= TOL
+
+
+def test_auto_chunk_and_tile(official, butterfly_lr):
+    """chunk=None picks a chunk from the memory budget; large inputs tile, small ones do not."""
+    size = (81, 99)
+    ref = official.render(butterfly_lr, size, chunk=4096, tile=0)
+    assert max_diff(ref, official.render(butterfly_lr, size)) <= TOL
+    assert official.auto_chunk() > 4096 and official.auto_chunk(8 << 20) < 4096
+    assert max_diff(ref, official.render(butterfly_lr, size, memory_budget=8 << 20)) <= TOL
+    assert official.auto_tile((1, 3, 27, 33)) == 0
+    assert 64 <= official.auto_tile((1, 3, 2048, 2048)) < 1024
+
+
+def test_bf16_close_to_fp32(official, butterfly_lr):
+    fp32 = official.render(butterfly_lr, (54, 66))
+    bf16 = official.render(butterfly_lr, (54, 66), amp='bf16')
+    assert bf16.dtype == torch.float32
+    assert max_diff(fp32, bf16) < 0.05 and (fp32 - bf16).abs().mean() < 0.005
+
+
+def test_bad_amp_and_sizes():
+    model = liif_edsr().eval()
+    lr = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match='amp'):
+        model.render(lr, (16, 16), amp='int8')
+    with pytest.raises(ValueError, match='CUDA'):
+        model.render(lr, (16, 16), amp='fp16')
+    with pytest.raises(ValueError, match='positive'):
+        model.render(lr, (0, 16))
+    with pytest.raises(ValueError, match=r'\(B, 3, h, w\)'):
+        model.render(lr[0], (16, 16))

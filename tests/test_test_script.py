@@ -1,0 +1,101 @@
+"""test.py: the official checkpoint reproduces the official Set5 x4 PSNR; results tables are written."""
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from model import model_from_checkpoint
+
+# loaded by path: `import test` could find the standard library's `test` package instead
+_spec = importlib.util.spec_from_file_location('test_script', Path(__file__).resolve().parents[1] / 'test.py')
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+OFFICIAL_SET5_X4 = 32.2394  # the official LIIF code's Set5 x4 PSNR for this checkpoint
+
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_official_checkpoint_reproduces_set5_x4(benchmark_root, official_weights, tmp_path):
+    summary = test_script.main([f'--test_root={benchmark_root}', f'--weights={official_weights}',
+                                '--test_sets=Set5', '--test_scales=[4]', f'--out_dir={tmp_path}'])
+    [row] = summary
+    assert abs(row['psnr'] - OFFICIAL_SET5_X4) < 0.005, row
+    assert row['images'] == 5 and 0.85 < row['ssim'] < 0.95
+    per_image = read_csv(tmp_path / 'test_per_image.csv')
+    assert sorted(r['name'] for r in per_image) == ['baby', 'bird', 'butterfly', 'head', 'woman']
+
+
+def reference_psnr(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
+    """The official benchmark PSNR, from its definition: Y-weighted difference, `shave` border removed."""
+    diff = ((sr - hr) * np.array([65.738, 129.057, 25.064]) / 256).sum(-1)[shave:-shave, shave:-shave]
+    return -10 * math.log10((diff ** 2).mean())
+
+
+def reference_ssim(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
+    """SSIM of Wang et al. (scikit-image, MATLAB settings) on Y of 8-bit images as MATLAB's rgb2ycbcr
+    gives it for uint8 input (BT.601, 0-255 units, rounded to integers)."""
+    def y(img):
+        img = np.floor(img * 255 + 0.5)[shave:-shave, shave:-shave]
+        return np.floor(16 + img @ np.array([65.481, 128.553, 24.966]) / 255 + 0.5)
+    return structural_similarity(y(sr), y(hr), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=255)
+
+
+@pytest.fixture(scope='module')
+def small_set(benchmark_root, tmp_path_factory):
+    """A benchmark folder of two small HR crops (no LR files: every scale is made on the fly)."""
+    root = tmp_path_factory.mktemp('bench')
+    (root / 'Tiny' / 'HR').mkdir(parents=True)
+    for name, y, x, h, w in [('baby', 200, 180, 61, 57), ('head', 60, 90, 50, 64)]:
+        hr = cv2.imread(str(benchmark_root / 'Set5' / 'HR' / f'{name}.png'))
+        cv2.imwrite(str(root / 'Tiny' / 'HR' / f'{name}.png'), hr[y:y + h, x:x + w])
+    return root
+
+
+def test_non_integer_scales_write_tables_and_images(small_set, official_weights, tmp_path):
+    summary = test_script.main([f'--test_root={small_set}', f'--weights={official_weights}',
+                                '--test_sets=Tiny', '--test_scales=[2.5,3]', f'--out_dir={tmp_path}',
+                                '--save_images=True', '--chunk=7000', '--device=cpu'])
+    assert [(r['dataset'], r['scale'], r['images']) for r in summary] == [('Tiny', 2.5, 2), ('Tiny', 3, 2)]
+
+    table = read_csv(tmp_path / 'test_results.csv')
+    assert [(r['dataset'], float(r['scale'])) for r in table] == [('Tiny', 2.5), ('Tiny', 3.0)]
+    per_image = read_csv(tmp_path / 'test_per_image.csv')
+    assert len(per_image) == 4
+    for r in table:  # averages of the per-image rows
+        rows = [p for p in per_image if p['scale'] == r['scale']]
+        assert float(r['psnr']) == pytest.approx(sum(float(p['psnr']) for p in rows) / 2, abs=1e-9)
+        assert float(r['ssim']) == pytest.approx(sum(float(p['ssim']) for p in rows) / 2, abs=1e-9)
+    markdown = (tmp_path / 'test_results.md').read_text()
+    assert '| Tiny |' in markdown and 'x2.5' in markdown and 'x3' in markdown
+    assert f"{summary[0]['psnr']:.4f} / {summary[0]['ssim']:.4f}" in markdown
+    assert (tmp_path / 'test_config.json').is_file()
+
+    # x3 on the fly, scored independently: official LR protocol (floor, crop, PIL bicubic), the PSNR
+    # equation and scikit-image's SSIM
+    model = model_from_checkpoint(official_weights).eval()
+    for p in per_image:
+        if float(p['scale']) != 3:
+            continue
+        hr = cv2.imread(str(small_set / 'Tiny' / 'HR' / f"{p['name']}.png"))[:, :, ::-1]
+        h, w = hr.shape[0] // 3, hr.shape[1] // 3
+        hr = np.ascontiguousarray(hr[:h * 3, :w * 3])
+        lr = np.asarray(Image.fromarray(hr).resize((w, h), Image.BICUBIC))
+        lr = torch.from_numpy(lr.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        sr = model.render(lr, (h * 3, w * 3), chunk=7000).clamp(0, 1)[0].permute(1, 2, 0).double().numpy()
+        assert float(p['psnr']) == pytest.approx(reference_psnr(sr, hr / 255.0, 3), abs=1e-4)
+        assert float(p['ssim']) == pytest.approx(reference_ssim(sr, hr / 255.0, 3), abs=1e-5)
+        saved = cv2.imread(str(tmp_path / 'images' / 'Tiny' / 'x3' / f"{p['name']}.png"))
+        assert saved.shape == (h * 3, w * 3, 3)
+    assert (tmp_path / 'images' / 'Tiny' / 'x2.5' / 'baby.png').is_file()

@@ -1,0 +1,248 @@
+"""train.py on tiny settings: real T91 crops, 16-px LR patches, 64 queries, batch 2, a [32] decoder."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from dataset import TrainDataset, list_images, load_uint8
+from imgproc import write_image
+from model import build_model, model_from_checkpoint, read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = 80  # >= patch_size 16 x scale_max 4
+VALID_REPEAT = 160  # the official validation: every validation image gives 160 patches
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory, train_root) -> Path:
+    """train/ with 8 and valid/ with 2 top-left crops of real T91 images, as PNG."""
+    folder = tmp_path_factory.mktemp('data')
+    big = [path for path in list_images(train_root / 'T91') if min(load_uint8(path).shape[:2]) >= CROP]
+    for i, path in enumerate(big[:10]):
+        write_image(folder / ('train' if i < 8 else 'valid') / path.name, load_uint8(path)[:CROP, :CROP])
+    return folder
+
+
+def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [f'--train_dir={data / "train"}', f'--valid_dir={data / "valid"}', f'--out_dir={out_dir}',
+            '--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
+            '--num_workers=0', '--valid_first=1', '--save_every=1', *extra]
+
+
+STEPS_PER_EPOCH = 4  # 8 images, batch 2
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_same_tensors(a, b, atol=1e-6):
+    """Equal nested dicts / lists of tensors and numbers."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_tensors(a[k], b[k], atol)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y, atol)
+    elif torch.is_tensor(a):
+        assert a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=0, atol=atol), (a - b).abs().max()
+    else:
+        assert a == b
+
+
+def reference_valid_psnr(state: dict, data: Path) -> float:
+    """The official validation PSNR, written out here: PSNR = -10 log10(MSE) over each batch of 16
+    validation patches' clamped predictions, averaged over batches weighted by their size."""
+    model = build_model(hidden_list=[32])
+    model.load_state_dict(state)
+    model.eval()
+    patches = TrainDataset(data / 'valid', 16, 1.0, 4.0, 64, repeat=VALID_REPEAT, augment=False, seed=0, first_k=1)
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(patches), 16):
+            items = [patches[i] for i in range(start, min(start + 16, len(patches)))]
+            lr, coord, cell, gt = (torch.stack([item[k] for item in items]) for k in ('lr', 'coord', 'cell', 'gt'))
+            mse = (model(lr, coord, cell).clamp(0, 1).double() - gt.double()).pow(2).mean()
+            total += -10 * math.log10(mse) * len(items)
+    return total / len(patches)
+
+
+@pytest.fixture(scope='module')
+def run_a(data, tmp_path_factory) -> Path:
+    """Two epochs straight."""
+    out = tmp_path_factory.mktemp('run_a')
+    result = train.main(tiny(data, out, '--epochs=2'))
+    assert result['epoch'] == 2 and result['step'] == 2 * STEPS_PER_EPOCH
+    return out
+
+
+def test_run_writes_checkpoints_and_tensorboard(run_a, data):
+    assert sorted(p.name for p in run_a.glob('*.pth')) == ['best.pth', 'epoch-1.pth', 'epoch-2.pth', 'last.pth']
+    assert (run_a / 'train_config.json').is_file()
+    assert not list(run_a.glob('*.tmp'))
+    last = load(run_a / 'last.pth')
+    assert (last['epoch'], last['step'], last['epoch_step']) == (2, 8, 0)
+    assert last['options']['hidden_list'] == [32] and last['ema'] is None
+    assert last['scheduler']['last_epoch'] == 2
+    assert len(last['optimizer']['state']) == len(list(build_model(hidden_list=[32]).parameters()))
+    # the project's readers take it like any checkpoint
+    options, state = read_checkpoint(run_a / 'last.pth')
+    assert options == last['options'] and state.keys() == last['model'].keys()
+    model_from_checkpoint(run_a / 'best.pth')
+
+    events = list((run_a / 'tensorboard').glob('events.out.tfevents.*'))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0]), size_guidance={'images': 0, 'scalars': 0}).Reload()
+    assert {'train/loss', 'train/lr', 'valid/psnr'} <= set(acc.Tags()['scalars'])
+    losses = [e.value for e in acc.Scalars('train/loss')]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    assert [e.value for e in acc.Scalars('train/lr')] == pytest.approx([1e-4, 1e-4])
+    valid = acc.Scalars('valid/psnr')
+    assert [e.step for e in valid] == [4, 8]
+    # the logged PSNR is the official patch PSNR of the saved weights; best.pth holds the best one
+    assert valid[-1].value == pytest.approx(reference_valid_psnr(last['model'], data), abs=1e-3)
+    assert last['best_psnr'] == pytest.approx(max(e.value for e in valid), abs=1e-6)
+    best = load(run_a / 'best.pth')
+    assert best['step'] == valid[max(range(2), key=lambda i: valid[i].value)].step
+    images = acc.Tags()['images']
+    assert len(images) == 2  # one sample per validation image
+    panel = acc.Images(images[0])[-1]
+    assert (panel.height, panel.width) == (64, 3 * 64)  # bicubic | LIIF | ground truth at x4
+
+
+def test_resume_continues_as_if_never_stopped(run_a, data, tmp_path, capsys):
+    out = tmp_path / 'run_b'
+    assert train.main(tiny(data, out, '--epochs=1'))['epoch'] == 1
+    capsys.readouterr()
+    result = train.main(tiny(data, out, '--epochs=2', '--resume=auto'))
+    assert 'resuming' in capsys.readouterr().out
+    assert (result['epoch'], result['step']) == (2, 8)
+    a, b = load(run_a / 'last.pth'), load(out / 'last.pth')
+    assert_same_tensors(b['model'], a['model'])
+    assert_same_tensors(b['optimizer'], a['optimizer'])
+    assert b['scheduler'] == a['scheduler']
+    assert_same_tensors(b['rng'], a['rng'], atol=0)
+    assert (b['epoch'], b['step'], b['best_psnr']) == (a['epoch'], a['step'], pytest.approx(a['best_psnr'], abs=1e-6))
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path):
+    out = tmp_path / 'killed'
+    log = open(tmp_path / 'log.txt', 'w')
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'),
+                             *tiny(data, out, '--epochs=1000', '--valid_every=1000', '--save_every=1000')],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / 'last.pth').exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / 'log.txt').read_text()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+    done = load(out / 'last.pth')['epoch']  # complete, whatever the moment of the kill
+    assert done >= 1
+    resumed = train.main(tiny(data, out, f'--epochs={done + 1}', '--resume=auto'))
+    assert (resumed['epoch'], resumed['step']) == (done + 1, (done + 1) * STEPS_PER_EPOCH)
+    straight = train.main(tiny(data, tmp_path / 'straight', f'--epochs={done + 1}'))
+    assert straight['step'] == resumed['step']
+    a, b = load(tmp_path / 'straight' / 'last.pth'), load(out / 'last.pth')
+    assert_same_tensors(b['model'], a['model'])
+    assert_same_tensors(b['optimizer'], a['optimizer'])
+
+
+def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_weights):
+    official = torch.load(official_weights, map_location='cpu', weights_only=True)['model']['sd']
+    official = {k: v for k, v in official.items() if 'sub_mean' not in k and 'add_mean' not in k}
+    cfg = train.config.parse(tiny(data, tmp_path, f'--init_weights={official_weights}', '--hidden_list=[256,256,256,256]'))
+    assert_same_tensors(train.make_model(cfg).state_dict(), official, atol=0)
+    # end to end: one Adam step of lr 1e-30 moves no float32 weight of this size
+    train.main(tiny(data, tmp_path, f'--init_weights={official_weights}', '--hidden_list=[256,256,256,256]',
+                    '--max_steps=1', '--lr=1e-30', '--resume=auto'))  # nothing to resume yet: the init counts
+    assert_same_tensors(load(tmp_path / 'last.pth')['model'], official, atol=1e-20)
+    with pytest.raises(ValueError, match='does not fit'):
+        train.make_model(train.config.parse(tiny(data, tmp_path, f'--init_weights={official_weights}')))
+
+
+def test_torchrun_two_processes_equal_one(run_a, data, tmp_path):
+    out = tmp_path / 'ddp'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(ROOT / 'train.py'), *tiny(data, out, '--epochs=1')],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count('training on cpu x 2 process(es)') == 1  # only rank 0 reports
+    assert len(list((out / 'tensorboard').glob('events.out.tfevents.*'))) == 1  # and writes
+    ddp = load(out / 'last.pth')
+    assert (ddp['epoch'], ddp['step']) == (1, STEPS_PER_EPOCH)
+    # batch 2 as 1 + 1 on two processes, averaged gradients: the single-process run's first epoch
+    single = load(run_a / 'epoch-1.pth')
+    assert_same_tensors(ddp['model'], single['model'], atol=1e-5)
+
+
+def test_ema_follows_its_formula_and_is_validated(data, tmp_path):
+    d = 0.9
+    out = tmp_path / 'ema'
+    cfg = train.config.parse(tiny(data, out, f'--ema_decay={d}'))
+    ema = train.make_model(cfg).state_dict()  # the EMA starts at the initial weights
+    results = []
+    for steps in (1, 2):  # one step at a time, resuming mid-epoch
+        results.append(train.main(tiny(data, out, f'--ema_decay={d}', f'--max_steps={steps}', '--resume=auto')))
+        ckpt = load(out / 'last.pth')
+        assert (ckpt['step'], ckpt['epoch'], ckpt['epoch_step']) == (steps, 0, steps)
+        expected = {k: d * ema[k] + (1 - d) * w for k, w in ckpt['model'].items()}
+        assert_same_tensors(ckpt['ema'], expected, atol=1e-6)
+        ema = ckpt['ema']
+    assert any(not torch.equal(ckpt['ema'][k], ckpt['model'][k]) for k in ckpt['model'])
+    # validation scores the EMA weights
+    assert results[-1]['last_psnr'] == pytest.approx(reference_valid_psnr(ckpt['ema'], data), abs=1e-3)
+    # two steps straight reach the same state as the two resumed runs
+    train.main(tiny(data, tmp_path / 'straight', f'--ema_decay={d}', '--max_steps=2'))
+    straight = load(tmp_path / 'straight' / 'last.pth')
+    assert_same_tensors(ckpt['model'], straight['model'])
+    assert_same_tensors(ckpt['ema'], straight['ema'])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(run_a, data, tmp_path, monkeypatch):
+    getitem = TrainDataset.__getitem__
+
+    def poisoned(self, index):  # NaN input from epoch 2 on
+        item = getitem(self, index)
+        if self.epoch >= 2:
+            item['lr'][0, 0, 0] = math.nan
+        return item
+    monkeypatch.setattr(TrainDataset, '__getitem__', poisoned)
+    out = tmp_path / 'nan'
+    with pytest.raises(train.Diverged, match='loss became nan'):
+        train.main(tiny(data, out, '--epochs=3'))
+    kept = load(out / 'last.pth')
+    assert kept['epoch'] == 1 and all(v.isfinite().all() for v in kept['model'].values())
+    assert_same_tensors(kept['model'], load(run_a / 'epoch-1.pth')['model'])  # epoch 1, as it was saved
+    model_from_checkpoint(out / 'last.pth')
+
+
+def test_exploding_lr_stops_with_a_message(data, tmp_path, capsys):
+    assert train.run_main(train.main, tiny(data, tmp_path, '--epochs=2', '--lr=1e30')) == 2
+    assert 'became' in capsys.readouterr().err
+    for path in tmp_path.glob('*.pth'):
+        assert all(v.isfinite().all() for v in load(path)['model'].values())
+
+
+def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path):
+    result = train.main(tiny(data, tmp_path, '--amp=bf16', '--max_steps=2'))
+    assert result['step'] == 2 and math.isfinite(result['last_psnr'])
+    with pytest.raises(ValueError, match='fp16'):
+        train.main(tiny(data, tmp_path, '--amp=fp16', '--device=cpu'))
+    with pytest.raises(ValueError, match='does not exist'):
+        train.main(tiny(data, tmp_path, f'--train_dir={tmp_path / "nowhere"}'))
