@@ -285,13 +285,13 @@ class LIIF(nn.Module):
         rgb = x.view(n, m, 3).float()
         return (rgb * weight.unsqueeze(-1)).sum(1) * 0.5 + 0.5  # elementwise: autocast keeps it fp32
 
-    def _decode(self, table, index, inputs, weight, params, out=None):
+    def _decode(self, table, index, inputs, weight, params):
         """`decode_block` over blocks of BLOCK_ROWS rows (one block when building a graph for training)."""
         n, m = index.shape
         inputs = inputs.to(table.dtype)
         if torch.is_grad_enabled():
             return self.decode_block(table, index, inputs, weight, params)
-        out = weight.new_empty(n, 3) if out is None else out
+        out = weight.new_empty(n, 3)
         step = max(1, BLOCK_ROWS // m)
         for s, e in _spans(n, step):
             block = [t[s:e] for t in (index, inputs, weight)]

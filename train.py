@@ -245,6 +245,9 @@ def train(cfg, rank: int, world_size: int, device: torch.device, valid_repeat: i
     resume = out_dir / 'last.pth' if cfg.resume == 'auto' else Path(cfg.resume) if cfg.resume else None
     if resume is not None and resume.is_file():
         ckpt = torch.load(resume, map_location='cpu', weights_only=True)
+        if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
+            raise ValueError(f"{resume} is not a train.py checkpoint; to start from its weights, "
+                             f"use --init_weights={resume}")
         if ckpt.get('options') != model.options:
             raise ValueError(f"{resume} holds a model with options {ckpt.get('options')}, "
                              f"but the settings ask for {model.options}")
@@ -313,7 +316,9 @@ def train(cfg, rank: int, world_size: int, device: torch.device, valid_repeat: i
                 'settings': vars(cfg)}
 
     # ---- train
-    total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     progress = tqdm(total=total_steps, initial=step, disable=not master, unit='step', dynamic_ncols=True)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     loss_sum, loss_count = torch.zeros((), device=device), 0

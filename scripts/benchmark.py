@@ -12,11 +12,13 @@ absent), weights the official EDSR-baseline-LIIF checkpoint (random if absent); 
 
 Peak memory is the largest resident-set growth during a run on the CPU: /proc/self/clear_refs is
 written with 5 to reset the kernel's high-water mark (VmHWM), and the table gives VmHWM after the
-run minus VmRSS before it (tracemalloc cannot see torch's allocations). On CUDA it is
+run minus VmRSS before it, after glibc's malloc_trim has returned freed memory to the OS
+(tracemalloc cannot see torch's allocations). On CUDA it is
 torch.cuda.max_memory_allocated after reset_peak_memory_stats. `max |diff|` is against the
 reference path's output for the same input.
 """
 import argparse
+import ctypes
 import platform
 import statistics
 import subprocess
@@ -71,6 +73,7 @@ def timed(fn, device: torch.device) -> tuple[float, float, torch.Tensor]:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
+        ctypes.CDLL(None).malloc_trim(0)  # hand freed heap back to the OS so growth is not hidden
         Path('/proc/self/clear_refs').write_text('5')
         base = status_kb('VmRSS') * 1024
     start = time.perf_counter()
@@ -198,6 +201,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument('--warmup', type=int, default=1, help="untimed rounds first")
     parser.add_argument('--chunk', type=int, default=None, help="queries per decoder call (default: auto)")
+    parser.add_argument('--threads', type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
@@ -207,6 +211,8 @@ def main() -> None:
     args.scales = [float(s) for s in args.scales.split(',')]
     if args.repeats < 1 or args.warmup < 0 or any(s <= 0 for s in args.scales):
         parser.error("repeats must be >= 1, warmup >= 0 and scales positive")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
                           'cpu' if args.device == 'auto' else args.device)
     if args.sizes:
