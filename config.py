@@ -26,8 +26,10 @@ fast = True  # folded first layer + batched ensemble (same function); False runs
 
 # ---- data
 train_dir = ['data/DIV2K/DIV2K_train_HR']  # folders of HR training images (all are used)
-valid_dir = 'data/DIV2K/DIV2K_valid_HR'  # folder of HR validation images
+valid_dir = 'data/DIV2K/DIV2K_valid_HR'  # HR images (patch PSNR as the official) or a benchmark set like Set5 (PSNR at valid_scale)
 valid_first = 10  # validate on the first N images of valid_dir (the official recipe uses 10)
+valid_repeat = 160  # validation patches per image (the official: 10 images x 160 patches)
+valid_scale = 4.0  # scale of the validation when valid_dir is a benchmark set (<set>/HR)
 patch_size = 48  # LR patch side in pixels
 scale_min = 1.0  # training scales are drawn from U(scale_min, scale_max)
 scale_max = 4.0
@@ -57,7 +59,7 @@ weights = 'results/pretrained_models/edsr-baseline-liif.pth'  # checkpoint to ev
 test_root = 'data/benchmark'  # folder holding <set>/HR and optional <set>/LR_bicubic/X<s>
 test_sets = ['Set5', 'Set14']  # sub-folders of test_root to evaluate
 test_scales = [2, 3, 4, 6, 8]  # any positive reals; LR files are used where they exist
-chunk = 30000  # queries per decoder call; bounds memory at any scale
+chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from model.MEMORY_BUDGET)
 save_images = False  # also write the SR images beside the results table
 
 # ---- inference
@@ -152,14 +154,15 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
     if cfg.amp not in ('fp32', 'bf16', 'fp16'):
         problems.append(f"amp must be 'fp32', 'bf16' or 'fp16', got {cfg.amp!r}")
-    positive('chunk')
+    if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
+        problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
     if job == 'train':
         for folder in cfg.train_dir:
             if not Path(folder).is_dir():
                 problems.append(f"train_dir: folder {folder!r} does not exist")
         existing('valid_dir')
         for name in ('patch_size', 'sample_q', 'repeat', 'batch_size', 'lr', 'epochs', 'valid_every',
-                     'save_every', 'scale_min', 'scale_max'):
+                     'valid_repeat', 'valid_scale', 'save_every', 'scale_min', 'scale_max'):
             positive(name)
         if cfg.scale_min > cfg.scale_max:
             problems.append(f"scale_min ({cfg.scale_min}) is larger than scale_max ({cfg.scale_max})")

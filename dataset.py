@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from imgproc import load_image, make_coord, pil_resize, to_float
+from imgproc import image_to_tensor, load_image, load_uint8, make_coord, pil_resize, to_float
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -32,14 +32,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
-def load_uint8(path: str | Path) -> np.ndarray:
-    """An image file as HxWx3 RGB uint8; 16-bit samples are rounded to 8 bits."""
-    img = load_image(path)
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257), no ties
-    return img
-
-
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file from its header, without decoding the pixels."""
     try:
@@ -47,11 +39,6 @@ def image_size(path: Path) -> tuple[int, int]:
             return im.height, im.width
     except (OSError, ValueError, Image.DecompressionBombError):
         return load_image(path).shape[:2]  # formats PIL cannot open; raises ImageError if unreadable
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(to_float(img).transpose(2, 0, 1)))
 
 
 def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
@@ -168,7 +155,7 @@ class TrainDataset(Dataset):
         coord = make_coord(hr.shape[:2])[pick]
         gt = torch.from_numpy(to_float(hr.reshape(-1, 3)))[pick]
         cell = torch.tensor([2 / hr.shape[0], 2 / hr.shape[1]]).repeat(self.sample_q, 1)
-        return {'lr': to_tensor(lr), 'coord': coord, 'cell': cell, 'gt': gt, 'scale': scale}
+        return {'lr': image_to_tensor(lr), 'coord': coord, 'cell': cell, 'gt': gt, 'scale': scale}
 
 
 class BenchmarkDataset(Dataset):
@@ -225,5 +212,5 @@ class BenchmarkDataset(Dataset):
             h_lr, w_lr = self.lr_size(*hr.shape[:2])
             hr = np.ascontiguousarray(hr[:round(h_lr * self.scale), :round(w_lr * self.scale)])
             lr = pil_resize(hr, (h_lr, w_lr))
-        return {'lr': to_tensor(lr), 'hr': to_tensor(hr), 'scale': self.scale,
+        return {'lr': image_to_tensor(lr), 'hr': image_to_tensor(hr), 'scale': self.scale,
                 'name': self.hr_files[index].stem}

@@ -56,6 +56,14 @@ def to_float(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) / (65535 if img.dtype == np.uint16 else 255)
 
 
+def load_uint8(path: str | Path) -> np.ndarray:
+    """An image file as HxWx3 RGB uint8; 16-bit samples are rounded to 8 bits."""
+    img = load_image(path)
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257), no ties
+    return img
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as HxWx3 RGB float32 in [0, 1] (16-bit files scaled by 65535)."""
     return to_float(load_image(path))

@@ -111,7 +111,7 @@ def main(argv: list[str]) -> list[Path]:
     model = model_from_checkpoint(resolve_weights(cfg.weights), fast=cfg.fast).to(device).eval()
     for source, target, size in jobs:
         lr = image_to_tensor(read_image(source))[None].to(device)
-        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp)
+        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp, progress=True)
         write_image(target, quantize(sr, cfg.bits))
         print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]})")
     return [target for _, target, _ in jobs]

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 # What render and predict aim to use beyond their input and output tensors, in bytes, when `chunk`
 # and `tile` are not given: half for encoding (the whole image, or tiles of it), an eighth for the
@@ -357,13 +358,14 @@ class LIIF(nn.Module):
 
     @torch.no_grad()
     def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-               tile: int | None = None, memory_budget: int = MEMORY_BUDGET) -> torch.Tensor:
+               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
         """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w).
 
         chunk: queries per decoder call over the batch (None: from memory_budget). amp: 'fp32',
         'bf16' or 'fp16' (CUDA) autocast. tile: LR tile side for the encoder (fast path; None: tiles
         only when the encoding would exceed half of memory_budget; 0: never). Query coordinates are
-        made per chunk; only the (B, 3, H, W) output is allocated at full size.
+        made per chunk; only the (B, 3, H, W) output is allocated at full size. progress: a tqdm bar
+        of output pixels, for long renders.
         """
         height, width = (int(n) for n in size)
         if lr.dim() != 4 or lr.shape[1] != 3:
@@ -374,9 +376,10 @@ class LIIF(nn.Module):
         chunk = chunk or self.auto_chunk(memory_budget)
         out = lr.new_empty(b, 3, height, width, dtype=torch.float32)
         rows, cols = pixel_centres(height, lr.device), pixel_centres(width, lr.device)
-        with self._autocast(lr.device, amp):
+        bar = tqdm(total=b * height * width, unit='px', unit_scale=True, disable=not progress, leave=False)
+        with self._autocast(lr.device, amp), bar:
             if not self.fast:
-                self._render_reference(lr, rows, cols, chunk, out)
+                self._render_reference(lr, rows, cols, chunk, out, bar)
                 return out
             if tile is None:
                 tile = self.auto_tile(lr.shape, memory_budget)
@@ -403,10 +406,10 @@ class LIIF(nn.Module):
                     latent = self.gen_feat(lr[:, :, y0:y1, x0:x1])
                     params = params or self._decoder_params(latent.dtype)
                     lookups = (iy[:, i0:i1] - y0, ry[:, i0:i1], ix[:, j0:j1] - x0, rx[:, j0:j1])
-                    self._render_tile(latent, lookups, rel_cell, chunk, params, out[:, :, i0:i1, j0:j1])
+                    self._render_tile(latent, lookups, rel_cell, chunk, params, out[:, :, i0:i1, j0:j1], bar)
         return out
 
-    def _render_tile(self, latent, lookups, rel_cell, chunk, params, out):
+    def _render_tile(self, latent, lookups, rel_cell, chunk, params, out, bar):
         """Decode the output rectangle `out` (B, 3, n_rows, n_cols) whose per-axis look-ups (indices
         relative to the latent tile) are given, in chunks of whole rows (or parts of one row)."""
         b, _, th, tw = latent.shape
@@ -425,8 +428,9 @@ class LIIF(nn.Module):
                                                       tw, offset, rel_cell)
                 rgb = self._decode(table, index.flatten(0, 2), inputs.flatten(0, 2), weight.flatten(0, 2), params)
                 out[:, :, r0:r1, c0:c1] = rgb.view(b, r1 - r0, c1 - c0, 3).permute(0, 3, 1, 2)
+                bar.update(rgb.shape[0])
 
-    def _render_reference(self, lr, rows, cols, chunk, out):
+    def _render_reference(self, lr, rows, cols, chunk, out, bar):
         """The reference path: untiled, queries made per chunk of whole output rows."""
         b, _, height, width = out.shape
         feat = self.gen_feat(lr)
@@ -435,6 +439,7 @@ class LIIF(nn.Module):
             coord = torch.stack(torch.meshgrid(rows[r0:r1], cols, indexing='ij'), -1).view(1, -1, 2).expand(b, -1, -1)
             rgb = self.query_rgb(feat, coord, cell.expand_as(coord))
             out[:, :, r0:r1] = rgb.view(b, r1 - r0, width, 3).permute(0, 3, 1, 2)
+            bar.update(rgb.shape[0] * rgb.shape[1])
 
 
 ENCODERS = {'edsr-baseline': EDSR, 'rdn': RDN}
@@ -486,7 +491,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         state = {k: v for k, v in ckpt['model']['sd'].items() if not k.startswith(('encoder.sub_mean', 'encoder.add_mean'))}
         return options, state
     if isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
-        return ckpt['options'], ckpt['model']
+        # a run with an EMA validated (and chose best.pth by) the averaged weights: use those
+        return ckpt['options'], ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
     raise ValueError(f"{path} is not a LIIF checkpoint (neither the official format nor this project's)")
 
 

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 import config
 from common import evaluate, pick_device, run_main, seed_everything
-from dataset import BenchmarkDataset, TrainDataset, list_images, load_uint8, to_tensor
+from dataset import BenchmarkDataset, TrainDataset, list_images
 from image_quality_assessment import psnr
-from imgproc import pil_resize
+from imgproc import image_to_tensor, load_uint8, pil_resize
 from model import build_model, load_weights
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
@@ -158,7 +158,7 @@ def patch_samples(folder: str | Path, patch_size: int, scale: int) -> list[dict]
         top, left = (hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2
         hr = np.ascontiguousarray(hr[top:top + side, left:left + side])
         lr = pil_resize(hr, (side // scale, side // scale))
-        items.append({'lr': to_tensor(lr), 'hr': to_tensor(hr), 'scale': float(scale), 'name': path.stem})
+        items.append({'lr': image_to_tensor(lr), 'hr': image_to_tensor(hr), 'scale': float(scale), 'name': path.stem})
     return items
 
 
@@ -199,17 +199,15 @@ def main(argv: list[str]) -> dict:
     """Train; returns {'epoch', 'step', 'best_psnr', 'last_psnr'} of the run."""
     cfg = config.parse(argv)
     config.check(cfg, 'train')
-    valid_repeat = getattr(cfg, 'valid_repeat', 160)  # the official validation set: 10 images x 160 patches
-    valid_scale = getattr(cfg, 'valid_scale', 4.0)  # scale of a benchmark-folder validation
     rank, world_size, device = setup_distributed(cfg)
     try:
-        return train(cfg, rank, world_size, device, valid_repeat, valid_scale)
+        return train(cfg, rank, world_size, device)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def train(cfg, rank: int, world_size: int, device: torch.device, valid_repeat: int, valid_scale: float) -> dict:
+def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     master = rank == 0
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
@@ -278,10 +276,10 @@ def train(cfg, rank: int, world_size: int, device: torch.device, valid_repeat: i
     if master:
         writer = SummaryWriter(str(out_dir / 'tensorboard'))
         if is_benchmark_folder(cfg.valid_dir):
-            valid_set = BenchmarkDataset(cfg.valid_dir, valid_scale)
+            valid_set = BenchmarkDataset(cfg.valid_dir, cfg.valid_scale)
         else:
             patches = TrainDataset(cfg.valid_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
-                                   valid_repeat, augment=False, in_memory=cfg.in_memory, seed=cfg.seed,
+                                   cfg.valid_repeat, augment=False, in_memory=cfg.in_memory, seed=cfg.seed,
                                    first_k=cfg.valid_first)
             valid_batches = list(DataLoader(patches, batch_size=VALID_BATCH))
             samples = patch_samples(cfg.valid_dir, cfg.patch_size, max(1, math.floor(cfg.scale_max)))

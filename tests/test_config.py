@@ -122,7 +122,8 @@ def test_test_settings_are_checked(tmp_path, benchmark_root, official_weights):
     assert 'Set6' in check_problems(good + ['--test_sets=Set5,Set6'], 'test')
     for scales in ('[0]', '[-2]', '[4,1e999]', '[]'):
         assert 'test_scales' in check_problems(good + [f'--test_scales={scales}'], 'test')
-    assert 'chunk' in check_problems(good + ['--chunk=0'], 'test')
+    config.check(config.parse(good + ['--chunk=0']), 'test')  # 0 = automatic chunk size
+    assert 'chunk' in check_problems(good + ['--chunk=-1'], 'test')
     both = check_problems([f'--test_root={tmp_path / "nowhere"}', good[1], '--test_scales=[-1]'], 'test')
     assert 'test_root' in both and 'test_scales' in both  # every problem at once
 

@@ -12,8 +12,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from dataset import TrainDataset, list_images, load_uint8
-from imgproc import write_image
+from dataset import TrainDataset, list_images
+from imgproc import load_uint8, write_image
 from model import build_model, model_from_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def data(tmp_path_factory, train_root) -> Path:
 def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
     return [f'--train_dir={data / "train"}', f'--valid_dir={data / "valid"}', f'--out_dir={out_dir}',
             '--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
-            '--num_workers=0', '--valid_first=1', '--save_every=1', *extra]
+            '--num_workers=0', '--valid_first=1', '--valid_repeat=10', '--save_every=1', *extra]
 
 
 STEPS_PER_EPOCH = 4  # 8 images, batch 2
@@ -213,6 +213,8 @@ def test_ema_follows_its_formula_and_is_validated(data, tmp_path):
     assert any(not torch.equal(ckpt['ema'][k], ckpt['model'][k]) for k in ckpt['model'])
     # validation scores the EMA weights
     assert results[-1]['last_psnr'] == pytest.approx(reference_valid_psnr(ckpt['ema'], data), abs=1e-3)
+    # and test.py / inference.py / --init_weights read the EMA weights that were validated
+    assert_same_tensors(read_checkpoint(out / 'last.pth')[1], ckpt['ema'])
     # two steps straight reach the same state as the two resumed runs
     train.main(tiny(data, tmp_path / 'straight', f'--ema_decay={d}', '--max_steps=2'))
     straight = load(tmp_path / 'straight' / 'last.pth')
