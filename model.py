@@ -376,7 +376,8 @@ class LIIF(nn.Module):
         chunk = chunk or self.auto_chunk(memory_budget)
         out = lr.new_empty(b, 3, height, width, dtype=torch.float32)
         rows, cols = pixel_centres(height, lr.device), pixel_centres(width, lr.device)
-        bar = tqdm(total=b * height * width, unit='px', unit_scale=True, disable=not progress, leave=False)
+        bar = tqdm(total=b * height * width, unit='px', unit_scale=True, disable=not progress, leave=False,
+                   mininterval=1)
         with self._autocast(lr.device, amp), bar:
             if not self.fast:
                 self._render_reference(lr, rows, cols, chunk, out, bar)
