@@ -18,7 +18,7 @@ from model import build_model, model_from_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 80  # >= patch_size 16 x scale_max 4
-VALID_REPEAT = 160  # the official validation: every validation image gives 160 patches
+VALID_REPEAT = 10  # validation patches per image in these tiny runs (the official recipe uses 160)
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +34,7 @@ def data(tmp_path_factory, train_root) -> Path:
 def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
     return [f'--train_dir={data / "train"}', f'--valid_dir={data / "valid"}', f'--out_dir={out_dir}',
             '--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
-            '--num_workers=0', '--valid_first=1', '--valid_repeat=10', '--save_every=1', *extra]
+            '--num_workers=0', '--valid_first=1', f'--valid_repeat={VALID_REPEAT}', '--save_every=1', *extra]
 
 
 STEPS_PER_EPOCH = 4  # 8 images, batch 2
