@@ -21,13 +21,7 @@ TOL = 1e-5
 SWITCHES = list(itertools.product([True, False], repeat=3))  # (feat_unfold, local_ensemble, cell_decode)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These small ops run ~8x slower with two threads spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------- independent reference

@@ -31,31 +31,20 @@ BASELINES = [('edsr-baseline', 2), ('edsr-baseline', 3), ('edsr-baseline', 4), (
              ('rdn', 2), ('rdn', 3), ('rdn', 4)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------- independent references (float64)
 
 def trunk64(encoder, lr: torch.Tensor) -> torch.Tensor:
-    """The encoder's feature before any up-sampler, in float64, from input normalised to [-1, 1]."""
-    enc = copy.deepcopy(encoder).double()
-    x = (lr.double() - 0.5) / 0.5
+    """The encoder's feature before any up-sampler (the trunk LIIF uses, checked against the official
+    checkpoint in test_model.py), in float64, from input normalised to [-1, 1]."""
+    trunk = copy.deepcopy(encoder).double()
+    for name in ('tail', 'UPNet'):
+        if hasattr(trunk, name):
+            delattr(trunk, name)
     with torch.no_grad():
-        if isinstance(enc, EDSR):
-            x = enc.head(x)
-            return x + enc.body(x)
-        f1 = enc.SFENet1(x)
-        x = enc.SFENet2(f1)
-        outs = []
-        for block in enc.RDBs:
-            x = block(x)
-            outs.append(x)
-        return f1 + enc.GFF(torch.cat(outs, 1))
+        return trunk((lr.double() - 0.5) / 0.5)
 
 
 def shuffle(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -162,6 +151,12 @@ def max_diff(got: torch.Tensor, candidates: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- forward vs reference
 
+def all_queries(h: int, w: int, own_scale: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query set of `query_sets` in one (B, Q, 2) pair: one encoding checks them all."""
+    coords, cells = zip(*(queries for _, queries in query_sets(h, w, own_scale, gen)))
+    return torch.cat(coords, 1), torch.cat(cells, 1)
+
+
 @pytest.mark.parametrize('encoder', ['edsr-baseline', 'rdn'])
 def test_metasr_matches_reference(encoder):
     torch.manual_seed(0)
@@ -169,13 +164,13 @@ def test_metasr_matches_reference(encoder):
     gen = torch.Generator().manual_seed(1)
     for h, w in [(7, 10), (9, 5)]:
         lr = torch.rand(2, 3, h, w, generator=gen)
-        for name, (coord, cell) in query_sets(h, w, 3, gen):
-            with torch.no_grad():
-                got = model(lr, coord, cell)
-            ref = reference_metasr(model, lr, coord, cell)
-            assert ref.std() > 0.05
-            diff = max_diff(got, ref)
-            assert diff <= TOL, f"{encoder} {h}x{w} {name}: {diff}"
+        coord, cell = all_queries(h, w, 3, gen)
+        with torch.no_grad():
+            got = model(lr, coord, cell)
+        ref = reference_metasr(model, lr, coord, cell)
+        assert ref.std() > 0.05
+        diff = max_diff(got, ref)
+        assert diff <= TOL, f"{encoder} {h}x{w}: {diff}"
 
 
 @pytest.mark.parametrize('encoder,scale', BASELINES)
@@ -185,13 +180,13 @@ def test_baseline_matches_reference(encoder, scale):
     gen = torch.Generator().manual_seed(2)
     for h, w in [(7, 10), (5, 3)]:
         lr = torch.rand(2, 3, h, w, generator=gen)
-        for name, (coord, cell) in query_sets(h, w, scale, gen):
-            with torch.no_grad():
-                got = model(lr, coord, cell)
-            ref = reference_upsample(model, lr, coord)
-            assert ref.std() > 0.01
-            diff = max_diff(got, ref)
-            assert diff <= TOL, f"{encoder} x{scale} {h}x{w} {name}: {diff}"
+        coord, cell = all_queries(h, w, scale, gen)
+        with torch.no_grad():
+            got = model(lr, coord, cell)
+        ref = reference_upsample(model, lr, coord)
+        assert ref.std() > 0.01
+        diff = max_diff(got, ref)
+        assert diff <= TOL, f"{encoder} x{scale} {h}x{w}: {diff}"
         # at its own scale the render is the network's SR image itself
         sr = model.render(lr, (scale * h, scale * w), chunk=500)
         assert (sr.double() - upsampled64(model, lr)).abs().max() <= TOL
@@ -359,6 +354,16 @@ def test_tiled_render_equals_untiled_and_direct_queries(kind, encoder, scale):
             direct = model(lr, coord, cell).view(2, *size, 3).permute(0, 3, 1, 2)
         assert (whole - direct).abs().max() <= TOL
         assert (model.predict(lr, coord, cell, chunk=301).view(2, *size, 3).permute(0, 3, 1, 2) - whole).abs().max() <= TOL
+
+
+def test_too_small_tile_margin_is_detected(monkeypatch):
+    """The tiled test can fail: a baseline whose margin ignores the receptive radius tiles wrongly."""
+    torch.manual_seed(8)
+    model = small('upsample', 'edsr-baseline', 2)
+    lr = torch.rand(1, 3, 40, 40)
+    whole = model.render(lr, (80, 80), tile=0)
+    monkeypatch.setattr(Upsample, 'tile_margin', property(lambda self: 0))
+    assert (whole - model.render(lr, (80, 80), tile=10)).abs().max() > 1e-3
 
 
 def test_auto_chunk_and_tile_for_every_model():
