@@ -19,7 +19,7 @@ seed = 0  # seeds Python, NumPy and torch for reproducible runs
 device = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
 
 # ---- model
-model = 'liif'  # 'liif', 'metasr' or 'upsample' (the encoder's own EDSR/RDN up-sampler at upsample_scale, no decoder: the fixed-scale baselines)
+model = 'liif'  # 'liif', 'metasr' or 'upsample' (the encoder's own up-sampler, no decoder: the fixed-scale baselines)
 encoder = 'edsr-baseline'  # 'edsr-baseline' or 'rdn'
 upsample_scale = 2  # scale of the 'upsample' model's pixel-shuffle up-sampler (EDSR 2/3/4/8, RDN 2/3/4)
 hidden_list = [256, 256, 256, 256]  # LIIF decoder MLP hidden sizes (MetaSR's is fixed: [256])

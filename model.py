@@ -175,9 +175,10 @@ class SRModel(nn.Module):
                 amp: str = 'fp32') -> torch.Tensor:
         return engine.predict(self, lr, coord, cell, chunk, amp)
 
-    def render(self, lr: torch.Tensor, size: tuple[int, int], **options) -> torch.Tensor:
-        """render.render: chunk, amp, tile, memory_budget, progress."""
-        return engine.render(self, lr, size, **options)
+    def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
+               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
+        """The (B, 3, H, W) image of `size` (unclamped); see render.render."""
+        return engine.render(self, lr, size, chunk, amp, tile, memory_budget, progress)
 
     def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
         return engine.auto_chunk(self, memory_budget)
@@ -519,7 +520,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         except ValueError as e:
             raise ValueError(f"{path} is not a model this project builds: {e}") from None
         # EDSR's mean shifts are in the official state dict but unused (the calls are commented out)
-        state = {k: v for k, v in ckpt['model']['sd'].items() if not k.startswith(('encoder.sub_mean', 'encoder.add_mean'))}
+        state = {k: v for k, v in ckpt['model']['sd'].items()
+                 if not k.startswith(('encoder.sub_mean', 'encoder.add_mean'))}
         return options, state
     if isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
         # a run with an EMA validated (and chose best.pth by) the averaged weights: use those

@@ -177,5 +177,5 @@ def _render_rectangle(model, latent, rows: Lookup, cols: Lookup, chunk: int, out
     for r0, r1 in spans(n_rows, rows_per_chunk):
         for c0, c1 in spans(n_cols, cols_per_chunk):
             rgb = model.decode(latent, _along(_slice(rows, r0, r1), 0), _along(_slice(cols, c0, c1), 1))
-            out[:, :, r0:r1, c0:c1] = rgb.expand(b, r1 - r0, c1 - c0, 3).permute(0, 3, 1, 2)
+            out[:, :, r0:r1, c0:c1] = rgb.permute(0, 3, 1, 2)
             bar.update(b * (r1 - r0) * (c1 - c0))

@@ -266,7 +266,8 @@ def save_official(model, path: Path) -> dict:
     if kind == 'metasr':
         spec = {'name': 'metasr', 'args': {'encoder_spec': {'name': encoder, 'args': {'no_upsampling': True}}}}
     else:
-        spec = {'name': 'liif', 'args': {'encoder_spec': {'name': encoder, 'args': {'scale': model.options['upsample_scale']}}}}
+        encoder_args = {'scale': model.options['upsample_scale']}
+        spec = {'name': 'liif', 'args': {'encoder_spec': {'name': encoder, 'args': encoder_args}}}
     torch.save({'model': {**spec, 'sd': sd}, 'epoch': 1}, path)
     return sd
 
@@ -353,7 +354,8 @@ def test_tiled_render_equals_untiled_and_direct_queries(kind, encoder, scale):
         with torch.no_grad():
             direct = model(lr, coord, cell).view(2, *size, 3).permute(0, 3, 1, 2)
         assert (whole - direct).abs().max() <= TOL
-        assert (model.predict(lr, coord, cell, chunk=301).view(2, *size, 3).permute(0, 3, 1, 2) - whole).abs().max() <= TOL
+        predicted = model.predict(lr, coord, cell, chunk=301).view(2, *size, 3).permute(0, 3, 1, 2)
+        assert (predicted - whole).abs().max() <= TOL
 
 
 def test_too_small_tile_margin_is_detected(monkeypatch):
@@ -394,11 +396,14 @@ def test_metasr_experiment_trains_and_resumes(data, tmp_path):  # noqa: F811
     assert isinstance(model_from_checkpoint(tmp_path / 'straight' / 'best.pth'), MetaSR)
 
 
-def test_baseline_trains_a_few_steps(data, tmp_path):  # noqa: F811
-    result = train.main(tiny(data, tmp_path, '--model=upsample', '--upsample_scale=4', '--max_steps=2'))
+def test_rdn_metasr_and_baseline_train_a_few_steps(data, tmp_path):  # noqa: F811
+    result = train.main(tiny(data, tmp_path / 'rdn', '--experiment=rdn-metasr', '--max_steps=1'))
+    assert result['step'] == 1 and np.isfinite(result['last_psnr'])
+    assert read_checkpoint(tmp_path / 'rdn' / 'last.pth')[0] == {'model': 'metasr', 'encoder': 'rdn'}
+    result = train.main(tiny(data, tmp_path / 'x4', '--model=upsample', '--upsample_scale=4', '--max_steps=2'))
     assert result['step'] == 2 and np.isfinite(result['last_psnr'])
-    assert read_checkpoint(tmp_path / 'last.pth')[0] == {'model': 'upsample', 'encoder': 'edsr-baseline',
-                                                         'upsample_scale': 4}
+    assert read_checkpoint(tmp_path / 'x4' / 'last.pth')[0] == {'model': 'upsample', 'encoder': 'edsr-baseline',
+                                                                'upsample_scale': 4}
 
 
 def test_config_refuses_scales_the_up_samplers_lack(data, tmp_path):  # noqa: F811
@@ -444,7 +449,8 @@ def test_inference_runs_metasr_and_baseline(checkpoints, benchmark_root, tmp_pat
 def test_test_script_scores_metasr_and_baseline(checkpoints, benchmark_root, tmp_path):
     root = tmp_path / 'bench'
     (root / 'Tiny' / 'HR').mkdir(parents=True)
-    cv2.imwrite(str(root / 'Tiny' / 'HR' / 'baby.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'baby.png'))[200:244, 180:220])
+    baby = cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'baby.png'))
+    cv2.imwrite(str(root / 'Tiny' / 'HR' / 'baby.png'), baby[200:244, 180:220])
     for name, scale in [('metasr', 3), ('x4', 4)]:
         path, model = checkpoints[name]
         [row] = test_script.main([f'--test_root={root}', f'--weights={path}', '--test_sets=Tiny',
