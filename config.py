@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+from model import MODELS, UPSAMPLE_SCALES
+
 # ---- experiment
 experiment = 'edsr-baseline-liif'  # a name from EXPERIMENTS below
 out_dir = ''  # where a run writes its files; '' = results/<experiment>
@@ -17,12 +19,14 @@ seed = 0  # seeds Python, NumPy and torch for reproducible runs
 device = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
 
 # ---- model
+model = 'liif'  # 'liif', 'metasr' or 'upsample' (the encoder's own up-sampler, no decoder: the fixed-scale baselines)
 encoder = 'edsr-baseline'  # 'edsr-baseline' or 'rdn'
-hidden_list = [256, 256, 256, 256]  # decoder MLP hidden sizes
-feat_unfold = True  # feed the 3x3-unfolded feature to the decoder
-local_ensemble = True  # blend the 4 nearest latent codes by area
-cell_decode = True  # give the decoder the query's cell size
-fast = True  # folded first layer + batched ensemble (same function); False runs the official algorithm
+upsample_scale = 2  # scale of the 'upsample' model's pixel-shuffle up-sampler (EDSR 2/3/4/8, RDN 2/3/4)
+hidden_list = [256, 256, 256, 256]  # LIIF decoder MLP hidden sizes (MetaSR's is fixed: [256])
+feat_unfold = True  # LIIF: feed the 3x3-unfolded feature to the decoder
+local_ensemble = True  # LIIF: blend the 4 nearest latent codes by area
+cell_decode = True  # LIIF: give the decoder the query's cell size
+fast = True  # LIIF: folded first layer + batched ensemble (same function); False runs the official algorithm
 
 # ---- data
 train_dir = ['data/DIV2K/DIV2K_train_HR']  # folders of HR training images (all are used)
@@ -59,7 +63,7 @@ weights = 'results/pretrained_models/edsr-baseline-liif.pth'  # checkpoint to ev
 test_root = 'data/benchmark'  # folder holding <set>/HR and optional <set>/LR_bicubic/X<s>
 test_sets = ['Set5', 'Set14']  # sub-folders of test_root to evaluate
 test_scales = [2, 3, 4, 6, 8]  # any positive reals; LR files are used where they exist
-chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from model.MEMORY_BUDGET)
+chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from render.MEMORY_BUDGET)
 save_images = False  # also write the SR images beside the results table
 
 # ---- inference
@@ -81,9 +85,11 @@ EXPERIMENTS = {
     'edsr-baseline-liif-x2': {'scale_min': 2.0, 'scale_max': 2.0},
     'edsr-baseline-liif-x3': {'scale_min': 3.0, 'scale_max': 3.0},
     'edsr-baseline-liif-x4': {'scale_min': 4.0, 'scale_max': 4.0},
+    'edsr-baseline-metasr': {'model': 'metasr'},
+    'rdn-metasr': {'model': 'metasr', 'encoder': 'rdn'},
 }
 
-MODEL_KEYS = ['encoder', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
+MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
 
 
 def defaults() -> dict:
@@ -148,8 +154,13 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if not (path.is_dir() if kind == 'folder' else path.exists()):
             problems.append(f"{name}: {kind} {str(path)!r} does not exist")
 
-    if cfg.encoder not in ('edsr-baseline', 'rdn'):
+    if cfg.model not in MODELS:
+        problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {cfg.model!r}")
+    if cfg.encoder not in UPSAMPLE_SCALES:
         problems.append(f"encoder must be 'edsr-baseline' or 'rdn', got {cfg.encoder!r}")
+    elif cfg.model == 'upsample' and cfg.upsample_scale not in UPSAMPLE_SCALES[cfg.encoder]:
+        problems.append(f"upsample_scale must be one of {UPSAMPLE_SCALES[cfg.encoder]} for the {cfg.encoder} "
+                        f"up-sampler, got {cfg.upsample_scale!r}")
     if not cfg.hidden_list or any(not isinstance(n, int) or n <= 0 for n in cfg.hidden_list):
         problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
     if cfg.amp not in ('fp32', 'bf16', 'fp16'):

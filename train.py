@@ -246,8 +246,9 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
             raise ValueError(f"{resume} is not a train.py checkpoint; to start from its weights, "
                              f"use --init_weights={resume}")
-        if ckpt.get('options') != model.options:
-            raise ValueError(f"{resume} holds a model with options {ckpt.get('options')}, "
+        options = {'model': 'liif', **(ckpt.get('options') or {})}  # runs from before MetaSR and the baselines
+        if options != model.options:
+            raise ValueError(f"{resume} holds a model with options {options}, "
                              f"but the settings ask for {model.options}")
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])

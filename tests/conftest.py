@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,3 +34,13 @@ def official_weights() -> Path:
 @pytest.fixture(scope='session')
 def train_root() -> Path:
     return _need(DATA / 'train')
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Small ops run ~8x slower with two threads spinning on a busy 2-core machine (modules opt in
+    with `pytestmark = pytest.mark.usefixtures('one_thread')`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ TOL = 1e-5
 SWITCHES = list(itertools.product([True, False], repeat=3))  # (feat_unfold, local_ensemble, cell_decode)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These small ops run ~8x slower with two threads spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------- independent reference
@@ -284,7 +278,7 @@ def test_official_checkpoint_loads_every_tensor(official_weights, official_model
     for key, value in raw_sd.items():
         assert torch.equal(own[key], value), key
     built = model_from_checkpoint(official_weights, fast=False)
-    assert built.options == dict(encoder='edsr-baseline', hidden_list=[256] * 4, feat_unfold=True,
+    assert built.options == dict(model='liif', encoder='edsr-baseline', hidden_list=[256] * 4, feat_unfold=True,
                                  local_ensemble=True, cell_decode=True)
     assert not built.fast
     for key, value in raw_sd.items():
