@@ -381,7 +381,7 @@ class VariedDataset(PairedFolders):
                 raise ValueError("sample_q = 0 (all pixels) needs gt_resize > 0 and square HR images, so that every "
                                  "item has as many queries to batch")
 
-    def hr_size(self, index: int) -> int:
+    def gt_side(self, index: int) -> int:
         """The shorter side of item `index`'s ground truth before gt_resize."""
         p = index / (len(self) - 1) if len(self) > 1 else 1.0
         return round(self.size_min + (self.size_max - self.size_min) * p)
@@ -389,13 +389,15 @@ class VariedDataset(PairedFolders):
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         lr, hr = self.pair(index % len(self.files))
-        hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.hr_size(index)))
+        hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.gt_side(index)))
         if self.augment and rng.random() < 0.5:
             lr, hr = augment(lr, False, True, False), np.ascontiguousarray(augment(hr, False, True, False))
         if self.gt_resize:
             hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.gt_resize))
         return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng),
                 'scale': hr.shape[0] / lr.shape[0]}
+
+
 class BenchmarkDataset(Dataset):
     """(LR, HR) pairs of a benchmark set at one scale; set_root = <root>/<Name> holding HR/ and
     optionally LR_bicubic/X<s>/<name>x<s>.png.

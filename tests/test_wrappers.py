@@ -15,20 +15,9 @@ import train
 from dataset import PairedDataset, VariedDataset, list_images
 from imgproc import imresize, load_uint8, write_image
 from model import build_model
-
-# The 8 dihedral transforms as (row flip, column flip, transpose), written here independently.
-TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (False, True)]
-
-
-def transform(img, hflip, vflip, transpose):
-    if hflip:
-        img = np.flip(img, 0)
-    if vflip:
-        img = np.flip(img, 1)
-    if transpose:
-        img = np.swapaxes(img, 0, 1)
-    return np.ascontiguousarray(img)
-
+from test_config import check_problems
+from test_dataset import TRANSFORMS, pixel_index, same_items, transform
+from test_train import load
 
 def as_uint8(t: torch.Tensor) -> np.ndarray:
     """A (3, H, W) or (N, 3) float tensor that holds 8-bit values, as exact uint8 (HWC for images)."""
@@ -39,15 +28,8 @@ def as_uint8(t: torch.Tensor) -> np.ndarray:
 
 
 def centres(n: int) -> np.ndarray:
-    """Pixel-centre coordinates of n pixels on [-1, 1], in float64."""
+    """Pixel-centre coordinates -1 + (2i + 1) / n of n pixels, in float64."""
     return -1 + (2 * np.arange(n) + 1) / n
-
-
-def pixel_index(coord: np.ndarray, n: int) -> np.ndarray:
-    """Pixel-centre coordinate -> integer index, insisting that it is a centre."""
-    i = ((coord + 1) * n - 1) / 2
-    assert np.allclose(i, np.round(i), atol=1e-3)
-    return np.round(i).astype(int)
 
 
 def box_down(img: np.ndarray, s: int) -> np.ndarray:
@@ -163,8 +145,8 @@ def test_sampled_queries_are_pixels_of_the_hr_patch(x2_folders):
         item, whole = ds[index], full[index]
         assert torch.equal(item['lr'], whole['lr'])  # the same crop and flips: queries are drawn last
         n = 2 * p
-        rows = pixel_index(item['coord'][:, 0].numpy().astype(np.float64), n)
-        cols = pixel_index(item['coord'][:, 1].numpy().astype(np.float64), n)
+        rows = pixel_index(item['coord'][:, 0].numpy(), n)
+        cols = pixel_index(item['coord'][:, 1].numpy(), n)
         assert len(set(zip(rows, cols))) == q  # without replacement
         hr_patch = as_uint8(whole['gt']).reshape(n, n, 3)
         assert np.array_equal(as_uint8(item['gt']), hr_patch[rows, cols])
@@ -182,8 +164,8 @@ def test_whole_images_crop_hr_to_s_times_lr(x2_folders):
     assert np.array_equal(as_uint8(item['lr']), lr)
     h, w = 2 * lr.shape[0], 2 * lr.shape[1]
     assert (h, w) == (48, 64) and hr.shape[:2] == (49, 64)
-    rows = pixel_index(item['coord'][:, 0].numpy().astype(np.float64), h)
-    cols = pixel_index(item['coord'][:, 1].numpy().astype(np.float64), w)
+    rows = pixel_index(item['coord'][:, 0].numpy(), h)
+    cols = pixel_index(item['coord'][:, 1].numpy(), w)
     assert np.array_equal(as_uint8(item['gt']), hr[rows, cols])
     assert np.allclose(item['cell'].numpy(), [2 / h, 2 / w])
     sample = ds.centre_item(0)
@@ -198,11 +180,6 @@ def test_centre_item_is_the_aligned_centre_crop(x2_folders):
     assert np.array_equal(as_uint8(sample['lr']), lr[x0:x0 + 8, y0:y0 + 8])
     assert np.array_equal(as_uint8(sample['hr']), hr[2 * x0:2 * x0 + 16, 2 * y0:2 * y0 + 16])
     assert sample['scale'] == 2.0
-
-
-def same_items(a, b):
-    return a.keys() == b.keys() and all(
-        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
 def test_paired_items_depend_on_seed_epoch_index_only(x2_folders):
@@ -285,8 +262,8 @@ def test_varied_sizes_follow_the_schedule(celeb_folders):
         assert np.array_equal(as_uint8(item['lr']), lr)
         assert item['scale'] == side / 32
         expected = pil_short_side(hr, side)
-        rows = pixel_index(item['coord'][:, 0].numpy().astype(np.float64), side)
-        cols = pixel_index(item['coord'][:, 1].numpy().astype(np.float64), side)
+        rows = pixel_index(item['coord'][:, 0].numpy(), side)
+        cols = pixel_index(item['coord'][:, 1].numpy(), side)
         assert np.array_equal(as_uint8(item['gt']), expected[rows, cols])
         sides.append(side)
     assert sides[0] == 32 and sides[-1] == 256 and sides == sorted(sides)
@@ -344,28 +321,28 @@ def test_varied_keeps_the_aspect_ratio_and_is_worker_independent(tmp_path, train
         VariedDataset(tmp_path / 'lr', tmp_path / 'hr', size_min=10, size_max=40, sample_q=0, gt_resize=20)
 
 
-def check_problems(argv: list[str]) -> str:
-    cfg = config.parse(argv)
-    with pytest.raises(ValueError) as info:
-        config.check(cfg, 'train')
-    return str(info.value)
-
-
-def test_data_settings_are_checked(x2_folders, tmp_path):
+def test_data_settings_are_checked(x2_folders, tmp_path, capsys):
     lr_dir, hr_dir = (str(d) for d in x2_folders)
     folders = [f'--train_dir={hr_dir}', f'--valid_dir={hr_dir}', f'--valid_lr_dir={lr_dir}']
-    message = check_problems([*folders, '--train_data=pairs'])
+    message = check_problems([*folders, '--train_data=pairs'], 'train')
     assert "train_data must be 'downsampled', 'paired' or 'varied'" in message
     message = check_problems([*folders, '--train_data=paired', f'--train_lr_dir={lr_dir},{lr_dir}',
-                              f'--valid_lr_dir={tmp_path / "none"}'])
+                              f'--valid_lr_dir={tmp_path / "none"}'], 'train')
     assert 'train_lr_dir has 2 folder(s) for the 1 of train_dir' in message
     assert 'valid_lr_dir' in message and 'does not exist' in message
     message = check_problems([*folders, '--train_data=varied', f'--train_lr_dir={tmp_path / "none"}',
-                              '--sample_q=0', '--size_min=9', '--size_max=8'])
+                              '--sample_q=0', '--size_min=9', '--size_max=8'], 'train')
     assert 'train_lr_dir' in message and 'size_min (9) is larger than size_max (8)' in message
     assert 'needs gt_resize > 0' in message
-    message = check_problems([f'--train_dir={hr_dir}', f'--valid_dir={hr_dir}', '--patch_size=0'])
+    message = check_problems([f'--train_dir={hr_dir}', f'--valid_dir={hr_dir}', '--patch_size=0'], 'train')
     assert 'patch_size and sample_q must be > 0' in message
+    # folders that do not pair: one `error:` line from train.py, exit status 2
+    capsys.readouterr()
+    argv = [*folders, '--train_data=paired', f'--train_lr_dir={hr_dir}', f'--train_dir={lr_dir}', '--patch_size=8',
+            f'--out_dir={tmp_path / "run"}']  # LR and HR swapped
+    assert train.run_main(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: LR ') and 'not an integer multiple' in err and err.count('\n') == 1
     # what is fine: paired data with whole images and all queries, validated on paired folders
     config.check(config.parse([*folders, '--train_data=paired', f'--train_lr_dir={lr_dir}', '--patch_size=0',
                                '--sample_q=0']), 'train')
@@ -412,10 +389,6 @@ def tiny(name: str, x2_folders, celeb_root, out_dir, *extra: str) -> list[str]:
         folders = [f'--train_lr_dir={lr_dir}', f'--train_dir={hr_dir}', f'--valid_lr_dir={lr_dir}',
                    f'--valid_dir={hr_dir}', '--patch_size=8', '--repeat=1', '--valid_repeat=2']
     return [f'--experiment={name}', *folders, *common, *extra]
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 @pytest.mark.parametrize('name', EXPERIMENTS)
