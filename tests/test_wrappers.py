@@ -1,6 +1,9 @@
 """The paired and size-varied training data (official sr-implicit-paired / sr-implicit-uniform-varied),
 checked on folders made here from real T91 / BSDS200 images, against index arithmetic, PIL and the formulas."""
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from imgproc import imresize, load_uint8, write_image
 from model import build_model
 from test_config import check_problems
 from test_dataset import TRANSFORMS, pixel_index, same_items, transform
-from test_train import load
+from test_train import ROOT, load
 
 def as_uint8(t: torch.Tensor) -> np.ndarray:
     """A (3, H, W) or (N, 3) float tensor that holds 8-bit values, as exact uint8 (HWC for images)."""
@@ -243,6 +246,33 @@ def celeb_root(tmp_path_factory, train_root) -> Path:
 @pytest.fixture(scope='module')
 def celeb_folders(celeb_root) -> tuple:
     return celeb_root / 'train' / '32', celeb_root / 'train' / '256'
+
+
+def test_prepare_celebahq_script(tmp_path, train_root):
+    """scripts/prepare_celebahq.py: <out>/<split>/<size>/<name>.png, 256 = PIL bicubic of the original,
+    the smaller sizes PIL bicubic of the 256 image (the official resize script's chain)."""
+    originals = {}
+    for path, name in zip(list_images(train_root / 'BSDS200')[:3], ('00002.jpg', '00000.png', '00001.jpg')):
+        img = load_uint8(path)[:300, :300]
+        Image.fromarray(img).save(tmp_path / name)  # JPEG files decode the same way here and in the script
+        originals[Path(name).stem] = np.asarray(Image.open(tmp_path / name).convert('RGB'))
+    split = tmp_path / 'split.json'
+    split.write_text(json.dumps({'train': ['00002.png', '00000.png'], 'val': ['00001.png']}))
+    script = [sys.executable, str(ROOT / 'scripts' / 'prepare_celebahq.py'), '--originals', str(tmp_path),
+              '--split', str(split), '--out', str(tmp_path / 'out')]
+    run = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "note: the 'train' list is not in sorted name order" in run.stdout and 'wrote 12 images' in run.stdout
+    for split_name, stems in (('train', ['00000', '00002']), ('val', ['00001'])):
+        for stem in stems:
+            hr = Image.fromarray(originals[stem]).resize((256, 256), Image.BICUBIC)
+            for size in (256, 128, 64, 32):
+                expected = np.asarray(hr.resize((size, size), Image.BICUBIC))
+                assert np.array_equal(load_uint8(tmp_path / 'out' / split_name / str(size) / f'{stem}.png'), expected)
+        assert len(list((tmp_path / 'out' / split_name / '32').iterdir())) == len(stems)
+    split.write_text(json.dumps({'train': ['00000.png', '09999.png'], 'val': []}))
+    bad = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith('error: 1 image(s)') and '09999' in bad.stderr
 
 
 def test_varied_sizes_follow_the_schedule(celeb_folders):
