@@ -25,11 +25,11 @@ cell_decode = True  # give the decoder the query's cell size
 fast = True  # folded first layer + batched ensemble (same function); False runs the official algorithm
 
 # ---- data
-train_data = 'downsampled'  # 'downsampled' (LR made from train_dir at random scales), 'paired' (train_lr_dir / train_dir patches) or 'varied' (paired, ground truths resized over [size_min, size_max])
+train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
 train_dir = ['data/DIV2K/DIV2K_train_HR']  # folders of HR training images (all are used)
 train_lr_dir = ['data/DIV2K/DIV2K_train_LR_bicubic/X2']  # 'paired' / 'varied': LR folders, one per train_dir folder, matched by sorted file order
 valid_dir = 'data/DIV2K/DIV2K_valid_HR'  # HR images (patch PSNR as the official) or a benchmark set like Set5 (PSNR at valid_scale)
-valid_lr_dir = ''  # LR folder paired with valid_dir: validate on paired patches (patch_size, sample_q) as the official paired recipes; '' = not paired
+valid_lr_dir = ''  # LR folder paired with valid_dir: validate on paired patches (patch_size, sample_q) as the official; '' = not paired
 valid_first = 10  # validate on the first N images of valid_dir (the official recipe uses 10)
 valid_repeat = 160  # validation patches per image (the official: 10 images x 160 patches)
 valid_scale = 4.0  # scale of the validation when valid_dir is a benchmark set (<set>/HR)
