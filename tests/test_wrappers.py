@@ -22,6 +22,7 @@ from test_config import check_problems
 from test_dataset import TRANSFORMS, pixel_index, same_items, transform
 from test_train import ROOT, load
 
+
 def as_uint8(t: torch.Tensor) -> np.ndarray:
     """A (3, H, W) or (N, 3) float tensor that holds 8-bit values, as exact uint8 (HWC for images)."""
     x = t.numpy() * 255
