@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+from model import MODELS, UPSAMPLE_SCALES
+
 # ---- experiment
 experiment = 'edsr-baseline-liif'  # a name from EXPERIMENTS below
 out_dir = ''  # where a run writes its files; '' = results/<experiment>
@@ -17,12 +19,14 @@ seed = 0  # seeds Python, NumPy and torch for reproducible runs
 device = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
 
 # ---- model
+model = 'liif'  # 'liif', 'metasr' or 'upsample' (the encoder's own EDSR/RDN up-sampler at upsample_scale, no decoder: the fixed-scale baselines)
 encoder = 'edsr-baseline'  # 'edsr-baseline' or 'rdn'
-hidden_list = [256, 256, 256, 256]  # decoder MLP hidden sizes
-feat_unfold = True  # feed the 3x3-unfolded feature to the decoder
-local_ensemble = True  # blend the 4 nearest latent codes by area
-cell_decode = True  # give the decoder the query's cell size
-fast = True  # folded first layer + batched ensemble (same function); False runs the official algorithm
+upsample_scale = 2  # scale of the 'upsample' model's pixel-shuffle up-sampler (EDSR 2/3/4/8, RDN 2/3/4)
+hidden_list = [256, 256, 256, 256]  # LIIF decoder MLP hidden sizes (MetaSR's is fixed: [256])
+feat_unfold = True  # LIIF: feed the 3x3-unfolded feature to the decoder
+local_ensemble = True  # LIIF: blend the 4 nearest latent codes by area
+cell_decode = True  # LIIF: give the decoder the query's cell size
+fast = True  # LIIF: folded first layer + batched ensemble (same function); False runs the official algorithm
 
 # ---- data
 train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
@@ -101,6 +105,8 @@ EXPERIMENTS = {
     'edsr-baseline-liif-x2': {'scale_min': 2.0, 'scale_max': 2.0},
     'edsr-baseline-liif-x3': {'scale_min': 3.0, 'scale_max': 3.0},
     'edsr-baseline-liif-x4': {'scale_min': 4.0, 'scale_max': 4.0},
+    'edsr-baseline-metasr': {'model': 'metasr'},
+    'rdn-metasr': {'model': 'metasr', 'encoder': 'rdn'},
     # fixed-scale baselines on DIV2K's X2 LR files: 48-px LR patches, every HR pixel of the patch a query
     'edsr-baseline-x2': {'model': 'upsample', 'upsample_scale': 2, **_DIV2K_X2},
     'rdn-x2': {'model': 'upsample', 'upsample_scale': 2, 'encoder': 'rdn', **_DIV2K_X2},
@@ -111,7 +117,7 @@ EXPERIMENTS = {
     'celebAHQ-64-128-upsample': {**_celebahq(64, 128), 'gt_resize': 128, 'model': 'upsample', 'upsample_scale': 2},
 }
 
-MODEL_KEYS = ['encoder', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
+MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
 
 
 def defaults() -> dict:
@@ -176,8 +182,13 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if not (path.is_dir() if kind == 'folder' else path.exists()):
             problems.append(f"{name}: {kind} {str(path)!r} does not exist")
 
-    if cfg.encoder not in ('edsr-baseline', 'rdn'):
+    if cfg.model not in MODELS:
+        problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {cfg.model!r}")
+    if cfg.encoder not in UPSAMPLE_SCALES:
         problems.append(f"encoder must be 'edsr-baseline' or 'rdn', got {cfg.encoder!r}")
+    elif cfg.model == 'upsample' and cfg.upsample_scale not in UPSAMPLE_SCALES[cfg.encoder]:
+        problems.append(f"upsample_scale must be one of {UPSAMPLE_SCALES[cfg.encoder]} for the {cfg.encoder} "
+                        f"up-sampler, got {cfg.upsample_scale!r}")
     if not cfg.hidden_list or any(not isinstance(n, int) or n <= 0 for n in cfg.hidden_list):
         problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
     if cfg.amp not in ('fp32', 'bf16', 'fp16'):

@@ -1,39 +1,50 @@
-"""LIIF: an EDSR-baseline or RDN encoder and the local implicit image function decoder.
+"""The models: LIIF, MetaSR and the fixed-scale EDSR-baseline / RDN baselines, their encoders, and
+checkpoint loading (official and this project's formats).
 
-Chen, Liu, Wang, "Learning Continuous Image Representation with Local Implicit Image Function",
-CVPR 2021. Parameter names follow the official release so its checkpoints load unchanged.
+LIIF: Chen, Liu, Wang, "Learning Continuous Image Representation with Local Implicit Image Function",
+CVPR 2021. MetaSR: Hu et al., "Meta-SR", CVPR 2019, as the LIIF paper's baseline. Parameter names
+follow the official LIIF release so its checkpoints load unchanged.
 
 Conventions: `lr` is (B, 3, h, w) RGB in [0, 1]; `coord` and `cell` are (B, Q, 2), row axis first,
-in the [-1, 1] square whose pixel centres are -1 + (2i + 1) / n. Outputs are RGB in [0, 1] units.
+in the [-1, 1] square whose pixel centres are -1 + (2i + 1) / n. Every model maps `model(lr, coord,
+cell)` to RGB (B, Q, 3) in [0, 1] units; inside, as in the official recipe, the encoder sees
+(lr - 0.5) / 0.5 and the output is scaled back by * 0.5 + 0.5. Each model is an SRModel: encode,
+per-axis look-up and decode (render.py's interface), so one engine renders all of them.
 
-Two paths compute the same function (`model.fast`, config setting `fast`):
+LIIF has two paths computing the same function (`model.fast`, config setting `fast`):
 - reference (fast=False): the official algorithm; the 3x3-unfolded feature (576 channels), four
   separate look-ups and four full decoder passes per query.
 - fast (default): the first decoder layer's feature part is a 3x3 convolution of the feature map,
   computed once per image at LR resolution (256 channels); per query only the coordinate and cell
   terms are added before the ReLU. The four ensemble members are decoded in one call, in
-  cache-sized blocks. `render` generates the query grid per chunk, writes into a preallocated
-  output, and for large inputs encodes overlapping LR tiles, so memory stays bounded at any size.
+  cache-sized blocks.
 """
-import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-# What render and predict aim to use beyond their input and output tensors, in bytes, when `chunk`
-# and `tile` are not given: half for encoding (the whole image, or tiles of it), an eighth for the
-# per-chunk query tensors. Measured peak RSS of a 2048x2048 x4 render is in the README.
-MEMORY_BUDGET = 1 << 30
+import render as engine
+from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, spans
+
 BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
-AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
+UPSAMPLE_SCALES = {'edsr-baseline': [2, 3, 4, 8], 'rdn': [2, 3, 4]}  # the official up-samplers' scales
 
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+def shuffle_stages(cin: int, feats: int, scale: int) -> list[nn.Module]:
+    """The sub-pixel up-sampler of EDSR and RDN: per stage a conv to feats * f^2 channels and a
+    PixelShuffle(f); f = 2 per octave for 2, 4, 8, one stage of 3 for 3."""
+    layers = []
+    for f in UPSAMPLE_FACTORS[scale]:
+        layers += [conv3x3(cin, feats * f * f), nn.PixelShuffle(f)]
+        cin = feats
+    return layers
 
 
 class ResBlock(nn.Module):
@@ -46,19 +57,27 @@ class ResBlock(nn.Module):
 
 
 class EDSR(nn.Module):
-    """EDSR-baseline without the upsampler: head conv, residual blocks, a last conv, global skip."""
+    """EDSR-baseline: head conv, residual blocks, a last conv, global skip; with upsample_scale, the
+    up-sampler `tail` (pixel-shuffle stages, then a conv to RGB) gives the x2/x3/x4/x8 network."""
 
-    def __init__(self, n_resblocks: int = 16, n_feats: int = 64):
+    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, upsample_scale: int = 0):
         super().__init__()
         self.head = nn.Sequential(conv3x3(3, n_feats))
         self.body = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)], conv3x3(n_feats, n_feats))
         self.out_dim = n_feats
-        self.receptive_radius = 2 * n_resblocks + 2  # 3x3 convs on the longest path
-        self.peak_channels = 6 * n_feats  # float maps alive at once during forward (for tile sizing)
+        self.receptive_radius = 2 * n_resblocks + 2  # 3x3 convs on the longest path, in LR pixels
+        self.peak_channels = 6 * n_feats  # float maps alive at once per LR pixel during forward (for tile sizing)
+        if upsample_scale:
+            self.tail = nn.Sequential(nn.Sequential(*shuffle_stages(n_feats, n_feats, upsample_scale)),
+                                      conv3x3(n_feats, 3))
+            self.out_dim = 3
+            self.receptive_radius += len(UPSAMPLE_FACTORS[upsample_scale]) + 1  # each conv reaches <= 1 LR pixel
+            self.peak_channels += 2 * n_feats * upsample_scale ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(x)
-        return x + self.body(x)
+        x = x + self.body(x)
+        return self.tail(x) if hasattr(self, 'tail') else x
 
 
 class RDBConv(nn.Module):
@@ -81,9 +100,11 @@ class RDB(nn.Module):
 
 
 class RDN(nn.Module):
-    """RDN without the upsampler, configuration B (16 blocks of 8 layers, growth 64), G0 = 64."""
+    """RDN configuration B (16 blocks of 8 layers, growth 64), G0 = 64; with upsample_scale, the
+    up-sampler `UPNet` (pixel-shuffle stages of `growth` channels, then a conv to RGB), x2/x3/x4."""
 
-    def __init__(self, g0: int = 64, n_blocks: int = 16, n_layers: int = 8, growth: int = 64):
+    def __init__(self, g0: int = 64, n_blocks: int = 16, n_layers: int = 8, growth: int = 64,
+                 upsample_scale: int = 0):
         super().__init__()
         self.SFENet1 = conv3x3(3, g0)
         self.SFENet2 = conv3x3(g0, g0)
@@ -93,6 +114,11 @@ class RDN(nn.Module):
         self.receptive_radius = 2 + n_blocks * n_layers + 1
         # the block outputs kept for GFF, their concatenation, and a block's growing dense stack
         self.peak_channels = 2 * n_blocks * g0 + 2 * (g0 + n_layers * growth)
+        if upsample_scale:
+            self.UPNet = nn.Sequential(*shuffle_stages(g0, growth, upsample_scale), conv3x3(growth, 3))
+            self.out_dim = 3
+            self.receptive_radius += len(UPSAMPLE_FACTORS[upsample_scale]) + 1
+            self.peak_channels += 2 * growth * upsample_scale ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.SFENet1(x)
@@ -101,7 +127,8 @@ class RDN(nn.Module):
         for block in self.RDBs:
             x = block(x)
             outs.append(x)
-        return f1 + self.GFF(torch.cat(outs, 1))
+        x = f1 + self.GFF(torch.cat(outs, 1))
+        return self.UPNet(x) if hasattr(self, 'UPNet') else x
 
 
 class MLP(nn.Module):
@@ -118,11 +145,48 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-def pixel_centres(n: int, device=None) -> torch.Tensor:
-    """Centres of n pixels on [-1, 1]: -1 + (2i + 1) / n, computed as the official make_coord does."""
-    r = 1 / n
-    return -1 + r + 2 * r * torch.arange(n, device=device).float()
+def normalise(lr: torch.Tensor) -> torch.Tensor:
+    """The encoder's input, (lr - 0.5) / 0.5 as the official data_norm; channels_last on CUDA (faster cuDNN)."""
+    if lr.is_cuda:
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    return (lr - 0.5) / 0.5
 
+
+def batch_index(batch: int, index: torch.Tensor) -> torch.Tensor:
+    """Image indices (B, 1, ...) broadcasting over the query shape of look-up indices (S, B|1, ...)."""
+    return torch.arange(batch, device=index.device).view(batch, *[1] * (index.dim() - 2))
+
+
+def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two broadcastable per-query values as one (..., 2) tensor."""
+    return torch.stack(torch.broadcast_tensors(a, b), -1)
+
+
+class SRModel(nn.Module):
+    """What every model gives render.py: encode(lr), lookup(c, n, cell) per axis, decode(latent, rows,
+    cols), latent_scale, tile_margin, bytes_per_query(), bytes_per_lr_pixel(). The forward pass and
+    the rendering methods are the engine's, the same for every model."""
+    latent_scale = 1  # latent pixels per LR pixel along each axis
+
+    def forward(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        return engine.query(self, self.encode(lr), coord, cell, lr.shape[-2:])
+
+    def predict(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, chunk: int | None = None,
+                amp: str = 'fp32') -> torch.Tensor:
+        return engine.predict(self, lr, coord, cell, chunk, amp)
+
+    def render(self, lr: torch.Tensor, size: tuple[int, int], **options) -> torch.Tensor:
+        """render.render: chunk, amp, tile, memory_budget, progress."""
+        return engine.render(self, lr, size, **options)
+
+    def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
+        return engine.auto_chunk(self, memory_budget)
+
+    def auto_tile(self, lr_shape: tuple[int, ...], memory_budget: int = MEMORY_BUDGET) -> int:
+        return engine.auto_tile(self, lr_shape, memory_budget)
+
+
+# ---------------------------------------------------------------- LIIF
 
 def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent-code look-ups along one axis of length n for coordinates `c` (any shape).
@@ -137,26 +201,10 @@ def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.T
     centres = pixel_centres(n, c.device)
     index, rel = [], []
     for v in shifts:
-        shifted = (c + (v / n + eps)).clamp_(-1 + 1e-6, 1 - 1e-6)
-        i = torch.round(((shifted + 1) * n - 1) / 2).long().clamp_(0, n - 1)
+        i = nearest_index((c + (v / n + eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
         index.append(i)
         rel.append((c - centres[i]) * n)
     return torch.stack(index), torch.stack(rel)
-
-
-def ensemble_lookups(coord: torch.Tensor, h: int, w: int, local_ensemble: bool):
-    """Per ensemble member (4 with local ensemble, else 1), in the official order (row shift major):
-    row and column indices (B, Q) and the relative coordinate (B, Q, 2) in feature-pixel units."""
-    iy, ry = axis_lookups(coord[..., 0], h, local_ensemble)
-    ix, rx = axis_lookups(coord[..., 1], w, local_ensemble)
-    return [(iy[a], ix[b], torch.stack([ry[a], rx[b]], -1)) for a in range(len(iy)) for b in range(len(ix))]
-
-
-def ensemble_weights(rels: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each prediction is weighted by the area of the sub-rectangle diagonally opposite it."""
-    areas = [torch.abs(rel[..., 0] * rel[..., 1]) + 1e-9 for rel in rels]
-    total = torch.stack(areas).sum(0)
-    return [a / total for a in reversed(areas)]
 
 
 def member_inputs(iy, ix, ry, rx, row_stride: int, offset, rel_cell):
@@ -184,11 +232,7 @@ def member_inputs(iy, ix, ry, rx, row_stride: int, offset, rel_cell):
     return index, inputs, members_last(weight)
 
 
-def _spans(n: int, step: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + step)) for s in range(0, n, step)]
-
-
-class LIIF(nn.Module):
+class LIIF(SRModel):
     def __init__(self, encoder: nn.Module, encoder_name: str, hidden_list: list[int] = (256, 256, 256, 256),
                  feat_unfold: bool = True, local_ensemble: bool = True, cell_decode: bool = True,
                  fast: bool = True):
@@ -196,62 +240,74 @@ class LIIF(nn.Module):
         self.encoder = encoder
         self.feat_unfold, self.local_ensemble, self.cell_decode = feat_unfold, local_ensemble, cell_decode
         self.fast = fast  # folded first layer + batched ensemble; False runs the official algorithm
-        self.options = dict(encoder=encoder_name, hidden_list=list(hidden_list), feat_unfold=feat_unfold,
-                            local_ensemble=local_ensemble, cell_decode=cell_decode)
+        self.options = dict(model='liif', encoder=encoder_name, hidden_list=list(hidden_list),
+                            feat_unfold=feat_unfold, local_ensemble=local_ensemble, cell_decode=cell_decode)
         self.feat_dim = encoder.out_dim * (9 if feat_unfold else 1)
         self.imnet = MLP(self.feat_dim + 2 + (2 if cell_decode else 0), 3, list(hidden_list))
         self.decode_block = self._decode_block  # replaced by a compiled version in compile_decoder
 
-    # ---- the model as a function: encoder, query
+    # ---- the model as a function: encode, look up, decode
 
-    def gen_feat(self, lr: torch.Tensor) -> torch.Tensor:
-        """Encode once per image. The fast path also applies the feature part of the first decoder
-        layer here: a linear map of the 3x3-unfolded feature is a 3x3 convolution of the feature."""
-        if lr.is_cuda:
-            lr = lr.contiguous(memory_format=torch.channels_last)  # faster cuDNN convolutions
-        feat = self.encoder((lr - 0.5) / 0.5)
-        if not self.fast:
-            return feat
-        first = self.imnet.layers[0]
+    def encode(self, lr: torch.Tensor) -> torch.Tensor:
+        """The feature map; unfolded to 3x3 neighbourhoods on the reference path. The fast path
+        applies the feature part of the first decoder layer here instead: a linear map of the
+        3x3-unfolded feature is a 3x3 convolution of the feature."""
+        feat = self.encoder(normalise(lr))
         k = 3 if self.feat_unfold else 1
+        if not self.fast:
+            return F.unfold(feat, k, padding=k // 2).view(feat.shape[0], -1, *feat.shape[-2:])
+        first = self.imnet.layers[0]
         weight = first.weight[:, :self.feat_dim].reshape(-1, self.encoder.out_dim, k, k)
         return F.conv2d(feat, weight, first.bias, padding=k // 2)
 
-    def query_rgb(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """RGB (B, Q, 3) in [0, 1] units (unclamped) at `coord` from a `gen_feat` output."""
-        h, w = feat.shape[-2:]
-        rel_cell = cell * cell.new_tensor([h, w])
-        if self.fast:
-            iy, ry = axis_lookups(coord[..., 0], h, self.local_ensemble)
-            ix, rx = axis_lookups(coord[..., 1], w, self.local_ensemble)
-            offset = (torch.arange(feat.shape[0], device=feat.device) * (h * w)).unsqueeze(1)
-            index, inputs, weight = member_inputs(iy, ix, ry, rx, w, offset,
-                                                  rel_cell.unsqueeze(-2) if self.cell_decode else None)
-            rgb = self._decode(self._table(feat), index.flatten(0, 1), inputs.flatten(0, 1),
-                               weight.flatten(0, 1), self._decoder_params(feat.dtype))
-            return rgb.view(*coord.shape[:2], 3)
-        lookups = ensemble_lookups(coord, h, w, self.local_ensemble)
-        preds = self._query_reference(feat, lookups, rel_cell)
-        weights = ensemble_weights([rel for _, _, rel in lookups])
-        out = sum(pred * wt.unsqueeze(-1) for pred, wt in zip(preds, weights))
+    def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
+        index, rel = axis_lookups(c, n, self.local_ensemble)
+        return Lookup(index, rel, cell * n if self.cell_decode else None)
+
+    def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
+        """RGB (*Q, 3) in [0, 1] units (unclamped) from an `encode` output."""
+        if not self.fast:
+            return self._decode_reference(latent, rows, cols)
+        b, _, h, w = latent.shape
+        offset = batch_index(b, rows.index) * (h * w)
+        rel_cell = pair(rows.cell, cols.cell).unsqueeze(-2) if self.cell_decode else None
+        index, inputs, weight = member_inputs(rows.index, cols.index, rows.rel, cols.rel, w, offset, rel_cell)
+        rgb = self._decode(self._table(latent), index.flatten(0, -2), inputs.flatten(0, -3),
+                           weight.flatten(0, -2), self._decoder_params(latent.dtype))
+        return rgb.view(*index.shape[:-1], 3)
+
+    def _decode_reference(self, latent, rows: Lookup, cols: Lookup) -> torch.Tensor:
+        """The official algorithm: per ensemble member (row shift major) a look-up of the unfolded
+        feature and a full MLP pass; each prediction weighted by the area diagonally opposite it."""
+        table = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
+        batch = batch_index(latent.shape[0], rows.index)
+        preds, areas = [], []
+        for iy, ry in zip(rows.index, rows.rel):
+            for ix, rx in zip(cols.index, cols.rel):
+                q_feat = table[batch, iy, ix]
+                rel = pair(ry, rx).expand(*q_feat.shape[:-1], 2)
+                parts = [q_feat, rel] + ([pair(rows.cell, cols.cell).expand_as(rel)] if self.cell_decode else [])
+                preds.append(self.imnet(torch.cat(parts, -1)))
+                areas.append((rel[..., 0] * rel[..., 1]).abs() + 1e-9)
+        total = torch.stack(areas).sum(0)
+        out = sum(pred * (area / total).unsqueeze(-1) for pred, area in zip(preds, reversed(areas)))
         return out * 0.5 + 0.5
 
-    def _query_reference(self, feat, lookups, rel_cell):
-        """The official algorithm: unfold, then one full-MLP pass per ensemble member."""
-        b, c, h, w = feat.shape
-        if self.feat_unfold:
-            feat = F.unfold(feat, 3, padding=1).view(b, c * 9, h, w)
-        flat = feat.flatten(2)
-        preds = []
-        for iy, ix, rel in lookups:
-            idx = (iy * w + ix).unsqueeze(1).expand(-1, flat.shape[1], -1)
-            q_feat = flat.gather(2, idx).transpose(1, 2)
-            inp = torch.cat([q_feat, rel] + ([rel_cell] if self.cell_decode else []), -1)
-            preds.append(self.imnet(inp))
-        return preds
+    @property
+    def tile_margin(self) -> int:
+        """The encoder's receptive radius and the 3x3 neighbourhood (folded layer or unfolding)."""
+        return self.encoder.receptive_radius + 1
 
-    def forward(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        return self.query_rgb(self.gen_feat(lr), coord, cell)
+    def bytes_per_query(self) -> int:
+        members = 4 if self.local_ensemble else 1
+        if self.fast:  # index, first-layer inputs, weights, area temporaries; the MLP runs in blocks
+            return members * (8 + 16 + 4 + 16) * 2 + 64
+        # four (feat_dim + 4)-wide inputs and the hidden activations of the full MLP
+        return members * (self.feat_dim + 4 + 3 * max(self.options['hidden_list'])) * 4
+
+    def bytes_per_lr_pixel(self) -> int:
+        latent = self.imnet.layers[0].out_features if self.fast else self.feat_dim
+        return 4 * (self.encoder.peak_channels + latent)
 
     # ---- the fast decoder
 
@@ -267,7 +323,6 @@ class LIIF(nn.Module):
         linears = [layer for layer in self.imnet.layers[1:] if isinstance(layer, nn.Linear)]
         return (first.weight[:, self.feat_dim:].t().to(dtype),
                 [(layer.weight.to(dtype), layer.bias.to(dtype)) for layer in linears])
-
     @staticmethod
     def _decode_block(table, index, inputs, weight, params):
         """RGB (n, 3) of n queries: index (n, M) table rows, inputs (n, M, K), weight (n, M)."""
@@ -294,7 +349,7 @@ class LIIF(nn.Module):
             return self.decode_block(table, index, inputs, weight, params)
         out = weight.new_empty(n, 3)
         step = max(1, BLOCK_ROWS // m)
-        for s, e in _spans(n, step):
+        for s, e in spans(n, step):
             block = [t[s:e] for t in (index, inputs, weight)]
             if e - s < step and self.decode_block is not self._decode_block:  # compiled: fixed shapes
                 block = [torch.cat([t, t[-1:].expand(step - (e - s), *t.shape[1:])]) for t in block]
@@ -307,172 +362,142 @@ class LIIF(nn.Module):
         self.decode_block = torch.compile(self._decode_block, mode='reduce-overhead' if cuda_graphs else None,
                                           dynamic=False)
 
-    # ---- inference: bounded memory at any size
+# ---------------------------------------------------------------- MetaSR
 
-    @staticmethod
-    def _autocast(device: torch.device, amp: str):
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-        if amp == 'fp32':
-            return nullcontext()
-        if amp == 'fp16' and device.type != 'cuda':
-            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on the CPU")
-        return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+class MetaSR(SRModel):
+    """MetaSR as the official LIIF release defines it: per query, an MLP 3 -> 256 -> C*9*3 turns
+    [rel_y, rel_x, cell_y * h / 2] into a (C*9, 3) filter applied to the 3x3-unfolded latent code
+    of the LR pixel holding the top-left corner of the query's cell (+1e-6, clamped into the square).
+    rel is that corner minus the pixel's top-left corner, times (h/2, w/2): in LR pixels. The cell
+    input is the cell's height times h/2 only, as in the official code. No local ensemble."""
 
-    def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
-        """Queries per chunk (over the batch) that keep the per-chunk tensors within budget / 8."""
-        members = 4 if self.local_ensemble else 1
-        if self.fast:  # index, first-layer inputs, weights, area temporaries; the MLP runs in blocks
-            per_query = members * (8 + 16 + 4 + 16) * 2 + 64
-        else:  # four (feat_dim + 4)-wide inputs and the hidden activations of the full MLP
-            per_query = members * (self.feat_dim + 4 + 3 * max(self.options['hidden_list'])) * 4
-        return max(256, memory_budget // 8 // per_query)
+    def __init__(self, encoder: nn.Module, encoder_name: str):
+        super().__init__()
+        self.encoder = encoder
+        self.options = dict(model='metasr', encoder=encoder_name)
+        self.imnet = MLP(3, encoder.out_dim * 9 * 3, [256])
 
-    def auto_tile(self, lr_shape: tuple[int, ...], memory_budget: int = MEMORY_BUDGET) -> int:
-        """The LR tile side (core, without overlap) whose encoding fits in half the budget; 0 = no tiling."""
-        b, _, h, w = lr_shape
-        per_pixel = 4 * b * (self.encoder.peak_channels + self.imnet.layers[0].out_features)
-        pixels = memory_budget // 2 // per_pixel
-        if h * w <= pixels:
-            return 0
-        return max(64, math.isqrt(pixels) - 2 * self.tile_margin)
+    def encode(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.encoder(normalise(lr))
+
+    def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
+        corner = c - cell / 2  # the top-left corner of the query's cell
+        index = nearest_index((corner + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
+        pixel_corner = pixel_centres(n, c.device)[index] - (2 / n) / 2
+        return Lookup(index[None], ((corner - pixel_corner) * (n / 2))[None], cell * (n / 2))
+
+    def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
+        b, c = latent.shape[:2]
+        padded = F.pad(latent, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # the unfolding's zero padding
+        batch, iy, ix = batch_index(b, rows.index), rows.index[0], cols.index[0]
+        taps = [padded[batch, iy + dy, ix + dx] for dy in range(3) for dx in range(3)]
+        q_feat = torch.stack(taps, -1).flatten(-2)  # (*Q, C*9), channel c * 9 + tap as F.unfold orders it
+        rel_y, rel_x = torch.broadcast_tensors(rows.rel[0], cols.rel[0])
+        filters = self.imnet(torch.stack([rel_y, rel_x, rows.cell.expand_as(rel_y)], -1)).unflatten(-1, (c * 9, 3))
+        rgb = (q_feat.unsqueeze(-2) @ filters).squeeze(-2)
+        return rgb * 0.5 + 0.5
 
     @property
     def tile_margin(self) -> int:
-        """LR pixels a tile extends beyond its core so its latent codes equal the untiled ones: the
-        encoder's receptive radius, the folded 3x3 layer, and the look-up reach (1 pixel, +1 for
-        rounding at cell borders)."""
-        return self.encoder.receptive_radius + 1 + 2
+        return self.encoder.receptive_radius + 1  # and the 3x3 neighbourhood
 
-    @torch.no_grad()
-    def predict(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, chunk: int | None = None,
-                amp: str = 'fp32') -> torch.Tensor:
-        """RGB (B, Q, 3) at arbitrary queries: encode once (untiled), decode `chunk` queries at a time."""
-        with self._autocast(lr.device, amp):
-            feat = self.gen_feat(lr)
-            per_image = max(1, (chunk or self.auto_chunk()) // lr.shape[0])
-            out = coord.new_empty(*coord.shape[:2], 3)
-            for s, e in _spans(coord.shape[1], per_image):
-                out[:, s:e] = self.query_rgb(feat, coord[:, s:e], cell[:, s:e])
-        return out
+    def bytes_per_query(self) -> int:
+        # the 9 taps, the unfolded code, the filter and the hidden layer
+        return 4 * (self.encoder.out_dim * 9 * 2 + self.encoder.out_dim * 9 * 3 + 256 + 8)
 
-    @torch.no_grad()
-    def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
-        """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w).
+    def bytes_per_lr_pixel(self) -> int:
+        return 4 * (self.encoder.peak_channels + 2 * self.encoder.out_dim)
 
-        chunk: queries per decoder call over the batch (None: from memory_budget). amp: 'fp32',
-        'bf16' or 'fp16' (CUDA) autocast. tile: LR tile side for the encoder (fast path; None: tiles
-        only when the encoding would exceed half of memory_budget; 0: never). Query coordinates are
-        made per chunk; only the (B, 3, H, W) output is allocated at full size. progress: a tqdm bar
-        of output pixels, for long renders.
-        """
-        height, width = (int(n) for n in size)
-        if lr.dim() != 4 or lr.shape[1] != 3:
-            raise ValueError(f"lr must be (B, 3, h, w), got {tuple(lr.shape)}")
-        if height <= 0 or width <= 0:
-            raise ValueError(f"output size must be positive, got {size}")
-        b, _, h, w = lr.shape
-        chunk = chunk or self.auto_chunk(memory_budget)
-        out = lr.new_empty(b, 3, height, width, dtype=torch.float32)
-        rows, cols = pixel_centres(height, lr.device), pixel_centres(width, lr.device)
-        bar = tqdm(total=b * height * width, unit='px', unit_scale=True, disable=not progress, leave=False,
-                   mininterval=1)
-        with self._autocast(lr.device, amp), bar:
-            if not self.fast:
-                self._render_reference(lr, rows, cols, chunk, out, bar)
-                return out
-            if tile is None:
-                tile = self.auto_tile(lr.shape, memory_budget)
-            params = None
-            iy, ry = axis_lookups(rows, h, self.local_ensemble)
-            ix, rx = axis_lookups(cols, w, self.local_ensemble)
-            # output row i is owned by the LR tile holding its centre: LR row floor((2i + 1) h / 2H)
-            owner_y = (2 * torch.arange(height, device=lr.device) + 1) * h // (2 * height)
-            owner_x = (2 * torch.arange(width, device=lr.device) + 1) * w // (2 * width)
-            margin = self.tile_margin
-            # the cell (2/H, 2/W) in float32, as coord_cell makes it, in LR-pixel units
-            rel_cell = (torch.tensor([2 / height, 2 / width]) * torch.tensor([h, w])).to(lr.device)
-            rel_cell = rel_cell if self.cell_decode else None
-            for a0, a1 in _spans(h, tile or h):
-                for c0, c1 in _spans(w, tile or w):
-                    y0, y1, x0, x1 = max(0, a0 - margin), min(h, a1 + margin), max(0, c0 - margin), min(w, c1 + margin)
-                    i0, i1 = (int(v) for v in torch.searchsorted(owner_y, torch.tensor([a0, a1], device=lr.device)))
-                    j0, j1 = (int(v) for v in torch.searchsorted(owner_x, torch.tensor([c0, c1], device=lr.device)))
-                    if i0 == i1 or j0 == j1:
-                        continue
-                    for index, lo, hi in ((iy[:, i0:i1], a0, a1), (ix[:, j0:j1], c0, c1)):
-                        if index.min() < lo - 2 or index.max() > hi + 1:
-                            raise RuntimeError("tile look-ups reach beyond the tile margin")  # cannot happen
-                    latent = self.gen_feat(lr[:, :, y0:y1, x0:x1])
-                    params = params or self._decoder_params(latent.dtype)
-                    lookups = (iy[:, i0:i1] - y0, ry[:, i0:i1], ix[:, j0:j1] - x0, rx[:, j0:j1])
-                    self._render_tile(latent, lookups, rel_cell, chunk, params, out[:, :, i0:i1, j0:j1], bar)
-        return out
 
-    def _render_tile(self, latent, lookups, rel_cell, chunk, params, out, bar):
-        """Decode the output rectangle `out` (B, 3, n_rows, n_cols) whose per-axis look-ups (indices
-        relative to the latent tile) are given, in chunks of whole rows (or parts of one row)."""
-        b, _, th, tw = latent.shape
-        iy, ry, ix, rx = lookups
-        n_rows, n_cols = out.shape[-2:]
-        table = self._table(latent)
-        offset = (torch.arange(b, device=latent.device) * (th * tw)).view(b, 1, 1)
-        if b * n_cols <= chunk:
-            rows_per_chunk, cols_per_chunk = chunk // (b * n_cols), n_cols
-        else:
-            rows_per_chunk, cols_per_chunk = 1, max(1, chunk // b)
-        for r0, r1 in _spans(n_rows, rows_per_chunk):
-            for c0, c1 in _spans(n_cols, cols_per_chunk):
-                index, inputs, weight = member_inputs(iy[:, None, r0:r1, None], ix[:, None, None, c0:c1],
-                                                      ry[:, None, r0:r1, None], rx[:, None, None, c0:c1],
-                                                      tw, offset, rel_cell)
-                rgb = self._decode(table, index.flatten(0, 2), inputs.flatten(0, 2), weight.flatten(0, 2), params)
-                out[:, :, r0:r1, c0:c1] = rgb.view(b, r1 - r0, c1 - c0, 3).permute(0, 3, 1, 2)
-                bar.update(rgb.shape[0])
+# ---------------------------------------------------------------- fixed-scale baselines
 
-    def _render_reference(self, lr, rows, cols, chunk, out, bar):
-        """The reference path: untiled, queries made per chunk of whole output rows."""
-        b, _, height, width = out.shape
-        feat = self.gen_feat(lr)
-        cell = torch.tensor([2 / height, 2 / width], device=lr.device)
-        for r0, r1 in _spans(height, max(1, chunk // (b * width))):
-            coord = torch.stack(torch.meshgrid(rows[r0:r1], cols, indexing='ij'), -1).view(1, -1, 2).expand(b, -1, -1)
-            rgb = self.query_rgb(feat, coord, cell.expand_as(coord))
-            out[:, :, r0:r1] = rgb.view(b, r1 - r0, width, 3).permute(0, 3, 1, 2)
-            bar.update(rgb.shape[0] * rgb.shape[1])
+class Upsample(SRModel):
+    """A fixed-scale network (EDSR-baseline or RDN with its own up-sampler), used as the official
+    LIIF without a decoder: the value at a query is the up-sampled image's pixel found by nearest
+    look-up at the query's coordinate. At its own scale this is plain EDSR / RDN super-resolution."""
 
+    def __init__(self, encoder: nn.Module, encoder_name: str, scale: int):
+        super().__init__()
+        self.encoder = encoder
+        self.latent_scale = scale
+        self.options = dict(model='upsample', encoder=encoder_name, upsample_scale=scale)
+
+    def encode(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.encoder(normalise(lr))
+
+    def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
+        return Lookup(nearest_index(c, n * self.latent_scale)[None], None, None)
+
+    def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
+        sr = latent.permute(0, 2, 3, 1)
+        return sr[batch_index(latent.shape[0], rows.index), rows.index[0], cols.index[0]] * 0.5 + 0.5
+
+    @property
+    def tile_margin(self) -> int:
+        return self.encoder.receptive_radius
+
+    def bytes_per_query(self) -> int:
+        return 64
+
+    def bytes_per_lr_pixel(self) -> int:
+        return 4 * self.encoder.peak_channels
+
+
+# ---------------------------------------------------------------- building and loading
 
 ENCODERS = {'edsr-baseline': EDSR, 'rdn': RDN}
+MODELS = ('liif', 'metasr', 'upsample')
 
 
-def build_model(encoder: str = 'edsr-baseline', **options) -> LIIF:
+def build_model(model: str = 'liif', encoder: str = 'edsr-baseline', upsample_scale: int = 2, fast: bool = True,
+                **liif_options) -> SRModel:
+    """Any model: 'liif' (liif_options: hidden_list, feat_unfold, local_ensemble, cell_decode; fast),
+    'metasr', or 'upsample' (the encoder's own up-sampler at upsample_scale). Options that do not
+    concern the chosen model are ignored."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
-    return LIIF(ENCODERS[encoder](), encoder, **options)
+    if model == 'liif':
+        return LIIF(ENCODERS[encoder](), encoder, fast=fast, **liif_options)
+    if model == 'metasr':
+        return MetaSR(ENCODERS[encoder](), encoder)
+    if model == 'upsample':
+        if upsample_scale not in UPSAMPLE_SCALES[encoder]:
+            raise ValueError(f"the {encoder} up-sampler has scales {UPSAMPLE_SCALES[encoder]}, not {upsample_scale!r}")
+        return Upsample(ENCODERS[encoder](upsample_scale=upsample_scale), encoder, upsample_scale)
+    raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}")
 
 
 def liif_edsr(**options) -> LIIF:
     """EDSR-baseline-LIIF. Options: hidden_list, feat_unfold, local_ensemble, cell_decode, fast."""
-    return build_model('edsr-baseline', **options)
+    return build_model('liif', 'edsr-baseline', **options)
 
 
 def liif_rdn(**options) -> LIIF:
     """RDN-LIIF. Options as liif_edsr."""
-    return build_model('rdn', **options)
+    return build_model('liif', 'rdn', **options)
 
 
 def official_options(model_spec: dict) -> dict:
-    """The model options an official checkpoint's {'name', 'args'} spec describes."""
+    """The model options an official checkpoint's {'name', 'args'} spec describes: 'metasr'; 'liif'
+    with an `imnet_spec`; 'liif' without one over an up-sampling encoder (the fixed-scale baselines)."""
     args = model_spec.get('args', {})
-    return dict(encoder=args['encoder_spec']['name'],
-                hidden_list=list(args['imnet_spec']['args']['hidden_list']),
+    encoder = args['encoder_spec']['name']
+    upsamples = not args['encoder_spec'].get('args', {}).get('no_upsampling', False)
+    if model_spec['name'] == 'metasr':
+        if upsamples:
+            raise ValueError("its MetaSR has an up-sampling encoder (no_upsampling is not set)")
+        return dict(model='metasr', encoder=encoder)
+    if 'imnet_spec' not in args:
+        if not upsamples:
+            raise KeyError('imnet_spec')
+        return dict(model='upsample', encoder=encoder, upsample_scale=args['encoder_spec']['args'].get('scale', 2))
+    return dict(model='liif', encoder=encoder, hidden_list=list(args['imnet_spec']['args']['hidden_list']),
                 feat_unfold=args.get('feat_unfold', True), local_ensemble=args.get('local_ensemble', True),
                 cell_decode=args.get('cell_decode', True))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """(options, state dict) from an official LIIF checkpoint or one of ours, with clear errors."""
+    """(options, state dict) from an official LIIF / MetaSR / baseline checkpoint or one of ours."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -483,24 +508,33 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another format): "
                          f"{type(e).__name__}: {reason[:200]}") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'sd' in ckpt['model']:
-        if ckpt['model'].get('name') != 'liif':
-            raise ValueError(f"{path} holds a {ckpt['model'].get('name')!r} model, not LIIF")
+        name = ckpt['model'].get('name')
+        if name not in ('liif', 'metasr'):
+            raise ValueError(f"{path} holds a {name!r} model, not LIIF, MetaSR or a LIIF-wrapped baseline")
         try:
             options = official_options(ckpt['model'])
         except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path} is an official LIIF checkpoint with an incomplete model spec (no {e})") from None
+            raise ValueError(f"{path} is an official {name} checkpoint with an incomplete model spec "
+                             f"(no {e})") from None
+        except ValueError as e:
+            raise ValueError(f"{path} is not a model this project builds: {e}") from None
+        # EDSR's mean shifts are in the official state dict but unused (the calls are commented out)
         state = {k: v for k, v in ckpt['model']['sd'].items() if not k.startswith(('encoder.sub_mean', 'encoder.add_mean'))}
         return options, state
     if isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
         # a run with an EMA validated (and chose best.pth by) the averaged weights: use those
-        return ckpt['options'], ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
-    raise ValueError(f"{path} is not a LIIF checkpoint (neither the official format nor this project's)")
+        options = {'model': 'liif', **ckpt['options']}  # files from before MetaSR and the baselines are LIIF
+        return options, ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
+    raise ValueError(f"{path} is not a model checkpoint (neither the official format nor this project's)")
 
 
-def load_weights(model: LIIF, path: str | Path) -> LIIF:
+def load_weights(model: SRModel, path: str | Path) -> SRModel:
     """Load an official or project checkpoint into `model`; refuse anything that does not fit exactly."""
     options, state = read_checkpoint(path)
-    differ = [f"{k}: file {options.get(k)!r}, model {v!r}" for k, v in model.options.items() if options.get(k) != v]
+    if options['model'] != model.options['model']:
+        differ = [f"model: file {options['model']!r}, model {model.options['model']!r}"]
+    else:
+        differ = [f"{k}: file {options.get(k)!r}, model {v!r}" for k, v in model.options.items() if options.get(k) != v]
     if differ:
         raise ValueError(f"{path} does not fit the model: " + "; ".join(differ))
     own = model.state_dict()
@@ -514,7 +548,7 @@ def load_weights(model: LIIF, path: str | Path) -> LIIF:
     return model
 
 
-def model_from_checkpoint(path: str | Path, **overrides) -> LIIF:
+def model_from_checkpoint(path: str | Path, **overrides) -> SRModel:
     """Build the model a checkpoint describes and load it (overrides: e.g. fast=False)."""
     options, _ = read_checkpoint(path)
     return load_weights(build_model(**options, **overrides), path)

@@ -284,7 +284,7 @@ def test_official_checkpoint_loads_every_tensor(official_weights, official_model
     for key, value in raw_sd.items():
         assert torch.equal(own[key], value), key
     built = model_from_checkpoint(official_weights, fast=False)
-    assert built.options == dict(encoder='edsr-baseline', hidden_list=[256] * 4, feat_unfold=True,
+    assert built.options == dict(model='liif', encoder='edsr-baseline', hidden_list=[256] * 4, feat_unfold=True,
                                  local_ensemble=True, cell_decode=True)
     assert not built.fast
     for key, value in raw_sd.items():
