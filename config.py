@@ -29,15 +29,21 @@ cell_decode = True  # LIIF: give the decoder the query's cell size
 fast = True  # LIIF: folded first layer + batched ensemble (same function); False runs the official algorithm
 
 # ---- data
+train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
 train_dir = ['data/DIV2K/DIV2K_train_HR']  # folders of HR training images (all are used)
+train_lr_dir = ['data/DIV2K/DIV2K_train_LR_bicubic/X2']  # 'paired' / 'varied': LR folders, one per train_dir folder, matched by sorted file order
 valid_dir = 'data/DIV2K/DIV2K_valid_HR'  # HR images (patch PSNR as the official) or a benchmark set like Set5 (PSNR at valid_scale)
+valid_lr_dir = ''  # LR folder paired with valid_dir: validate on paired patches (patch_size, sample_q) as the official; '' = not paired
 valid_first = 10  # validate on the first N images of valid_dir (the official recipe uses 10)
 valid_repeat = 160  # validation patches per image (the official: 10 images x 160 patches)
 valid_scale = 4.0  # scale of the validation when valid_dir is a benchmark set (<set>/HR)
-patch_size = 48  # LR patch side in pixels
+patch_size = 48  # LR patch side in pixels (0 = whole LR images, 'paired' data and paired validation only)
 scale_min = 1.0  # training scales are drawn from U(scale_min, scale_max)
 scale_max = 4.0
-sample_q = 2304  # HR pixels sampled per training patch
+sample_q = 2304  # HR pixels sampled per training patch (0 = all of them, 'paired' / 'varied' data only)
+size_min = 32  # 'varied': the ground truths' shorter sides rise evenly from size_min to size_max over the items
+size_max = 256
+gt_resize = 0  # 'varied': resize each ground truth again to this shorter side (0 = off)
 repeat = 20  # passes over the training images per epoch
 in_memory = True  # decode the training images once and keep them as uint8 when they fit
 num_workers = 8  # DataLoader worker processes
@@ -75,6 +81,20 @@ size = []  # exact output [height, width]; overrides scale and scale_hw
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
 bits = 8  # output PNG bit depth: 8 or 16
 
+_DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
+             'valid_lr_dir': 'data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'sample_q': 0}
+
+
+def _celebahq(lr_size: int, hr_size: int) -> dict:
+    """The official celebA-HQ recipe lr_size -> hr_size: LR images whole, ground truths of sizes spread over
+    [lr_size, hr_size], 1024 queries; validation on the first 100 whole validation pairs; 200 epochs."""
+    return {'train_data': 'varied', 'train_lr_dir': [f'data/celebAHQ/train/{lr_size}'],
+            'train_dir': [f'data/celebAHQ/train/{hr_size}'], 'valid_lr_dir': f'data/celebAHQ/val/{lr_size}',
+            'valid_dir': f'data/celebAHQ/val/{hr_size}', 'size_min': lr_size, 'size_max': hr_size,
+            'patch_size': 0, 'sample_q': 1024, 'repeat': 1, 'valid_first': 100, 'valid_repeat': 1,
+            'epochs': 200, 'milestones': [100], 'gamma': 0.1}
+
+
 EXPERIMENTS = {
     'edsr-baseline-liif': {},
     'rdn-liif': {'encoder': 'rdn'},
@@ -87,6 +107,14 @@ EXPERIMENTS = {
     'edsr-baseline-liif-x4': {'scale_min': 4.0, 'scale_max': 4.0},
     'edsr-baseline-metasr': {'model': 'metasr'},
     'rdn-metasr': {'model': 'metasr', 'encoder': 'rdn'},
+    # fixed-scale baselines on DIV2K's X2 LR files: 48-px LR patches, every HR pixel of the patch a query
+    'edsr-baseline-x2': {'model': 'upsample', 'upsample_scale': 2, **_DIV2K_X2},
+    'rdn-x2': {'model': 'upsample', 'upsample_scale': 2, 'encoder': 'rdn', **_DIV2K_X2},
+    # celebA-HQ, ground truths of varying size (see data/README.md for the folders)
+    'celebAHQ-32-256-liif': _celebahq(32, 256),
+    'celebAHQ-32-256-upsample': {**_celebahq(32, 256), 'gt_resize': 256, 'model': 'upsample', 'upsample_scale': 8},
+    'celebAHQ-64-128-liif': _celebahq(64, 128),
+    'celebAHQ-64-128-upsample': {**_celebahq(64, 128), 'gt_resize': 128, 'model': 'upsample', 'upsample_scale': 2},
 }
 
 MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
@@ -168,17 +196,43 @@ def check(cfg: SimpleNamespace, job: str) -> None:
     if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
         problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
     if job == 'train':
-        for folder in cfg.train_dir:
-            if not Path(folder).is_dir():
-                problems.append(f"train_dir: folder {folder!r} does not exist")
+        if cfg.train_data not in ('downsampled', 'paired', 'varied'):
+            problems.append(f"train_data must be 'downsampled', 'paired' or 'varied', got {cfg.train_data!r}")
+        paired = cfg.train_data in ('paired', 'varied')
+        for name in ('train_dir', 'train_lr_dir') if paired else ('train_dir',):
+            for folder in getattr(cfg, name):
+                if not Path(folder).is_dir():
+                    problems.append(f"{name}: folder {folder!r} does not exist")
+        if paired and len(cfg.train_lr_dir) != len(cfg.train_dir):
+            problems.append(f"train_lr_dir has {len(cfg.train_lr_dir)} folder(s) for the {len(cfg.train_dir)} of "
+                            f"train_dir: each HR folder needs its LR folder")
         existing('valid_dir')
-        for name in ('patch_size', 'sample_q', 'repeat', 'batch_size', 'lr', 'epochs', 'valid_every',
-                     'valid_repeat', 'valid_scale', 'save_every', 'scale_min', 'scale_max'):
+        if cfg.valid_lr_dir:
+            existing('valid_lr_dir')
+        for name in ('repeat', 'batch_size', 'lr', 'epochs', 'valid_every', 'valid_repeat', 'valid_scale',
+                     'save_every', 'scale_min', 'scale_max'):
             positive(name)
+        for name in ('patch_size', 'sample_q', 'gt_resize'):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+                problems.append(f"{name} must be a non-negative int, got {getattr(cfg, name)!r}")
         if cfg.scale_min > cfg.scale_max:
             problems.append(f"scale_min ({cfg.scale_min}) is larger than scale_max ({cfg.scale_max})")
-        if cfg.sample_q > round(cfg.patch_size * cfg.scale_min) ** 2:
+        # downsampled patches (training, or validation on a folder of HR images) have random scales
+        downsampled_valid = not cfg.valid_lr_dir and not (Path(cfg.valid_dir) / 'HR').is_dir()
+        if (cfg.train_data == 'downsampled' or downsampled_valid) and not (cfg.patch_size > 0 and cfg.sample_q > 0):
+            problems.append(f"patch_size and sample_q must be > 0 for patches made from HR images (training with "
+                            f"train_data='downsampled' or validation without valid_lr_dir), got {cfg.patch_size} "
+                            f"and {cfg.sample_q}")
+        elif cfg.train_data == 'downsampled' and cfg.sample_q > round(cfg.patch_size * cfg.scale_min) ** 2:
             problems.append(f"sample_q ({cfg.sample_q}) exceeds the pixels of the smallest HR patch")
+        if cfg.train_data == 'varied':
+            for name in ('size_min', 'size_max'):
+                positive(name)
+            if cfg.size_min > cfg.size_max:
+                problems.append(f"size_min ({cfg.size_min}) is larger than size_max ({cfg.size_max})")
+            if cfg.sample_q == 0 and cfg.gt_resize == 0:
+                problems.append("train_data='varied' with sample_q = 0 (all pixels) needs gt_resize > 0: the "
+                                "ground truths differ in size, so only a fixed number of queries can be batched")
         if not 0 <= cfg.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
         for name in ('resume', 'init_weights'):

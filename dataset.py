@@ -1,4 +1,5 @@
-"""Datasets: random-scale training patches and benchmark (LR, HR) pairs, as in the official LIIF.
+"""Datasets as in the official LIIF: random-scale training patches from HR images, patches from paired
+LR / HR folders, ground truths of varying size, and benchmark (LR, HR) pairs.
 
 The pipeline is 8-bit like the official one: images are kept as uint8 and LR images are made by PIL
 bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257).
@@ -58,22 +59,102 @@ def _positive(name: str, value, kind=(int, float)) -> None:
         raise ValueError(f"{name} must be a positive {'integer' if kind is int else 'number'}, got {value!r}")
 
 
-class TrainDataset(Dataset):
+def _count(name: str, value) -> None:
+    """A non-negative integer setting where 0 means 'all' (sample_q) or 'whole image' (patch_size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (0 = all), got {value!r}")
+
+
+def as_folders(root: str | Path | list) -> list:
+    """One folder or a list of them, as a non-empty list."""
+    folders = [root] if isinstance(root, (str, Path)) else list(root)
+    if not folders:
+        raise ValueError("root: no image folders given")
+    return folders
+
+
+def read_all(files: list[Path], in_memory: bool) -> tuple[list[np.ndarray] | None, list[tuple[int, int]]]:
+    """(the decoded uint8 images or None, their (height, width)): decoded once when in_memory,
+    otherwise only their sizes, from the file headers."""
+    images = [load_uint8(path) for path in files] if in_memory else None
+    sizes = [img.shape[:2] for img in images] if in_memory else [image_size(path) for path in files]
+    return images, sizes
+
+
+def large_enough(files: list[Path], sizes: list, side: int, what: str) -> list[bool]:
+    """Which images have both sides >= side; the others are skipped with one warning naming them
+    (`what` says why they are too small), and an error is raised when none is left."""
+    keep = [min(hw) >= side for hw in sizes]
+    if not all(keep):
+        listing = ', '.join(f"{path.parent.name}/{path.name} ({h}x{w})"
+                            for path, (h, w), ok in zip(files, sizes, keep) if not ok)
+        message = f"{keep.count(False)} of {len(files)} {what}"
+        if not any(keep):
+            raise ValueError(f"{message}; none is left: {listing}")
+        warnings.warn(f"{message} and are skipped: {listing}")
+    return keep
+
+
+def pixel_queries(hr: np.ndarray, sample_q: int, rng: np.random.Generator) -> dict:
+    """The training targets of an HR patch: 'coord' (Q, 2) pixel centres (row first, imgproc.make_coord),
+    'cell' (Q, 2) = (2 / height, 2 / width) and 'gt' (Q, 3) RGB in [0, 1] of sample_q pixels drawn without
+    replacement, or of all pixels in raster order when sample_q is 0."""
+    height, width = hr.shape[:2]
+    coord = make_coord((height, width))
+    gt = torch.from_numpy(to_float(hr.reshape(-1, 3)))
+    if sample_q:
+        pick = torch.from_numpy(rng.choice(height * width, sample_q, replace=False))
+        coord, gt = coord[pick], gt[pick]
+    cell = torch.tensor([2 / height, 2 / width]).repeat(len(coord), 1)
+    return {'coord': coord, 'cell': cell, 'gt': gt}
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """(height, width) with the shorter side = short and the aspect ratio kept, the longer side truncated:
+    what the official resize_fn (torchvision Resize with one int) gives."""
+    if width <= height:
+        return int(short * height / width), short
+    return short, int(short * width / height)
+
+
+class EpochSeeded(Dataset):
+    """Items drawn from numpy default_rng([seed, epoch, index]) only, so they do not depend on DataLoader
+    workers or their order. Call set_epoch(e) before each epoch (like DistributedSampler); the epoch lives
+    in shared memory, so persistent workers see it too. A validation set: augment=False, a fixed seed,
+    and never call set_epoch, so every pass sees the same items."""
+
+    def __init__(self, seed: int):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self._epoch.fill_(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The only source of randomness of item `index` in this epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class TrainDataset(EpochSeeded):
     """Random-scale training patches from folders of HR images (official `sr-implicit-downsampled`).
 
     Per item: s ~ U(scale_min, scale_max); a square HR crop of side round(patch_size * s) at a uniform
     random position; LR = PIL bicubic of the crop to patch_size x patch_size; the same random row
     flip, column flip and transpose (each p = 0.5, when augment) on LR and HR; then sample_q HR pixels
     drawn without replacement. Items are dicts:
-      'lr' (3, p, p) float32 in [0, 1]; 'coord' (Q, 2) pixel centres of the sampled HR pixels (row
-      first, imgproc.make_coord); 'cell' (Q, 2) = (2 / crop_h, 2 / crop_w); 'gt' (Q, 3) their RGB in
-      [0, 1]; 'scale' the drawn s (the crop's exact ratio to the LR is crop side / patch_size).
-
-    Randomness: item `index` of epoch `e` uses numpy default_rng([seed, e, index]) only, so items do
-    not depend on DataLoader workers or their order. Call set_epoch(e) before each epoch (like
-    DistributedSampler); the epoch lives in shared memory, so persistent workers see it too.
-    A validation set: augment=False, a fixed seed, and never call set_epoch, so every pass sees the
-    same patches.
+      'lr' (3, p, p) float32 in [0, 1]; 'coord', 'cell', 'gt' (Q, 2 / 2 / 3) of the sampled HR pixels
+      (see pixel_queries); 'scale' the drawn s (the crop's exact ratio to the LR is crop side / patch_size).
+    Randomness per (seed, epoch, index) as EpochSeeded says.
 
     root is a folder or a list of folders (images of each in sorted order, folders in the given
     order); first_k keeps the first k of these files. Images smaller than the largest crop,
@@ -85,6 +166,7 @@ class TrainDataset(Dataset):
     def __init__(self, root: str | Path | list, patch_size: int = 48, scale_min: float = 1.0,
                  scale_max: float = 4.0, sample_q: int = 2304, repeat: int = 1, augment: bool = True,
                  in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+        super().__init__(seed)
         for name, value in (('patch_size', patch_size), ('sample_q', sample_q), ('repeat', repeat)):
             _positive(name, value, int)
         _positive('scale_min', scale_min)
@@ -95,51 +177,26 @@ class TrainDataset(Dataset):
         if sample_q > smallest_crop ** 2:
             raise ValueError(f"sample_q ({sample_q}) exceeds the {smallest_crop}x{smallest_crop} pixels of "
                              f"the smallest HR crop (patch_size {patch_size} x scale_min {scale_min})")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if first_k is not None:
             _positive('first_k', first_k, int)
         self.patch_size, self.scale_min, self.scale_max = patch_size, float(scale_min), float(scale_max)
-        self.sample_q, self.repeat, self.augment, self.seed = sample_q, repeat, augment, seed
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.sample_q, self.repeat, self.augment = sample_q, repeat, augment
 
-        folders = [root] if isinstance(root, (str, Path)) else list(root)
-        if not folders:
-            raise ValueError("root: no training folders given")
-        files = [path for folder in folders for path in list_images(folder)][:first_k]
-        images = [load_uint8(path) for path in files] if in_memory else None
-        sizes = [img.shape[:2] for img in images] if in_memory else [image_size(path) for path in files]
+        files = [path for folder in as_folders(root) for path in list_images(folder)][:first_k]
+        images, sizes = read_all(files, in_memory)
         largest_crop = round(patch_size * scale_max)
-        keep = [min(hw) >= largest_crop for hw in sizes]
+        keep = large_enough(files, sizes, largest_crop,
+                            f"training images are smaller than the largest HR crop {largest_crop}x{largest_crop} "
+                            f"(patch_size {patch_size} x scale_max {scale_max})")
         self.skipped = [path for path, ok in zip(files, keep) if not ok]
-        if self.skipped:
-            listing = ', '.join(f"{path.parent.name}/{path.name} ({h}x{w})"
-                                for path, (h, w), ok in zip(files, sizes, keep) if not ok)
-            message = (f"{len(self.skipped)} of {len(files)} training images are smaller than the largest "
-                       f"HR crop {largest_crop}x{largest_crop} (patch_size {patch_size} x scale_max "
-                       f"{scale_max})")
-            if not any(keep):
-                raise ValueError(f"{message}; none is left: {listing}")
-            warnings.warn(f"{message} and are skipped: {listing}")
         self.files = [path for path, ok in zip(files, keep) if ok]
         self.images = [img for img, ok in zip(images, keep) if ok] if in_memory else None
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return self.repeat * len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         i = index % len(self.files)
         img = self.images[i] if self.images is not None else load_uint8(self.files[i])
         scale = float(rng.uniform(self.scale_min, self.scale_max))
@@ -151,11 +208,194 @@ class TrainDataset(Dataset):
         if self.augment:
             flips = rng.random(3) < 0.5
             lr, hr = augment(lr, *flips), augment(hr, *flips)
-        pick = torch.from_numpy(rng.choice(side * side, self.sample_q, replace=False))
-        coord = make_coord(hr.shape[:2])[pick]
-        gt = torch.from_numpy(to_float(hr.reshape(-1, 3)))[pick]
-        cell = torch.tensor([2 / hr.shape[0], 2 / hr.shape[1]]).repeat(self.sample_q, 1)
-        return {'lr': image_to_tensor(lr), 'coord': coord, 'cell': cell, 'gt': gt, 'scale': scale}
+        return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng), 'scale': scale}
+
+
+class PairedFolders(EpochSeeded):
+    """(LR, HR) image pairs from LR and HR folders matched by sorted file order (official
+    `paired-image-folders`): lr_root[k] pairs with hr_root[k] (each a folder or a list of folders), the
+    j-th image of one with the j-th of the other; first_k keeps the first k pairs; `repeat` passes per
+    epoch. Images are kept as uint8 when in_memory (else read per item). Subclasses make the items."""
+
+    def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, repeat: int = 1,
+                 in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+        super().__init__(seed)
+        _positive('repeat', repeat, int)
+        if first_k is not None:
+            _positive('first_k', first_k, int)
+        lr_folders, hr_folders = as_folders(lr_root), as_folders(hr_root)
+        if len(lr_folders) != len(hr_folders):
+            raise ValueError(f"{len(lr_folders)} LR folder(s) for {len(hr_folders)} HR folder(s): "
+                             f"each HR folder needs its LR folder")
+        self.lr_files, self.hr_files = [], []
+        for lr_folder, hr_folder in zip(lr_folders, hr_folders):
+            lr_files, hr_files = list_images(lr_folder), list_images(hr_folder)
+            if len(lr_files) != len(hr_files):
+                raise ValueError(f"LR folder {lr_folder} holds {len(lr_files)} images but HR folder {hr_folder} "
+                                 f"holds {len(hr_files)}; they are paired one to one in sorted name order")
+            self.lr_files += lr_files
+            self.hr_files += hr_files
+        self.lr_files, self.hr_files = self.lr_files[:first_k], self.hr_files[:first_k]
+        self.repeat = repeat
+        self.lr_images, self.lr_sizes = read_all(self.lr_files, in_memory)
+        self.hr_images, self.hr_sizes = read_all(self.hr_files, in_memory)
+
+    @property
+    def files(self) -> list[Path]:
+        """The HR file of each pair (as TrainDataset.files)."""
+        return self.hr_files
+
+    def keep(self, mask: list[bool]) -> None:
+        """Drop the pairs whose mask entry is False."""
+        for name in ('lr_files', 'hr_files', 'lr_images', 'hr_images', 'lr_sizes', 'hr_sizes', 'scales'):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, [x for x, ok in zip(getattr(self, name), mask) if ok])
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair i as (LR, HR) HxWx3 uint8 images."""
+        if self.lr_images is not None:
+            return self.lr_images[i], self.hr_images[i]
+        return load_uint8(self.lr_files[i]), load_uint8(self.hr_files[i])
+
+    def require_equal(self, shapes: list, what: str, fix: str) -> None:
+        """Batched items must agree in shape: refuse pairs that would not, naming two that differ."""
+        for j, shape in enumerate(shapes):
+            if shape != shapes[0]:
+                raise ValueError(f"{what} differ ({self.lr_files[0].name}: {shapes[0]}, {self.lr_files[j].name}: "
+                                 f"{shape}), so items cannot be batched; {fix}")
+
+    def __len__(self) -> int:
+        return self.repeat * len(self.files)
+
+
+class PairedDataset(PairedFolders):
+    """Training / validation patches from paired LR and HR folders (official `sr-implicit-paired`).
+
+    Each pair's scale s = HR height // LR height must be an integer with LR = floor(HR / s) on both
+    sides (HR is cropped to s x the LR size, as the official). Per item: an LR crop of patch_size x
+    patch_size at a uniform random position (x0, y0) and the aligned HR crop HR[x0*s : (x0+p)*s,
+    y0*s : (y0+p)*s], or the whole images when patch_size is 0; the same random row flip, column flip and
+    transpose (each p = 0.5, when augment) on both; the HR patch's pixels as queries, sample_q of them
+    or all when sample_q is 0 (pixel_queries). Items are dicts like TrainDataset's with 'scale' = s.
+    LR images smaller than the patch are skipped with a warning. Randomness per (seed, epoch, index).
+    """
+
+    def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, patch_size: int = 48,
+                 sample_q: int = 0, repeat: int = 1, augment: bool = True, in_memory: bool = True,
+                 seed: int = 0, first_k: int | None = None):
+        _count('patch_size', patch_size)
+        _count('sample_q', sample_q)
+        super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k)
+        self.patch_size, self.sample_q, self.augment = patch_size, sample_q, augment
+        self.scales = []
+        for lr_path, hr_path, (h, w), (hh, hw) in zip(self.lr_files, self.hr_files, self.lr_sizes, self.hr_sizes):
+            s = hh // h
+            if s < 1 or hh // s != h or hw // s != w:
+                raise ValueError(f"LR {lr_path} ({h}x{w}) and HR {hr_path} ({hh}x{hw}): the HR size is not an "
+                                 f"integer multiple of the LR size (HR = s x LR, give or take s - 1 pixels)")
+            self.scales.append(s)
+        if patch_size:
+            self.keep(large_enough(self.lr_files, self.lr_sizes, patch_size,
+                                   f"LR images are smaller than the {patch_size}x{patch_size} patch (patch_size)"))
+        if sample_q:
+            smallest = min(h * w for h, w in self.hr_crop_sizes())
+            if sample_q > smallest:
+                raise ValueError(f"sample_q ({sample_q}) exceeds the {smallest} pixels of the smallest HR patch")
+        self.require_equal(self.lr_crop_sizes(), 'LR patch sizes',
+                           'use a patch_size > 0 or LR images of one size')
+        if not sample_q:
+            self.require_equal(self.hr_crop_sizes(), 'HR patch sizes (all pixels are queries)',
+                               'use a sample_q > 0 or pairs of one scale')
+
+    def lr_crop_sizes(self) -> list[tuple[int, int]]:
+        p = self.patch_size
+        return [(p, p) if p else tuple(hw) for hw in self.lr_sizes]
+
+    def hr_crop_sizes(self) -> list[tuple[int, int]]:
+        return [(h * s, w * s) for (h, w), s in zip(self.lr_crop_sizes(), self.scales)]
+
+    def crop(self, i: int, x0: int, y0: int, side: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Pair i's LR crop of side x side at (x0, y0) (the whole LR when side is None) and its HR crop."""
+        lr, hr = self.pair(i)
+        s = self.scales[i]
+        height, width = (side, side) if side else lr.shape[:2]
+        return (lr[x0:x0 + height, y0:y0 + width],
+                hr[x0 * s:(x0 + height) * s, y0 * s:(y0 + width) * s])
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self.rng(index)
+        i = index % len(self.files)
+        x0 = y0 = 0
+        if self.patch_size:
+            h, w = self.lr_sizes[i]
+            x0 = rng.integers(0, h - self.patch_size + 1)
+            y0 = rng.integers(0, w - self.patch_size + 1)
+        lr, hr = self.crop(i, x0, y0, self.patch_size)
+        if self.augment:
+            flips = rng.random(3) < 0.5
+            lr, hr = augment(lr, *flips), augment(hr, *flips)
+        return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng), 'scale': float(self.scales[i])}
+
+    def centre_item(self, i: int) -> dict:
+        """Pair i's centre LR crop of side min(patch_size, LR sides) (whole when patch_size is 0) and its
+        HR crop, as a BenchmarkDataset item {'lr', 'hr', 'scale', 'name'}: a sample to render."""
+        h, w = self.lr_sizes[i]
+        side = min(self.patch_size, h, w) if self.patch_size else None
+        x0, y0 = ((h - side) // 2, (w - side) // 2) if side else (0, 0)
+        lr, hr = self.crop(i, x0, y0, side)
+        return {'lr': image_to_tensor(lr), 'hr': image_to_tensor(hr), 'scale': float(self.scales[i]),
+                'name': self.hr_files[i].stem}
+
+
+class VariedDataset(PairedFolders):
+    """Ground truths of varying size from paired LR and HR folders (official `sr-implicit-uniform-varied`).
+
+    Item `index` of the len(self) items (repeat included) takes its pair's HR image resized (PIL bicubic)
+    so that its shorter side is round(size_min + (size_max - size_min) * index / (len(self) - 1)) (the
+    aspect ratio kept, short_side_size): the sizes rise evenly over [size_min, size_max] with the index,
+    so an image keeps its size from epoch to epoch (size_max for a single item). Then, when augment, LR
+    and HR are flipped left-right together (p = 0.5; the official wrapper does no other flip); then HR is
+    resized again to a shorter side of gt_resize when it is > 0. LR is the whole paired LR image. Queries:
+    sample_q HR pixels (all when 0). Items are dicts like TrainDataset's with 'scale' = HR rows / LR rows.
+    """
+
+    def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, size_min: int, size_max: int,
+                 gt_resize: int = 0, sample_q: int = 1024, repeat: int = 1, augment: bool = True,
+                 in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+        _positive('size_min', size_min, int)
+        _positive('size_max', size_max, int)
+        if size_min > size_max:
+            raise ValueError(f"size_min ({size_min}) is larger than size_max ({size_max})")
+        _count('gt_resize', gt_resize)
+        _count('sample_q', sample_q)
+        super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k)
+        self.size_min, self.size_max, self.gt_resize = size_min, size_max, gt_resize
+        self.sample_q, self.augment = sample_q, augment
+        smallest = (gt_resize or size_min) ** 2
+        if sample_q > smallest:
+            raise ValueError(f"sample_q ({sample_q}) exceeds the {smallest} pixels of the smallest ground truth "
+                             f"({'gt_resize' if gt_resize else 'size_min'} squared)")
+        self.require_equal(self.lr_sizes, 'LR image sizes', 'the LR images are used whole')
+        if not sample_q:
+            if not gt_resize or any(h != w for h, w in self.hr_sizes):
+                raise ValueError("sample_q = 0 (all pixels) needs gt_resize > 0 and square HR images, so that every "
+                                 "item has as many queries to batch")
+
+    def gt_side(self, index: int) -> int:
+        """The shorter side of item `index`'s ground truth before gt_resize."""
+        p = index / (len(self) - 1) if len(self) > 1 else 1.0
+        return round(self.size_min + (self.size_max - self.size_min) * p)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self.rng(index)
+        lr, hr = self.pair(index % len(self.files))
+        hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.gt_side(index)))
+        if self.augment and rng.random() < 0.5:
+            lr, hr = augment(lr, False, True, False), np.ascontiguousarray(augment(hr, False, True, False))
+        if self.gt_resize:
+            hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.gt_resize))
+        return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng),
+                'scale': hr.shape[0] / lr.shape[0]}
 
 
 class BenchmarkDataset(Dataset):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import config
 from common import evaluate, pick_device, run_main, seed_everything
-from dataset import BenchmarkDataset, TrainDataset, list_images
+from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
 from model import build_model, load_weights
@@ -185,6 +185,18 @@ def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.
     return total / count
 
 
+def training_set(cfg) -> TrainDataset | PairedDataset | VariedDataset:
+    """The training items train_data asks for: patches made from HR images at random scales, patches of
+    paired LR / HR folders, or paired images with ground truths of varying size."""
+    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed)
+    if cfg.train_data == 'paired':
+        return PairedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.patch_size, cfg.sample_q, **common)
+    if cfg.train_data == 'varied':
+        return VariedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.size_min, cfg.size_max, cfg.gt_resize,
+                             cfg.sample_q, **common)
+    return TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q, **common)
+
+
 def make_model(cfg) -> torch.nn.Module:
     """The model the settings describe, seeded, with init_weights' weights when given (a resumed run
     then replaces them with its checkpoint's)."""
@@ -220,8 +232,7 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         config.save(cfg, out_dir / 'train_config.json')
 
     # ---- data: the same patches for a given (seed, epoch, index) however many processes and workers
-    train_set = TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
-                             cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed)
+    train_set = training_set(cfg)
     sampler = ResumableSampler(train_set, world_size, rank, cfg.seed, batch_size)
     workers = worker_count(cfg.num_workers, world_size)
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -276,7 +287,12 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     writer, valid_batches, valid_set, samples = None, None, None, []
     if master:
         writer = SummaryWriter(str(out_dir / 'tensorboard'))
-        if is_benchmark_folder(cfg.valid_dir):
+        if cfg.valid_lr_dir:
+            patches = PairedDataset(cfg.valid_lr_dir, cfg.valid_dir, cfg.patch_size, cfg.sample_q, cfg.valid_repeat,
+                                    augment=False, in_memory=cfg.in_memory, seed=cfg.seed, first_k=cfg.valid_first)
+            valid_batches = list(DataLoader(patches, batch_size=VALID_BATCH))
+            samples = [patches.centre_item(i) for i in range(min(SAMPLES, len(patches.files)))]
+        elif is_benchmark_folder(cfg.valid_dir):
             valid_set = BenchmarkDataset(cfg.valid_dir, cfg.valid_scale)
         else:
             patches = TrainDataset(cfg.valid_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
