@@ -2,11 +2,16 @@
 
 Edit the values here, or override any of them on the command line: `python test.py --test_scales=[4]
 --chunk=60000`. `--experiment=NAME` applies one of EXPERIMENTS first; other overrides apply after it.
-Defaults reproduce the official EDSR-baseline-LIIF DIV2K recipe.
+Defaults reproduce the official EDSR-baseline-LIIF DIV2K recipe. Each script reads the settings of
+the sections named in SCRIPTS; `--help` lists them with the one-line comments written here.
 """
 import ast
+import difflib
+import io
 import json
 import math
+import tokenize
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +20,7 @@ experiment = 'edsr-baseline-liif'  # a name from EXPERIMENTS below
 out_dir = ''  # where a run writes its files; '' = results/<experiment>
 seed = 0  # seeds Python, NumPy and torch for reproducible runs
 device = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
+threads = 0  # CPU threads for torch (torch.set_num_threads); 0 = torch's default, one per core
 
 # ---- model
 encoder = 'edsr-baseline'  # 'edsr-baseline' or 'rdn'
@@ -32,7 +38,7 @@ valid_repeat = 160  # validation patches per image (the official: 10 images x 16
 valid_scale = 4.0  # scale of the validation when valid_dir is a benchmark set (<set>/HR)
 patch_size = 48  # LR patch side in pixels
 scale_min = 1.0  # training scales are drawn from U(scale_min, scale_max)
-scale_max = 4.0
+scale_max = 4.0  # upper end of the training scales
 sample_q = 2304  # HR pixels sampled per training patch
 repeat = 20  # passes over the training images per epoch
 in_memory = True  # decode the training images once and keep them as uint8 when they fit
@@ -42,8 +48,8 @@ num_workers = 8  # DataLoader worker processes
 batch_size = 16  # patches per step (over all processes)
 lr = 1e-4  # Adam learning rate
 milestones = [200, 400, 600, 800]  # epochs at which the learning rate is multiplied by gamma
-gamma = 0.5
-epochs = 1000
+gamma = 0.5  # learning-rate factor at each milestone
+epochs = 1000  # passes of `repeat` x the training images
 valid_every = 1  # validate every N epochs
 save_every = 100  # keep a numbered checkpoint every N epochs
 ema_decay = 0.0  # EMA of the weights, ema = d*ema + (1-d)*w; 0 disables it
@@ -85,10 +91,86 @@ EXPERIMENTS = {
 
 MODEL_KEYS = ['encoder', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
 
+# The settings each script reads: whole sections of this file, plus single settings from other
+# sections, minus the ones it ignores.
+SCRIPTS = {
+    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': []},
+    'test': {'sections': ['experiment', 'model', 'testing'], 'plus': ['amp'], 'minus': ['seed']},
+    'inference': {'sections': ['experiment', 'model', 'inference'], 'plus': ['weights', 'chunk', 'amp'],
+                  'minus': ['out_dir', 'seed']},
+}
+
 
 def defaults() -> dict:
     return {k: v for k, v in globals().items()
             if not k.startswith('_') and k.islower() and isinstance(v, (bool, int, float, str, list))}
+
+
+@cache
+def documentation() -> dict[str, tuple[str, str]]:
+    """{setting: (section, comment)} read from this file's source: the `# ---- section` lines and the
+    comment that ends each setting's assignment, so --help prints the texts written above."""
+    source = Path(__file__).read_text()
+    comments = {token.end[0]: token.string.lstrip('#').strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    sections = sorted((line, text.lstrip('-').strip()) for line, text in comments.items() if text.startswith('----'))
+    settings = defaults()
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in settings:
+            section = [name for line, name in sections if line < node.lineno][-1]
+            found[node.targets[0].id] = (section, comments.get(node.end_lineno, ''))
+    return found
+
+
+def script_settings(script: str) -> list[str]:
+    """The names of the settings `script` ('train', 'test' or 'inference') reads, in file order."""
+    rule = SCRIPTS[script]
+    return [name for name, (section, _) in documentation().items()
+            if (section in rule['sections'] or name in rule['plus']) and name not in rule['minus']]
+
+
+def _as_typed(value) -> str:
+    """A value as one types it after --name=."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, str) for v in value):
+            return ','.join(value)
+        return '[' + ','.join(repr(v) for v in value) + ']'
+    return value if isinstance(value, str) else repr(value)
+
+
+def help_text(script: str) -> str:
+    """`--help` for a script: its settings by section with default and comment, then the experiments."""
+    settings, docs = defaults(), documentation()
+    names = script_settings(script)
+    lines = [f"usage: python {script}.py [--name=value ...]   (lists: --name=[a,b] or --name=a,b)", '',
+             f"settings read by {script}.py, with their defaults (edit config.py or override them here):"]
+    section, width = None, 34
+    for name in names:
+        if docs[name][0] != section:
+            section = docs[name][0]
+            lines.append(f"\n  {section}")
+        option = f"--{name}={_as_typed(settings[name])}"
+        if len(option) >= width:  # a long default: its comment goes on the next line
+            lines.append(f"    {option}")
+            option = ''
+        lines.append(f"    {option:<{width}}{docs[name][1]}")
+    lines += ['', "named experiments (--experiment=NAME applies these first, then the other settings):"]
+    width = max(map(len, EXPERIMENTS)) + 2
+    for name, changes in EXPERIMENTS.items():
+        text = ', '.join(f"{k}={_as_typed(v)}" for k, v in changes.items()) or 'the defaults above'
+        lines.append(f"    {name:<{width}}{text}")
+    return '\n'.join(lines)
+
+
+def given(argv: list[str]) -> set[str]:
+    """The settings an argv sets explicitly: its overrides and, when it names an experiment, that
+    experiment's settings and every model setting (a named experiment describes a whole model)."""
+    names = {arg[2:].split('=', 1)[0] for arg in argv}
+    if 'experiment' in names:
+        experiment = parse(argv).experiment
+        names |= set(EXPERIMENTS[experiment]) | set(MODEL_KEYS)
+    return names
 
 
 def _convert(name: str, text: str, default):
@@ -113,16 +195,22 @@ def _convert(name: str, text: str, default):
     return value
 
 
-def parse(argv: list[str]) -> SimpleNamespace:
-    """Defaults, then the named experiment, then `--name=value` overrides."""
+def parse(argv: list[str], script: str | None = None) -> SimpleNamespace:
+    """Defaults, then the named experiment, then `--name=value` overrides. With `script` ('train',
+    'test' or 'inference') only the settings that script reads are accepted."""
     settings = defaults()
+    known = script_settings(script) if script else list(settings)
     overrides = {}
     for arg in argv:
         if not arg.startswith('--') or '=' not in arg:
-            raise ValueError(f"{arg!r}: settings are given as --name=value")
+            raise ValueError(f"{arg!r}: settings are given as --name=value (--help lists them)")
         name, text = arg[2:].split('=', 1)
-        if name not in settings:
-            raise ValueError(f"unknown setting {name!r}; valid settings: {', '.join(sorted(settings))}")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ''
+            where = f" for {script}.py" if script else ''
+            raise ValueError(f"unknown setting --{name}{where}{hint} Its settings: {', '.join(known)} "
+                             f"(--help describes them)")
         overrides[name] = _convert(name, text, settings[name])
     name = overrides.get('experiment', settings['experiment'])
     if name not in EXPERIMENTS:
@@ -143,10 +231,15 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             problems.append(f"{name} must be a positive number, got {value!r}")
 
-    def existing(name, kind='folder'):
-        path = Path(getattr(cfg, name))
-        if not (path.is_dir() if kind == 'folder' else path.exists()):
-            problems.append(f"{name}: {kind} {str(path)!r} does not exist")
+    def existing(name, kind='folder', value=None):
+        value = getattr(cfg, name) if value is None else value
+        if not value:  # Path('') is the current folder: never what an empty setting means
+            problems.append(f"{name} is empty: give a {kind}")
+        elif kind == 'checkpoint' and Path(value).is_dir():
+            problems.append(f"{name}: {value!r} is a folder, not a checkpoint file")
+        elif not (Path(value).is_dir() if kind == 'folder' else Path(value).is_file() if kind == 'checkpoint'
+                  else Path(value).exists()):
+            problems.append(f"{name}: {kind} {value!r} does not exist")
 
     if cfg.encoder not in ('edsr-baseline', 'rdn'):
         problems.append(f"encoder must be 'edsr-baseline' or 'rdn', got {cfg.encoder!r}")
@@ -154,12 +247,15 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
     if cfg.amp not in ('fp32', 'bf16', 'fp16'):
         problems.append(f"amp must be 'fp32', 'bf16' or 'fp16', got {cfg.amp!r}")
+    if not isinstance(cfg.threads, int) or cfg.threads < 0:
+        problems.append(f"threads must be a non-negative int (0 = torch's default), got {cfg.threads!r}")
     if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
         problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
     if job == 'train':
+        if not cfg.train_dir:
+            problems.append("train_dir is empty: give one or more folders")
         for folder in cfg.train_dir:
-            if not Path(folder).is_dir():
-                problems.append(f"train_dir: folder {folder!r} does not exist")
+            existing('train_dir', 'folder', folder)
         existing('valid_dir')
         for name in ('patch_size', 'sample_q', 'repeat', 'batch_size', 'lr', 'epochs', 'valid_every',
                      'valid_repeat', 'valid_scale', 'save_every', 'scale_min', 'scale_max'):
@@ -171,12 +267,12 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if not 0 <= cfg.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
         for name in ('resume', 'init_weights'):
-            if getattr(cfg, name) not in ('', 'auto') and not Path(getattr(cfg, name)).is_file():
-                problems.append(f"{name}: checkpoint {getattr(cfg, name)!r} does not exist")
+            if getattr(cfg, name) not in ('', 'auto'):
+                existing(name, 'checkpoint')
     if job == 'test':
-        if not Path(cfg.weights).is_file():
-            problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
-                            f"(`python scripts/download_weights.py` fetches the official one)")
+        existing('weights', 'checkpoint')
+        if cfg.weights and not Path(cfg.weights).exists():
+            problems[-1] += " (`python scripts/download_weights.py` fetches the official one)"
         existing('test_root')
         if not cfg.test_sets or not cfg.test_scales:
             problems.append(f"test_sets and test_scales must not be empty, "
@@ -201,7 +297,7 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if cfg.bits not in (8, 16):
             problems.append(f"bits must be 8 or 16, got {cfg.bits}")
     if problems:
-        raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
+        raise ValueError("invalid settings: " + "; ".join(problems))
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

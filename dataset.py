@@ -77,14 +77,15 @@ class TrainDataset(Dataset):
 
     root is a folder or a list of folders (images of each in sorted order, folders in the given
     order); first_k keeps the first k of these files. Images smaller than the largest crop,
-    round(patch_size * scale_max), on either side are skipped with one warning naming them (T91 has
-    many); an error is raised when none is left. Images are decoded once and kept as uint8 when
+    round(patch_size * scale_max), on either side are skipped (`skipped`: {path: (h, w)}) with one
+    short warning (`warn`; T91 has many) that calls them `role` images; an error when none is left. Images are decoded once and kept as uint8 when
     in_memory, otherwise read per item (their sizes are checked from the file headers up front).
     """
 
     def __init__(self, root: str | Path | list, patch_size: int = 48, scale_min: float = 1.0,
                  scale_max: float = 4.0, sample_q: int = 2304, repeat: int = 1, augment: bool = True,
-                 in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+                 in_memory: bool = True, seed: int = 0, first_k: int | None = None, role: str = 'training',
+                 warn: bool = True):
         for name, value in (('patch_size', patch_size), ('sample_q', sample_q), ('repeat', repeat)):
             _positive(name, value, int)
         _positive('scale_min', scale_min)
@@ -111,16 +112,18 @@ class TrainDataset(Dataset):
         sizes = [img.shape[:2] for img in images] if in_memory else [image_size(path) for path in files]
         largest_crop = round(patch_size * scale_max)
         keep = [min(hw) >= largest_crop for hw in sizes]
-        self.skipped = [path for path, ok in zip(files, keep) if not ok]
+        self.skipped = {path: hw for path, hw, ok in zip(files, sizes, keep) if not ok}
+        self.skipped_summary = ''
         if self.skipped:
-            listing = ', '.join(f"{path.parent.name}/{path.name} ({h}x{w})"
-                                for path, (h, w), ok in zip(files, sizes, keep) if not ok)
-            message = (f"{len(self.skipped)} of {len(files)} training images are smaller than the largest "
-                       f"HR crop {largest_crop}x{largest_crop} (patch_size {patch_size} x scale_max "
-                       f"{scale_max})")
+            names = [f"{path.parent.name}/{path.name} ({h}x{w})" for path, (h, w) in self.skipped.items()]
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ''
+            self.skipped_summary = (f"{len(self.skipped)} of {len(files)} {role} images are smaller than the "
+                                    f"{largest_crop}x{largest_crop} HR crop that patch_size {patch_size} x scale_max "
+                                    f"{scale_max:g} needs: {', '.join(names[:3])}{more}")
             if not any(keep):
-                raise ValueError(f"{message}; none is left: {listing}")
-            warnings.warn(f"{message} and are skipped: {listing}")
+                raise ValueError(f"{self.skipped_summary}; none is left")
+            if warn:
+                warnings.warn(f"{self.skipped_summary}; they are skipped")
         self.files = [path for path, ok in zip(files, keep) if ok]
         self.images = [img for img, ok in zip(images, keep) if ok] if in_memory else None
 

@@ -15,7 +15,11 @@ Two paths compute the same function (`model.fast`, config setting `fast`):
   cache-sized blocks. `render` generates the query grid per chunk, writes into a preallocated
   output, and for large inputs encodes overlapping LR tiles, so memory stays bounded at any size.
 """
+import functools
 import math
+import os
+import platform
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -30,6 +34,52 @@ from tqdm import tqdm
 MEMORY_BUDGET = 1 << 30
 BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
 AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+# oneDNN ISA levels (ONEDNN_MAX_CPU_ISA) that include native bf16 instructions (AVX-512-bf16, AMX)
+BF16_ISAS = {'AVX512_CORE_BF16', 'AVX512_CORE_FP16', 'AVX512_CORE_AMX', 'AVX512_CORE_AMX_FP16',
+             'AVX10_1_512', 'AVX10_1_512_AMX', 'AVX10_1_512_AMX_FP16', 'ALL', 'DEFAULT'}
+
+
+def cpu_flags() -> set[str]:
+    """The x86 feature flags of this CPU from /proc/cpuinfo (an empty set elsewhere)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((set(line.split(':', 1)[1].split()) for line in f if line.startswith('flags')), set())
+    except OSError:
+        return set()
+
+
+@functools.cache
+def native_cpu_bf16() -> bool:
+    """Whether bf16 matrix products run natively here: the CPU has AVX-512-bf16 or AMX-bf16, oneDNN
+    is not limited below them (ONEDNN_MAX_CPU_ISA), and oneDNN's fused bf16 linear actually works."""
+    if platform.machine().lower() not in ('x86_64', 'amd64') or not {'avx512_bf16', 'amx_bf16'} & cpu_flags():
+        return False
+    limit = os.environ.get('ONEDNN_MAX_CPU_ISA', os.environ.get('DNNL_MAX_CPU_ISA', 'ALL')).upper()
+    if limit not in BF16_ISAS:
+        return False
+    try:  # a 1x1 product: a oneDNN build or ISA that cannot do it fails here, not mid-render
+        x = torch.ones(1, 1, dtype=torch.bfloat16)
+        torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'relu', [], '')
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+@functools.cache
+def warn_slow_bf16() -> None:
+    """Once per process: bf16 on a CPU without native bf16 is emulated, slower than fp32."""
+    print("warning: this CPU has no native bf16 (AVX-512-bf16 or AMX), so amp='bf16' runs emulated "
+          "and slower than fp32; use --amp=fp32 here", file=sys.stderr)
+
+
+def check_amp(device: torch.device, amp: str) -> None:
+    """Refuse an unknown amp or fp16 off CUDA; warn (once) when bf16 will be slow on this CPU."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    if amp == 'fp16' and device.type != 'cuda':
+        raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' (on CPUs with native bf16) or 'fp32'")
+    if amp == 'bf16' and device.type == 'cpu' and not native_cpu_bf16():
+        warn_slow_bf16()
 
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -277,13 +327,14 @@ class LIIF(nn.Module):
         x.addmm_(inputs.flatten(0, 1), coord_weight).relu_()  # first layer: folded feature + coord/cell terms
         for i, (layer_weight, bias) in enumerate(layers):
             relu = i < len(layers) - 1
-            if x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled():
+            if (x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled()
+                    and native_cpu_bf16()):
                 # oneDNN (AMX) matmul with bias and ReLU fused: half the time of addmm + relu_ in bf16
                 x = torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, 'relu' if relu else 'none', [], '')
             else:
                 x = torch.addmm(bias, x, layer_weight.t())
                 x = x.relu_() if relu else x
-        rgb = x.view(n, m, 3).float()
+        rgb = x.view(n, m, 3).to(weight.dtype)  # fp32 under autocast, float64 in a float64 model
         return (rgb * weight.unsqueeze(-1)).sum(1) * 0.5 + 0.5  # elementwise: autocast keeps it fp32
 
     def _decode(self, table, index, inputs, weight, params):
@@ -311,13 +362,8 @@ class LIIF(nn.Module):
 
     @staticmethod
     def _autocast(device: torch.device, amp: str):
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-        if amp == 'fp32':
-            return nullcontext()
-        if amp == 'fp16' and device.type != 'cuda':
-            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on the CPU")
-        return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+        check_amp(device, amp)
+        return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if AMP_DTYPES[amp] else nullcontext()
 
     def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
         """Queries per chunk (over the batch) that keep the per-chunk tensors within budget / 8."""
@@ -471,17 +517,24 @@ def official_options(model_spec: dict) -> dict:
                 cell_decode=args.get('cell_decode', True))
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """(options, state dict) from an official LIIF checkpoint or one of ours, with clear errors."""
+def load_file(path: str | Path):
+    """torch.load a checkpoint file (tensors and plain data only) onto the CPU, with clear errors."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # keep torch's reason, not its advice to load untrusted pickles
         reason = str(e).split('WeightsUnpickler error:')[-1].split('Check the documentation')[0].strip()
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another format): "
-                         f"{type(e).__name__}: {reason[:200]}") from None
+                         f"{type(e).__name__}: {' '.join(reason.split())[:200]}") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(options, state dict) from an official LIIF checkpoint or one of ours, with clear errors."""
+    ckpt = load_file(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'sd' in ckpt['model']:
         if ckpt['model'].get('name') != 'liif':
             raise ValueError(f"{path} holds a {ckpt['model'].get('name')!r} model, not LIIF")
