@@ -1,6 +1,7 @@
 """Helpers shared by train.py, test.py and inference.py."""
 import random
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -75,6 +76,7 @@ def run_main(main, argv: list[str]) -> int:
         script = Path(sys.modules[main.__module__].__file__).stem
         print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
         return 0
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each
     try:
         main(argv)
     except (ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk

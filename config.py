@@ -207,7 +207,7 @@ def parse(argv: list[str], script: str | None = None) -> SimpleNamespace:
         name, text = arg[2:].split('=', 1)
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean --{close[0]}?" if close else ''
+            hint = f"; did you mean --{close[0]}?" if close else '.'
             where = f" for {script}.py" if script else ''
             raise ValueError(f"unknown setting --{name}{where}{hint} Its settings: {', '.join(known)} "
                              f"(--help describes them)")
@@ -285,6 +285,8 @@ def check(cfg: SimpleNamespace, job: str) -> None:
                 problems.append(f"test_sets: {Path(cfg.test_root) / name / 'HR'} does not exist")
     if job == 'inference':
         existing('input', 'file or folder')
+        if not cfg.weights or Path(cfg.weights).is_dir():  # a missing default file is fetched later
+            existing('weights', 'checkpoint')
         if cfg.size:
             if len(cfg.size) != 2 or any(not isinstance(n, int) or n <= 0 for n in cfg.size):
                 problems.append(f"size must be [height, width] in positive ints, got {cfg.size!r}")
