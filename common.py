@@ -1,4 +1,5 @@
 """Helpers shared by train.py, test.py and inference.py."""
+import os
 import random
 import sys
 import warnings
@@ -29,6 +30,19 @@ def pick_device(name: str = 'auto') -> torch.device:
     if device.type not in ('cpu', 'cuda'):
         raise ValueError(f"device {name!r}: only 'cpu' and 'cuda' devices are supported")
     return device
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be made or written to: one of its parents is a
+    file, or the nearest existing one is not writable."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {folder}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{what} {folder}: no permission to write into {parent}")
+            return
 
 
 def set_threads(threads: int) -> None:

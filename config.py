@@ -178,7 +178,7 @@ def _convert(name: str, text: str, default):
     if isinstance(default, str):
         return text
     if isinstance(default, list) and default and all(isinstance(v, str) for v in default) and not text.startswith('['):
-        return text.split(',')  # --test_sets=Set5,Set14
+        return text.split(',') if text else []  # --test_sets=Set5,Set14
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -260,6 +260,13 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         for name in ('patch_size', 'sample_q', 'repeat', 'batch_size', 'lr', 'epochs', 'valid_every',
                      'valid_repeat', 'valid_scale', 'save_every', 'scale_min', 'scale_max'):
             positive(name)
+        positive('valid_first')
+        positive('gamma')
+        for name in ('max_steps', 'num_workers'):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+                problems.append(f"{name} must be a non-negative int, got {getattr(cfg, name)!r}")
+        if any(not isinstance(m, int) or m <= 0 for m in cfg.milestones):
+            problems.append(f"milestones must be positive epoch numbers, got {cfg.milestones!r}")
         if cfg.scale_min > cfg.scale_max:
             problems.append(f"scale_min ({cfg.scale_min}) is larger than scale_max ({cfg.scale_max})")
         if cfg.sample_q > round(cfg.patch_size * cfg.scale_min) ** 2:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import config
-from common import checkpoint_model, format_scale, pick_device, run_main, set_threads
+from common import check_writable, checkpoint_model, format_scale, pick_device, run_main, set_threads
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import image_to_tensor, read_image, write_image
 from model import check_amp
@@ -117,6 +117,8 @@ def main(argv: list[str]) -> list[Path]:
     config.check(cfg, 'inference')
     set_threads(cfg.threads)
     jobs = [(source, target, checked_size(source, cfg)) for source, target in plan(cfg)]
+    for folder in dict.fromkeys(target.parent for _, target, _ in jobs):
+        check_writable(folder, 'output folder')
     device = pick_device(cfg.device)
     model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device).eval()
     check_amp(device, cfg.amp)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import config
-from common import checkpoint_model, evaluate, format_scale, pick_device, run_main, set_threads
+from common import check_writable, checkpoint_model, evaluate, format_scale, pick_device, run_main, set_threads
 from dataset import BenchmarkDataset
 from imgproc import tensor_to_image, write_image
 from model import check_amp
@@ -56,6 +56,7 @@ def main(argv: list[str]) -> list[dict]:
     datasets = {(set_name, scale): BenchmarkDataset(Path(cfg.test_root) / set_name, scale)
                 for set_name in cfg.test_sets for scale in cfg.test_scales}
     out_dir = Path(cfg.out_dir)
+    check_writable(out_dir, 'out_dir')
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out_dir / 'test_config.json')
     print(f"evaluating {cfg.weights} on {device} ({cfg.amp})")

@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import config
-from common import evaluate, pick_device, run_main, seed_everything, set_threads
+from common import check_writable, evaluate, pick_device, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, TrainDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
@@ -215,6 +215,8 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     check_amp(device, cfg.amp)
     batch_size = cfg.batch_size // world_size
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
+    if master:
+        check_writable(out_dir, 'out_dir')
 
     # ---- data: the same patches for a given (seed, epoch, index) however many processes and workers
     train_set = TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,

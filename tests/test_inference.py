@@ -166,6 +166,7 @@ def test_missing_default_weights_are_fetched(crop, tmp_path, official_weights, m
     (None, ['--input={crop}', '--amp=fp16', '--device=cpu'], "amp='fp16' needs a CUDA device"),
     ('folder', ['--input={tmp}/many', '--output={tmp}/out.png'], 'looks like a file name'),
     ('text', ['--input={crop}', '--weights={tmp}/text.png'], 'not a readable PyTorch checkpoint'),
+    ('text', ['--input={crop}', '--output={tmp}/text.png/sr.png'], 'text.png is a file, not a folder'),
     (None, ['--input={crop}', '--output={tmp}/out.txt'], 'image file name'),
     (None, ['--input={crop}', '--output={tmp}/out.jpg', '--bits=16'], '16-bit'),
     ('empty', ['--input={tmp}/empty'], 'holds no image files'),

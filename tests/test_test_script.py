@@ -113,6 +113,8 @@ def test_non_integer_scales_write_tables_and_images(small_set, official_weights,
     (None, ['--weights={official}', '--test_scales=[1000]'], 'too large'),
     (None, ['--weights={official}', '--device=tpu'], "device 'tpu'"),
     (None, ['--weights={official}', '--input=a.png'], 'unknown setting --input for test.py'),
+    (None, ['--weights={official}', '--test_sets='], 'test_sets and test_scales must not be empty'),
+    ('text', ['--weights={official}', '--out_dir={tmp}/bad.pth/out'], 'bad.pth is a file, not a folder'),
 ])
 def test_a_refused_run_writes_nothing(small_set, official_weights, tmp_path, setup, args, message):
     if setup == 'text':

@@ -274,6 +274,12 @@ def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path
     (None, ['--amp=fp16', '--device=cpu'], "amp='fp16' needs a CUDA device"),
     (None, ['--threads=-2'], 'threads must be a non-negative int'),
     (None, ['--scale=2'], 'unknown setting --scale for train.py'),
+    (None, ['--max_steps=-1'], 'max_steps must be a non-negative int'),
+    (None, ['--valid_first=0'], 'valid_first must be a positive number'),
+    (None, ['--gamma=-0.5'], 'gamma must be a positive number'),
+    (None, ['--milestones=[-5]'], 'milestones must be positive epoch numbers'),
+    (None, ['--num_workers=-1'], 'num_workers must be a non-negative int'),
+    ('corrupt', ['--out_dir={tmp}/corrupt.pth/run'], 'corrupt.pth is a file, not a folder'),
 ])
 def test_a_refused_run_writes_nothing(data, tmp_path, official_weights, setup, args, message):
     if setup == 'corrupt':
@@ -333,3 +339,17 @@ def test_epoch_numbers_agree_between_bar_log_and_summary(data, tmp_path, capsys)
     # after s steps the bar names the epoch step s was in, or (s at an epoch's end) the next one
     assert bar and all(math.ceil(int(s) / STEPS_PER_EPOCH) <= int(e) <= int(s) // STEPS_PER_EPOCH + 1 for e, s in bar)
     assert bar[-1] == ('2', '6')
+
+
+def test_training_on_webp_equals_training_on_png(tmp_path, train_root):
+    """The same images as lossless WebP (../shared/data/train-webp) train exactly as the PNGs do."""
+    valid = train_root / 'T91'
+    runs = {}
+    for kind, folder in (('png', train_root / 'T91'), ('webp', train_root.parent / 'train-webp' / 'T91')):
+        out = tmp_path / kind
+        args = ['--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
+                '--num_workers=0', '--valid_first=1', '--valid_repeat=2', '--max_steps=2', '--epochs=1']
+        result = train.main([f'--train_dir={folder}', f'--valid_dir={valid}', f'--out_dir={out}', *args])
+        runs[kind] = (result, load(out / 'last.pth')['model'])
+    assert runs['webp'][0] == runs['png'][0]
+    assert_same_tensors(runs['webp'][1], runs['png'][1], atol=0)
