@@ -139,12 +139,13 @@ def test_model_settings_follow_the_checkpoint_and_threads_are_set(small_set, tmp
     model = build_model(hidden_list=[16])
     torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         [row] = test_script.main([f'--test_root={small_set}', f'--weights={tmp_path / "small.pth"}',
                                   '--test_sets=Tiny', '--test_scales=[4]', f'--out_dir={tmp_path / "out"}',
-                                  '--device=cpu', '--threads=1'])
-        assert torch.get_num_threads() == 1
+                                  '--device=cpu', '--threads=3'])
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
     saved = json.loads((tmp_path / 'out' / 'test_config.json').read_text())
-    assert saved['hidden_list'] == [16] and saved['threads'] == 1 and row['images'] == 2
+    assert saved['hidden_list'] == [16] and saved['threads'] == 3 and row['images'] == 2
