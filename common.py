@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import config
 from image_quality_assessment import psnr, ssim
-from model import load_weights, build_model, read_checkpoint
+from model import build_model, load_weights, read_checkpoint
 
 
 def pick_device(name: str = 'auto') -> torch.device:
