@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import config
 from image_quality_assessment import psnr, ssim
-from model import build_model, load_weights, read_checkpoint
+from model import model_from_checkpoint, read_checkpoint
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -47,8 +47,6 @@ def check_writable(folder: str | Path, what: str) -> None:
 
 def set_threads(threads: int) -> None:
     """torch's CPU threads; 0 leaves torch's default (one per core). On a busy machine fewer can be faster."""
-    if not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be a non-negative int (0 = torch's default), got {threads!r}")
     if threads:
         torch.set_num_threads(threads)
 
@@ -68,7 +66,7 @@ def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path)
     for key in config.MODEL_KEYS:
         if key in options:
             setattr(cfg, key, options[key])
-    return load_weights(build_model(**options, fast=cfg.fast), weights)
+    return model_from_checkpoint(weights, fast=cfg.fast)
 
 
 def seed_everything(seed: int) -> None:

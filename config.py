@@ -233,12 +233,12 @@ def check(cfg: SimpleNamespace, job: str) -> None:
 
     def existing(name, kind='folder', value=None):
         value = getattr(cfg, name) if value is None else value
+        found = {'folder': Path.is_dir, 'checkpoint': Path.is_file}.get(kind, Path.exists)
         if not value:  # Path('') is the current folder: never what an empty setting means
             problems.append(f"{name} is empty: give a {kind}")
         elif kind == 'checkpoint' and Path(value).is_dir():
             problems.append(f"{name}: {value!r} is a folder, not a checkpoint file")
-        elif not (Path(value).is_dir() if kind == 'folder' else Path(value).is_file() if kind == 'checkpoint'
-                  else Path(value).exists()):
+        elif not found(Path(value)):
             problems.append(f"{name}: {kind} {value!r} does not exist")
 
     if cfg.encoder not in ('edsr-baseline', 'rdn'):
@@ -277,9 +277,11 @@ def check(cfg: SimpleNamespace, job: str) -> None:
             if getattr(cfg, name) not in ('', 'auto'):
                 existing(name, 'checkpoint')
     if job == 'test':
-        existing('weights', 'checkpoint')
         if cfg.weights and not Path(cfg.weights).exists():
-            problems[-1] += " (`python scripts/download_weights.py` fetches the official one)"
+            problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
+                            f"(`python scripts/download_weights.py` fetches the official one)")
+        else:
+            existing('weights', 'checkpoint')
         existing('test_root')
         if not cfg.test_sets or not cfg.test_scales:
             problems.append(f"test_sets and test_scales must not be empty, "
