@@ -8,7 +8,9 @@ at epochs 200/400/600/800, 1000 epochs, batch 16, random scales 1-4 on 48-px LR 
     torchrun --nproc_per_node=4 train.py                  # 4 processes (GPUs), batch_size stays the global batch
 
 Writes to out_dir: train_config.json, last.pth (every epoch), best.pth (best validation PSNR),
-epoch-<n>.pth (every save_every epochs) and tensorboard/ (loss, lr, validation PSNR, SR samples).
+epoch-<n>.pth (every save_every epochs), tensorboard/ (loss, lr, validation PSNR, SR samples) and, when
+some training images are smaller than the largest crop, skipped_images.txt; nothing before every input
+(settings, images, checkpoints) has been read and checked. `python train.py --help` lists the settings.
 Checkpoints: {'model', 'options', 'optimizer', 'scheduler', 'scaler', 'epoch', 'epoch_step', 'step',
 'best_psnr', 'ema', 'rng', 'settings'}; test.py and inference.py read them like official ones.
 """
