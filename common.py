@@ -1,22 +1,72 @@
 """Helpers shared by train.py, test.py and inference.py."""
+import os
 import random
 import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import config
 from image_quality_assessment import psnr, ssim
+from model import model_from_checkpoint, read_checkpoint
 
 
 def pick_device(name: str = 'auto') -> torch.device:
     """'auto' picks CUDA when available, else the CPU; anything else is taken as a torch device name."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ('cpu', 'cuda'):
+        raise ValueError(f"device {name!r}: only 'cpu' and 'cuda' devices are supported")
     return device
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be made or written to: one of its parents is a
+    file, or the nearest existing one is not writable."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {folder}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{what} {folder}: no permission to write into {parent}")
+            return
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads; 0 leaves torch's default (one per core). On a busy machine fewer can be faster."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> torch.nn.Module:
+    """The model stored in `weights`. Model settings that argv gives (directly or by --experiment)
+    must agree with it; the others follow it, and cfg is updated to what was loaded."""
+    options, _ = read_checkpoint(weights)
+    given = config.given(argv)
+    differ = []
+    for key in config.MODEL_KEYS:
+        if key in given and key in options and options[key] != getattr(cfg, key):
+            by = f"--{key}" if any(arg.startswith(f'--{key}=') for arg in argv) else f"--experiment={cfg.experiment}"
+            differ.append(f"{by} asks for {key}={getattr(cfg, key)!r} but {weights} holds {key}={options[key]!r}")
+    if differ:
+        raise ValueError("; ".join(differ) + " (leave the model settings out to use the checkpoint's)")
+    for key in config.MODEL_KEYS:
+        if key in options:
+            setattr(cfg, key, options[key])
+    return model_from_checkpoint(weights, fast=cfg.fast)
 
 
 def seed_everything(seed: int) -> None:
@@ -31,12 +81,18 @@ def format_scale(scale: float) -> str:
 
 
 def run_main(main, argv: list[str]) -> int:
-    """Run a script's main(argv); a user error (bad setting, missing or unreadable file) prints one
-    `error: ...` line on stderr and gives exit status 2 instead of a traceback."""
+    """Run a script's main(argv); -h or --help prints the script's settings (config.help_text). A user
+    error (bad setting, missing or unreadable file, unwritable output) prints one `error: ...` line
+    on stderr and gives exit status 2 instead of a traceback."""
+    if '-h' in argv or '--help' in argv:
+        script = Path(sys.modules[main.__module__].__file__).stem
+        print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
+        return 0
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each
     try:
         main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,11 +2,16 @@
 
 Edit the values here, or override any of them on the command line: `python test.py --test_scales=[4]
 --chunk=60000`. `--experiment=NAME` applies one of EXPERIMENTS first; other overrides apply after it.
-Defaults reproduce the official EDSR-baseline-LIIF DIV2K recipe.
+Defaults reproduce the official EDSR-baseline-LIIF DIV2K recipe. Each script reads the settings of
+the sections named in SCRIPTS; `--help` lists them with the one-line comments written here.
 """
 import ast
+import difflib
+import io
 import json
 import math
+import tokenize
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +22,7 @@ experiment = 'edsr-baseline-liif'  # a name from EXPERIMENTS below
 out_dir = ''  # where a run writes its files; '' = results/<experiment>
 seed = 0  # seeds Python, NumPy and torch for reproducible runs
 device = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
+threads = 0  # CPU threads for torch (torch.set_num_threads); 0 = torch's default, one per core
 
 # ---- model
 model = 'liif'  # 'liif', 'metasr' or 'upsample' (the encoder's own up-sampler, no decoder: the fixed-scale baselines)
@@ -39,10 +45,10 @@ valid_repeat = 160  # validation patches per image (the official: 10 images x 16
 valid_scale = 4.0  # scale of the validation when valid_dir is a benchmark set (<set>/HR)
 patch_size = 48  # LR patch side in pixels (0 = whole LR images, 'paired' data and paired validation only)
 scale_min = 1.0  # training scales are drawn from U(scale_min, scale_max)
-scale_max = 4.0
+scale_max = 4.0  # upper end of the training scales
 sample_q = 2304  # HR pixels sampled per training patch (0 = all of them, 'paired' / 'varied' data only)
 size_min = 32  # 'varied': the ground truths' shorter sides rise evenly from size_min to size_max over the items
-size_max = 256
+size_max = 256  # 'varied': the largest ground truth's shorter side
 gt_resize = 0  # 'varied': resize each ground truth again to this shorter side (0 = off)
 repeat = 20  # passes over the training images per epoch
 in_memory = True  # decode the training images once and keep them as uint8 when they fit
@@ -52,8 +58,8 @@ num_workers = 8  # DataLoader worker processes
 batch_size = 16  # patches per step (over all processes)
 lr = 1e-4  # Adam learning rate
 milestones = [200, 400, 600, 800]  # epochs at which the learning rate is multiplied by gamma
-gamma = 0.5
-epochs = 1000
+gamma = 0.5  # learning-rate factor at each milestone
+epochs = 1000  # passes of `repeat` x the training images
 valid_every = 1  # validate every N epochs
 save_every = 100  # keep a numbered checkpoint every N epochs
 ema_decay = 0.0  # EMA of the weights, ema = d*ema + (1-d)*w; 0 disables it
@@ -119,10 +125,86 @@ EXPERIMENTS = {
 
 MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
 
+# The settings each script reads: whole sections of this file, plus single settings from other
+# sections, minus the ones it ignores.
+SCRIPTS = {
+    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': []},
+    'test': {'sections': ['experiment', 'model', 'testing'], 'plus': ['amp'], 'minus': ['seed']},
+    'inference': {'sections': ['experiment', 'model', 'inference'], 'plus': ['weights', 'chunk', 'amp'],
+                  'minus': ['out_dir', 'seed']},
+}
+
 
 def defaults() -> dict:
     return {k: v for k, v in globals().items()
             if not k.startswith('_') and k.islower() and isinstance(v, (bool, int, float, str, list))}
+
+
+@cache
+def documentation() -> dict[str, tuple[str, str]]:
+    """{setting: (section, comment)} read from this file's source: the `# ---- section` lines and the
+    comment that ends each setting's assignment, so --help prints the texts written above."""
+    source = Path(__file__).read_text()
+    comments = {token.end[0]: token.string.lstrip('#').strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    sections = sorted((line, text.lstrip('-').strip()) for line, text in comments.items() if text.startswith('----'))
+    settings = defaults()
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in settings:
+            section = [name for line, name in sections if line < node.lineno][-1]
+            found[node.targets[0].id] = (section, comments.get(node.end_lineno, ''))
+    return found
+
+
+def script_settings(script: str) -> list[str]:
+    """The names of the settings `script` ('train', 'test' or 'inference') reads, in file order."""
+    rule = SCRIPTS[script]
+    return [name for name, (section, _) in documentation().items()
+            if (section in rule['sections'] or name in rule['plus']) and name not in rule['minus']]
+
+
+def _as_typed(value) -> str:
+    """A value as one types it after --name=."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, str) for v in value):
+            return ','.join(value)
+        return '[' + ','.join(repr(v) for v in value) + ']'
+    return value if isinstance(value, str) else repr(value)
+
+
+def help_text(script: str) -> str:
+    """`--help` for a script: its settings by section with default and comment, then the experiments."""
+    settings, docs = defaults(), documentation()
+    names = script_settings(script)
+    lines = [f"usage: python {script}.py [--name=value ...]   (lists: --name=[a,b] or --name=a,b)", '',
+             f"settings read by {script}.py, with their defaults (edit config.py or override them here):"]
+    section, width = None, 34
+    for name in names:
+        if docs[name][0] != section:
+            section = docs[name][0]
+            lines.append(f"\n  {section}")
+        option = f"--{name}={_as_typed(settings[name])}"
+        if len(option) >= width:  # a long default: its comment goes on the next line
+            lines.append(f"    {option}")
+            option = ''
+        lines.append(f"    {option:<{width}}{docs[name][1]}")
+    lines += ['', "named experiments (--experiment=NAME applies these first, then the other settings):"]
+    width = max(map(len, EXPERIMENTS)) + 2
+    for name, changes in EXPERIMENTS.items():
+        text = ', '.join(f"{k}={_as_typed(v)}" for k, v in changes.items()) or 'the defaults above'
+        lines.append(f"    {name:<{width}}{text}")
+    return '\n'.join(lines)
+
+
+def given(argv: list[str]) -> set[str]:
+    """The settings an argv sets explicitly: its overrides and, when it names an experiment, that
+    experiment's settings and every model setting (a named experiment describes a whole model)."""
+    names = {arg[2:].split('=', 1)[0] for arg in argv}
+    if 'experiment' in names:
+        experiment = parse(argv).experiment
+        names |= set(EXPERIMENTS[experiment]) | set(MODEL_KEYS)
+    return names
 
 
 def _convert(name: str, text: str, default):
@@ -130,7 +212,7 @@ def _convert(name: str, text: str, default):
     if isinstance(default, str):
         return text
     if isinstance(default, list) and default and all(isinstance(v, str) for v in default) and not text.startswith('['):
-        return text.split(',')  # --test_sets=Set5,Set14
+        return text.split(',') if text else []  # --test_sets=Set5,Set14
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -147,16 +229,22 @@ def _convert(name: str, text: str, default):
     return value
 
 
-def parse(argv: list[str]) -> SimpleNamespace:
-    """Defaults, then the named experiment, then `--name=value` overrides."""
+def parse(argv: list[str], script: str | None = None) -> SimpleNamespace:
+    """Defaults, then the named experiment, then `--name=value` overrides. With `script` ('train',
+    'test' or 'inference') only the settings that script reads are accepted."""
     settings = defaults()
+    known = script_settings(script) if script else list(settings)
     overrides = {}
     for arg in argv:
         if not arg.startswith('--') or '=' not in arg:
-            raise ValueError(f"{arg!r}: settings are given as --name=value")
+            raise ValueError(f"{arg!r}: settings are given as --name=value (--help lists them)")
         name, text = arg[2:].split('=', 1)
-        if name not in settings:
-            raise ValueError(f"unknown setting {name!r}; valid settings: {', '.join(sorted(settings))}")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean --{close[0]}?" if close else '.'
+            where = f" for {script}.py" if script else ''
+            raise ValueError(f"unknown setting --{name}{where}{hint} Its settings: {', '.join(known)} "
+                             f"(--help describes them)")
         overrides[name] = _convert(name, text, settings[name])
     name = overrides.get('experiment', settings['experiment'])
     if name not in EXPERIMENTS:
@@ -177,10 +265,15 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             problems.append(f"{name} must be a positive number, got {value!r}")
 
-    def existing(name, kind='folder'):
-        path = Path(getattr(cfg, name))
-        if not (path.is_dir() if kind == 'folder' else path.exists()):
-            problems.append(f"{name}: {kind} {str(path)!r} does not exist")
+    def existing(name, kind='folder', value=None):
+        value = getattr(cfg, name) if value is None else value
+        found = {'folder': Path.is_dir, 'checkpoint': Path.is_file}.get(kind, Path.exists)
+        if not value:  # Path('') is the current folder: never what an empty setting means
+            problems.append(f"{name} is empty: give a {kind}")
+        elif kind == 'checkpoint' and Path(value).is_dir():
+            problems.append(f"{name}: {value!r} is a folder, not a checkpoint file")
+        elif not found(Path(value)):
+            problems.append(f"{name}: {kind} {value!r} does not exist")
 
     if cfg.model not in MODELS:
         problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {cfg.model!r}")
@@ -193,6 +286,8 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
     if cfg.amp not in ('fp32', 'bf16', 'fp16'):
         problems.append(f"amp must be 'fp32', 'bf16' or 'fp16', got {cfg.amp!r}")
+    if not isinstance(cfg.threads, int) or cfg.threads < 0:
+        problems.append(f"threads must be a non-negative int (0 = torch's default), got {cfg.threads!r}")
     if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
         problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
     if job == 'train':
@@ -200,9 +295,10 @@ def check(cfg: SimpleNamespace, job: str) -> None:
             problems.append(f"train_data must be 'downsampled', 'paired' or 'varied', got {cfg.train_data!r}")
         paired = cfg.train_data in ('paired', 'varied')
         for name in ('train_dir', 'train_lr_dir') if paired else ('train_dir',):
+            if not getattr(cfg, name):
+                problems.append(f"{name} is empty: give one or more folders")
             for folder in getattr(cfg, name):
-                if not Path(folder).is_dir():
-                    problems.append(f"{name}: folder {folder!r} does not exist")
+                existing(name, 'folder', folder)
         if paired and len(cfg.train_lr_dir) != len(cfg.train_dir):
             problems.append(f"train_lr_dir has {len(cfg.train_lr_dir)} folder(s) for the {len(cfg.train_dir)} of "
                             f"train_dir: each HR folder needs its LR folder")
@@ -212,9 +308,13 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         for name in ('repeat', 'batch_size', 'lr', 'epochs', 'valid_every', 'valid_repeat', 'valid_scale',
                      'save_every', 'scale_min', 'scale_max'):
             positive(name)
-        for name in ('patch_size', 'sample_q', 'gt_resize'):
+        positive('valid_first')
+        positive('gamma')
+        for name in ('patch_size', 'sample_q', 'gt_resize', 'max_steps', 'num_workers'):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
                 problems.append(f"{name} must be a non-negative int, got {getattr(cfg, name)!r}")
+        if any(not isinstance(m, int) or m <= 0 for m in cfg.milestones):
+            problems.append(f"milestones must be positive epoch numbers, got {cfg.milestones!r}")
         if cfg.scale_min > cfg.scale_max:
             problems.append(f"scale_min ({cfg.scale_min}) is larger than scale_max ({cfg.scale_max})")
         # downsampled patches (training, or validation on a folder of HR images) have random scales
@@ -236,12 +336,14 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if not 0 <= cfg.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
         for name in ('resume', 'init_weights'):
-            if getattr(cfg, name) not in ('', 'auto') and not Path(getattr(cfg, name)).is_file():
-                problems.append(f"{name}: checkpoint {getattr(cfg, name)!r} does not exist")
+            if getattr(cfg, name) not in ('', 'auto'):
+                existing(name, 'checkpoint')
     if job == 'test':
-        if not Path(cfg.weights).is_file():
+        if cfg.weights and not Path(cfg.weights).exists():
             problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
                             f"(`python scripts/download_weights.py` fetches the official one)")
+        else:
+            existing('weights', 'checkpoint')
         existing('test_root')
         if not cfg.test_sets or not cfg.test_scales:
             problems.append(f"test_sets and test_scales must not be empty, "
@@ -254,6 +356,8 @@ def check(cfg: SimpleNamespace, job: str) -> None:
                 problems.append(f"test_sets: {Path(cfg.test_root) / name / 'HR'} does not exist")
     if job == 'inference':
         existing('input', 'file or folder')
+        if not cfg.weights or Path(cfg.weights).is_dir():  # a missing default file is fetched later
+            existing('weights', 'checkpoint')
         if cfg.size:
             if len(cfg.size) != 2 or any(not isinstance(n, int) or n <= 0 for n in cfg.size):
                 problems.append(f"size must be [height, width] in positive ints, got {cfg.size!r}")
@@ -266,7 +370,7 @@ def check(cfg: SimpleNamespace, job: str) -> None:
         if cfg.bits not in (8, 16):
             problems.append(f"bits must be 8 or 16, got {cfg.bits}")
     if problems:
-        raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
+        raise ValueError("invalid settings: " + "; ".join(problems))
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

@@ -81,18 +81,23 @@ def read_all(files: list[Path], in_memory: bool) -> tuple[list[np.ndarray] | Non
     return images, sizes
 
 
-def large_enough(files: list[Path], sizes: list, side: int, what: str) -> list[bool]:
-    """Which images have both sides >= side; the others are skipped with one warning naming them
-    (`what` says why they are too small), and an error is raised when none is left."""
+def large_enough(files: list[Path], sizes: list, side: int, what: str,
+                 warn: bool = True) -> tuple[list[bool], dict, str]:
+    """Which images have both sides >= side: the keep mask, the others as {path: (h, w)}, and a one-line
+    summary naming how many, `what` they are too small for and a few of them ('' when none). Warns with
+    the summary when `warn`; raises when none is left."""
     keep = [min(hw) >= side for hw in sizes]
-    if not all(keep):
-        listing = ', '.join(f"{path.parent.name}/{path.name} ({h}x{w})"
-                            for path, (h, w), ok in zip(files, sizes, keep) if not ok)
-        message = f"{keep.count(False)} of {len(files)} {what}"
+    skipped = {path: tuple(hw) for path, hw, ok in zip(files, sizes, keep) if not ok}
+    summary = ''
+    if skipped:
+        names = [f"{path.parent.name}/{path.name} ({h}x{w})" for path, (h, w) in skipped.items()]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ''
+        summary = f"{len(skipped)} of {len(files)} {what}: {', '.join(names[:3])}{more}"
         if not any(keep):
-            raise ValueError(f"{message}; none is left: {listing}")
-        warnings.warn(f"{message} and are skipped: {listing}")
-    return keep
+            raise ValueError(f"{summary}; none is left")
+        if warn:
+            warnings.warn(f"{summary}; they are skipped")
+    return keep, skipped, summary
 
 
 def pixel_queries(hr: np.ndarray, sample_q: int, rng: np.random.Generator) -> dict:
@@ -158,14 +163,16 @@ class TrainDataset(EpochSeeded):
 
     root is a folder or a list of folders (images of each in sorted order, folders in the given
     order); first_k keeps the first k of these files. Images smaller than the largest crop,
-    round(patch_size * scale_max), on either side are skipped with one warning naming them (T91 has
-    many); an error is raised when none is left. Images are decoded once and kept as uint8 when
-    in_memory, otherwise read per item (their sizes are checked from the file headers up front).
+    round(patch_size * scale_max), on either side are skipped (`skipped`: {path: (h, w)};
+    `skipped_summary`: one line calling them `role` images), with a warning when `warn` (T91 has many);
+    an error when none is left. Images are decoded once and kept as uint8 when in_memory, otherwise
+    read per item (their sizes are checked from the file headers up front).
     """
 
     def __init__(self, root: str | Path | list, patch_size: int = 48, scale_min: float = 1.0,
                  scale_max: float = 4.0, sample_q: int = 2304, repeat: int = 1, augment: bool = True,
-                 in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+                 in_memory: bool = True, seed: int = 0, first_k: int | None = None, role: str = 'training',
+                 warn: bool = True):
         super().__init__(seed)
         for name, value in (('patch_size', patch_size), ('sample_q', sample_q), ('repeat', repeat)):
             _positive(name, value, int)
@@ -185,10 +192,9 @@ class TrainDataset(EpochSeeded):
         files = [path for folder in as_folders(root) for path in list_images(folder)][:first_k]
         images, sizes = read_all(files, in_memory)
         largest_crop = round(patch_size * scale_max)
-        keep = large_enough(files, sizes, largest_crop,
-                            f"training images are smaller than the largest HR crop {largest_crop}x{largest_crop} "
-                            f"(patch_size {patch_size} x scale_max {scale_max})")
-        self.skipped = [path for path, ok in zip(files, keep) if not ok]
+        keep, self.skipped, self.skipped_summary = large_enough(
+            files, sizes, largest_crop, f"{role} images are smaller than the {largest_crop}x{largest_crop} HR crop "
+            f"that patch_size {patch_size} x scale_max {scale_max:g} needs", warn)
         self.files = [path for path, ok in zip(files, keep) if ok]
         self.images = [img for img, ok in zip(images, keep) if ok] if in_memory else None
 
@@ -237,6 +243,7 @@ class PairedFolders(EpochSeeded):
             self.hr_files += hr_files
         self.lr_files, self.hr_files = self.lr_files[:first_k], self.hr_files[:first_k]
         self.repeat = repeat
+        self.skipped, self.skipped_summary = {}, ''  # pairs left out as too small: {path: (h, w)}, one line
         self.lr_images, self.lr_sizes = read_all(self.lr_files, in_memory)
         self.hr_images, self.hr_sizes = read_all(self.hr_files, in_memory)
 
@@ -282,7 +289,7 @@ class PairedDataset(PairedFolders):
 
     def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, patch_size: int = 48,
                  sample_q: int = 0, repeat: int = 1, augment: bool = True, in_memory: bool = True,
-                 seed: int = 0, first_k: int | None = None):
+                 seed: int = 0, first_k: int | None = None, role: str = 'training', warn: bool = True):
         _count('patch_size', patch_size)
         _count('sample_q', sample_q)
         super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k)
@@ -295,8 +302,10 @@ class PairedDataset(PairedFolders):
                                  f"integer multiple of the LR size (HR = s x LR, give or take s - 1 pixels)")
             self.scales.append(s)
         if patch_size:
-            self.keep(large_enough(self.lr_files, self.lr_sizes, patch_size,
-                                   f"LR images are smaller than the {patch_size}x{patch_size} patch (patch_size)"))
+            mask, self.skipped, self.skipped_summary = large_enough(
+                self.lr_files, self.lr_sizes, patch_size,
+                f"{role} LR images are smaller than the {patch_size}x{patch_size} patch (patch_size)", warn)
+            self.keep(mask)
         if sample_q:
             smallest = min(h * w for h, w in self.hr_crop_sizes())
             if sample_q > smallest:

@@ -39,7 +39,7 @@ def load_image(path: str | Path) -> np.ndarray:
     except cv2.error:
         img = None
     if img is None:
-        raise ImageError(f"{path} is not a readable image (PNG, JPEG, BMP or TIFF expected)")
+        raise ImageError(f"{path} is not a readable image (PNG, JPEG, BMP, TIFF or WebP expected)")
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path} has unsupported sample type {img.dtype} (8- or 16-bit expected)")
     if img.ndim == 2:

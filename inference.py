@@ -7,7 +7,8 @@
 
 Output size: with a factor s (or separate height/width factors), an h x w input gives
 round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
-exactly H x W. Output path: --output (a file for one image, a folder for a folder), else
+exactly H x W. Output path: --output (a file for one image, a folder for a folder; one image goes
+into a folder given as an existing folder or a path ending in '/'), else
 results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png).
 """
 import sys
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 
 import config
-from common import format_scale, pick_device, run_main
+from common import check_writable, checkpoint_model, format_scale, pick_device, run_main, set_threads
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import image_to_tensor, read_image, write_image
-from model import model_from_checkpoint
+from render import check_amp
 
 DEFAULT_WEIGHTS = config.weights
 DEFAULT_OUTPUT_DIR = Path('results/inference')
@@ -45,19 +46,27 @@ def size_tag(cfg: SimpleNamespace) -> str:
 
 
 def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
-    """(input, output) path pairs for cfg.input and cfg.output."""
+    """(input, output) path pairs for cfg.input and cfg.output. A folder input needs a folder output;
+    one image goes to cfg.output, or into it with the default name when it is a folder (it exists
+    as one, or ends in '/')."""
     source = Path(cfg.input)
+    name = f'{source.stem}_{size_tag(cfg)}.png'
+    into_folder = not cfg.output or cfg.output.endswith(('/', '\\')) or Path(cfg.output).is_dir()
+    folder = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR
     if source.is_dir():
+        if not into_folder and Path(cfg.output).suffix:
+            raise ValueError(f"output {cfg.output!r} looks like a file name, but input {cfg.input!r} is a folder: "
+                             f"give an output folder")
         inputs = list_images(source)  # sorted; other files are skipped with a warning
-        folder = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR
         return [(p, folder / f'{p.stem}_{size_tag(cfg)}.png') for p in inputs]
-    if cfg.output and Path(cfg.output).suffix.lower() not in IMAGE_SUFFIXES:
+    if into_folder:
+        return [(source, folder / name)]
+    if Path(cfg.output).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"output {cfg.output!r}: for one input image, give an image file name "
-                         f"({', '.join(IMAGE_SUFFIXES)})")
-    if cfg.output and cfg.bits == 16 and Path(cfg.output).suffix.lower() not in ('.png', '.tif', '.tiff'):
+                         f"({', '.join(IMAGE_SUFFIXES)}) or a folder (ending in '/')")
+    if cfg.bits == 16 and Path(cfg.output).suffix.lower() not in ('.png', '.tif', '.tiff'):
         raise ValueError(f"output {cfg.output!r}: 16-bit output needs a .png or .tif file")
-    target = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR / f'{source.stem}_{size_tag(cfg)}.png'
-    return [(source, target)]
+    return [(source, Path(cfg.output))]
 
 
 def resolve_weights(path: str) -> Path:
@@ -104,11 +113,15 @@ def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[int, int]:
 
 def main(argv: list[str]) -> list[Path]:
     """Run inference; returns the written output paths. Every input is checked before any work."""
-    cfg = config.parse(argv)
+    cfg = config.parse(argv, 'inference')
     config.check(cfg, 'inference')
+    set_threads(cfg.threads)
     jobs = [(source, target, checked_size(source, cfg)) for source, target in plan(cfg)]
+    for folder in dict.fromkeys(target.parent for _, target, _ in jobs):
+        check_writable(folder, 'output folder')
     device = pick_device(cfg.device)
-    model = model_from_checkpoint(resolve_weights(cfg.weights), fast=cfg.fast).to(device).eval()
+    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device).eval()
+    check_amp(device, cfg.amp)
     for source, target, size in jobs:
         lr = image_to_tensor(read_image(source))[None].to(device)
         sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp, progress=True)

@@ -31,8 +31,6 @@ from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, spans
 BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
 UPSAMPLE_SCALES = {'edsr-baseline': [2, 3, 4, 8], 'rdn': [2, 3, 4]}  # the official up-samplers' scales
-
-
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
 
@@ -333,13 +331,14 @@ class LIIF(SRModel):
         x.addmm_(inputs.flatten(0, 1), coord_weight).relu_()  # first layer: folded feature + coord/cell terms
         for i, (layer_weight, bias) in enumerate(layers):
             relu = i < len(layers) - 1
-            if x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled():
+            if (x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled()
+                    and engine.native_cpu_bf16()):
                 # oneDNN (AMX) matmul with bias and ReLU fused: half the time of addmm + relu_ in bf16
                 x = torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, 'relu' if relu else 'none', [], '')
             else:
                 x = torch.addmm(bias, x, layer_weight.t())
                 x = x.relu_() if relu else x
-        rgb = x.view(n, m, 3).float()
+        rgb = x.view(n, m, 3).to(weight.dtype)  # fp32 under autocast, float64 in a float64 model
         return (rgb * weight.unsqueeze(-1)).sum(1) * 0.5 + 0.5  # elementwise: autocast keeps it fp32
 
     def _decode(self, table, index, inputs, weight, params):
@@ -497,17 +496,24 @@ def official_options(model_spec: dict) -> dict:
                 cell_decode=args.get('cell_decode', True))
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """(options, state dict) from an official LIIF / MetaSR / baseline checkpoint or one of ours."""
+def load_file(path: str | Path):
+    """torch.load a checkpoint file (tensors and plain data only) onto the CPU, with clear errors."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # keep torch's reason, not its advice to load untrusted pickles
         reason = str(e).split('WeightsUnpickler error:')[-1].split('Check the documentation')[0].strip()
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another format): "
-                         f"{type(e).__name__}: {reason[:200]}") from None
+                         f"{type(e).__name__}: {' '.join(reason.split())[:200]}") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(options, state dict) from an official LIIF / MetaSR / baseline checkpoint or one of ours."""
+    ckpt = load_file(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'sd' in ckpt['model']:
         name = ckpt['model'].get('name')
         if name not in ('liif', 'metasr'):

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import config
-from common import evaluate, format_scale, pick_device, run_main
+from common import check_writable, checkpoint_model, evaluate, format_scale, pick_device, run_main, set_threads
 from dataset import BenchmarkDataset
 from imgproc import tensor_to_image, write_image
-from model import model_from_checkpoint
+from render import check_amp
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -45,29 +45,33 @@ def image_saver(folder: Path):
 
 
 def main(argv: list[str]) -> list[dict]:
-    """Run the evaluation; returns the summary rows {'dataset', 'scale', 'psnr', 'ssim', 'images'}."""
-    cfg = config.parse(argv)
+    """Run the evaluation; returns the summary rows {'dataset', 'scale', 'psnr', 'ssim', 'images'}.
+    Every input (settings, checkpoint, data) is checked before anything is written."""
+    cfg = config.parse(argv, 'test')
     config.check(cfg, 'test')
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    model = checkpoint_model(cfg, argv, cfg.weights).to(device)
+    check_amp(device, cfg.amp)
+    datasets = {(set_name, scale): BenchmarkDataset(Path(cfg.test_root) / set_name, scale)
+                for set_name in cfg.test_sets for scale in cfg.test_scales}
     out_dir = Path(cfg.out_dir)
+    check_writable(out_dir, 'out_dir')
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out_dir / 'test_config.json')
-    device = pick_device(cfg.device)
-    model = model_from_checkpoint(cfg.weights, fast=cfg.fast).to(device)
     print(f"evaluating {cfg.weights} on {device} ({cfg.amp})")
 
     start = time.perf_counter()
     per_image, summary = [], []
-    for set_name in cfg.test_sets:
-        for scale in cfg.test_scales:
-            label = f'x{format_scale(scale)}'
-            dataset = BenchmarkDataset(Path(cfg.test_root) / set_name, scale)
-            saver = image_saver(out_dir / 'images' / set_name / label) if cfg.save_images else None
-            rows = evaluate(model, dataset, chunk=cfg.chunk, amp=cfg.amp, on_image=saver,
-                            desc=f'{set_name} {label}')
-            per_image += [{'dataset': set_name, **row} for row in rows]
-            mean = {k: sum(row[k] for row in rows) / len(rows) for k in ('psnr', 'ssim')}
-            summary.append({'dataset': set_name, 'scale': float(scale), **mean, 'images': len(rows)})
-            print(f"{set_name} {label}: PSNR {mean['psnr']:.4f} dB, SSIM {mean['ssim']:.4f} ({len(rows)} images)")
+    for (set_name, scale), dataset in datasets.items():
+        label = f'x{format_scale(scale)}'
+        saver = image_saver(out_dir / 'images' / set_name / label) if cfg.save_images else None
+        rows = evaluate(model, dataset, chunk=cfg.chunk, amp=cfg.amp, on_image=saver,
+                        desc=f'{set_name} {label}')
+        per_image += [{'dataset': set_name, **row} for row in rows]
+        mean = {k: sum(row[k] for row in rows) / len(rows) for k in ('psnr', 'ssim')}
+        summary.append({'dataset': set_name, 'scale': float(scale), **mean, 'images': len(rows)})
+        print(f"{set_name} {label}: PSNR {mean['psnr']:.4f} dB, SSIM {mean['ssim']:.4f} ({len(rows)} images)")
     elapsed = time.perf_counter() - start
 
     table = markdown_table(summary)

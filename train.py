@@ -8,7 +8,9 @@ at epochs 200/400/600/800, 1000 epochs, batch 16, random scales 1-4 on 48-px LR 
     torchrun --nproc_per_node=4 train.py                  # 4 processes (GPUs), batch_size stays the global batch
 
 Writes to out_dir: train_config.json, last.pth (every epoch), best.pth (best validation PSNR),
-epoch-<n>.pth (every save_every epochs) and tensorboard/ (loss, lr, validation PSNR, SR samples).
+epoch-<n>.pth (every save_every epochs), tensorboard/ (loss, lr, validation PSNR, SR samples) and, when
+some training images are smaller than the largest crop, skipped_images.txt; nothing before every input
+(settings, images, checkpoints) has been read and checked. `python train.py --help` lists the settings.
 Checkpoints: {'model', 'options', 'optimizer', 'scheduler', 'scaler', 'epoch', 'epoch_step', 'step',
 'best_psnr', 'ema', 'rng', 'settings'}; test.py and inference.py read them like official ones.
 """
@@ -33,11 +35,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import config
-from common import evaluate, pick_device, run_main, seed_everything
+from common import check_writable, evaluate, pick_device, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
-from model import build_model, load_weights
+from model import build_model, load_file, load_weights
+from render import check_amp
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -189,12 +192,14 @@ def training_set(cfg) -> TrainDataset | PairedDataset | VariedDataset:
     """The training items train_data asks for: patches made from HR images at random scales, patches of
     paired LR / HR folders, or paired images with ground truths of varying size."""
     common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed)
+    # too-small images are reported by train() once the run folder exists, not warned about here
     if cfg.train_data == 'paired':
-        return PairedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.patch_size, cfg.sample_q, **common)
+        return PairedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.patch_size, cfg.sample_q, warn=False, **common)
     if cfg.train_data == 'varied':
         return VariedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.size_min, cfg.size_max, cfg.gt_resize,
                              cfg.sample_q, **common)
-    return TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q, **common)
+    return TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q, warn=False,
+                        **common)
 
 
 def make_model(cfg) -> torch.nn.Module:
@@ -209,8 +214,9 @@ def make_model(cfg) -> torch.nn.Module:
 
 def main(argv: list[str]) -> dict:
     """Train; returns {'epoch', 'step', 'best_psnr', 'last_psnr'} of the run."""
-    cfg = config.parse(argv)
+    cfg = config.parse(argv, 'train')
     config.check(cfg, 'train')
+    set_threads(cfg.threads)
     rank, world_size, device = setup_distributed(cfg)
     try:
         return train(cfg, rank, world_size, device)
@@ -223,13 +229,11 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     master = rank == 0
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
-    if cfg.amp == 'fp16' and device.type != 'cuda':
-        raise ValueError("amp='fp16' needs CUDA (it trains with a GradScaler); use amp='bf16' on the CPU")
+    check_amp(device, cfg.amp)
     batch_size = cfg.batch_size // world_size
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config.save(cfg, out_dir / 'train_config.json')
+        check_writable(out_dir, 'out_dir')
 
     # ---- data: the same patches for a given (seed, epoch, index) however many processes and workers
     train_set = training_set(cfg)
@@ -253,7 +257,7 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     epoch, epoch_step, step, best_psnr, resumed_rng = 0, 0, 0, -math.inf, None
     resume = out_dir / 'last.pth' if cfg.resume == 'auto' else Path(cfg.resume) if cfg.resume else None
     if resume is not None and resume.is_file():
-        ckpt = torch.load(resume, map_location='cpu', weights_only=True)
+        ckpt = load_file(resume)
         if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
             raise ValueError(f"{resume} is not a train.py checkpoint; to start from its weights, "
                              f"use --init_weights={resume}")
@@ -286,10 +290,10 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     # ---- validation (rank 0): the official patch PSNR on an HR folder, or the benchmark protocol
     writer, valid_batches, valid_set, samples = None, None, None, []
     if master:
-        writer = SummaryWriter(str(out_dir / 'tensorboard'))
         if cfg.valid_lr_dir:
             patches = PairedDataset(cfg.valid_lr_dir, cfg.valid_dir, cfg.patch_size, cfg.sample_q, cfg.valid_repeat,
-                                    augment=False, in_memory=cfg.in_memory, seed=cfg.seed, first_k=cfg.valid_first)
+                                    augment=False, in_memory=cfg.in_memory, seed=cfg.seed, first_k=cfg.valid_first,
+                                    role='validation')
             valid_batches = list(DataLoader(patches, batch_size=VALID_BATCH))
             samples = [patches.centre_item(i) for i in range(min(SAMPLES, len(patches.files)))]
         elif is_benchmark_folder(cfg.valid_dir):
@@ -297,9 +301,18 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         else:
             patches = TrainDataset(cfg.valid_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
                                    cfg.valid_repeat, augment=False, in_memory=cfg.in_memory, seed=cfg.seed,
-                                   first_k=cfg.valid_first)
+                                   first_k=cfg.valid_first, role='validation')
             valid_batches = list(DataLoader(patches, batch_size=VALID_BATCH))
             samples = patch_samples(cfg.valid_dir, cfg.patch_size, max(1, math.floor(cfg.scale_max)))
+        # every input is read: now the run's files
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, out_dir / 'train_config.json')
+        if train_set.skipped:
+            listing = out_dir / 'skipped_images.txt'
+            listing.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
+            print(f"warning: {train_set.skipped_summary}; they are skipped (all listed in {listing})",
+                  file=sys.stderr)
+        writer = SummaryWriter(str(out_dir / 'tensorboard'))
         print(f"training on {device} x {world_size} process(es): {len(train_set)} patches per epoch from "
               f"{len(train_set.files)} images, {steps_per_epoch} steps per epoch of {cfg.batch_size}, "
               f"{workers} loader worker(s) per process; validation on {cfg.valid_dir}")
@@ -340,6 +353,13 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     last_psnr = None
     model.train()
 
+    def where() -> str:
+        """The epoch as the progress bar, the log lines and the summary all name it: the one in progress
+        (or, between epochs, the one just finished), 1-based, with its step count when unfinished."""
+        if epoch_step == 0 and epoch > 0:
+            return f"epoch {epoch}/{cfg.epochs}"
+        return f"epoch {epoch + 1}/{cfg.epochs} ({epoch_step}/{steps_per_epoch} steps)"
+
     def read_loss() -> float:
         """Mean loss since the last read-out over all processes; stops the run if it is not finite."""
         nonlocal loss_sum, loss_count
@@ -349,11 +369,11 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         mean = float(total[0] / total[1])
         loss_sum, loss_count = torch.zeros((), device=device), 0
         if not math.isfinite(mean):
-            raise Diverged(f"the loss became {mean} by step {step} (epoch {epoch + 1}); stopping. The last "
+            raise Diverged(f"the loss became {mean} by step {step} ({where()}); stopping. The last "
                            f"good checkpoint, {out_dir / 'last.pth'}, is left as it was (try a lower lr or amp='fp32')")
         if master:
             writer.add_scalar('train/loss', mean, step)
-            progress.set_postfix(epoch=epoch + 1, loss=f'{mean:.4f}', lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            progress.set_postfix(loss=f'{mean:.4f}', lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         return mean
 
     if resumed_rng is not None:
@@ -362,6 +382,7 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
     while epoch < cfg.epochs and not (cfg.max_steps and step >= cfg.max_steps):
         train_set.set_epoch(epoch + 1)
         sampler.set_epoch(epoch + 1, epoch_step)
+        progress.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
         for batch in loader:
             lr = batch['lr'].to(device, non_blocking=True)
             if cfg.channels_last:
@@ -404,7 +425,7 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
             writer.add_scalar('valid/psnr', last_psnr, step)
             improved = last_psnr > best_psnr
             best_psnr = max(best_psnr, last_psnr)
-            progress.write(f"epoch {epoch}, step {step}: validation PSNR {last_psnr:.4f} dB (best {best_psnr:.4f})")
+            progress.write(f"{where()}, step {step}: validation PSNR {last_psnr:.4f} dB (best {best_psnr:.4f})")
         save_atomic(checkpoint(), out_dir / 'last.pth')
         if improved:
             copy_atomic(out_dir / 'last.pth', out_dir / 'best.pth')
@@ -416,7 +437,7 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         dist.barrier()  # every process leaves after rank 0's last validation and save
     if master:
         writer.close()
-        print(f"done: {epoch} epochs, {step} steps in {time.perf_counter() - start:.0f} s; "
+        print(f"done: {where()}, {step} steps in {time.perf_counter() - start:.0f} s; "
               f"best validation PSNR {best_psnr:.4f} dB; checkpoints in {out_dir}")
     return {'epoch': epoch, 'step': step, 'best_psnr': best_psnr, 'last_psnr': last_psnr}
 

@@ -1,5 +1,7 @@
 """Settings: `--name=value` overrides typed like the defaults, experiments, start-up checks, saving."""
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,13 +56,99 @@ def test_every_setting_can_be_overridden():
         assert getattr(config.parse([f'--{name}={default!r}']), name) == default, name
 
 
-def test_unknown_setting_lists_the_valid_ones():
+def config_comments() -> dict[str, tuple[str, str]]:
+    """{setting: (section, comment)} read from config.py line by line: `# ---- name` starts a section,
+    `name = value  # comment` is a setting (a second reading of the file, independent of config's)."""
+    section, found = None, {}
+    for line in (ROOT / 'config.py').read_text().splitlines():
+        if line.startswith('# ----'):
+            section = line[len('# ----'):].strip()
+        match = re.match(r"^([a-z_]+) = .*?  # (.*)$", line)
+        if match and section and match[1] in config.defaults():
+            found[match[1]] = (section, match[2])
+    return found
+
+
+# per script: the sections of config.py it reads, single settings it reads from other sections, and
+# settings of its sections that it ignores
+SCRIPT_SETTINGS = {
+    'train': ({'experiment', 'model', 'data', 'training'}, {'chunk'}, set()),
+    'test': ({'experiment', 'model', 'testing'}, {'amp'}, {'seed'}),
+    'inference': ({'experiment', 'model', 'inference'}, {'weights', 'chunk', 'amp'}, {'out_dir', 'seed'}),
+}
+
+
+def expected_settings(script: str) -> set[str]:
+    sections, plus, minus = SCRIPT_SETTINGS[script]
+    return {name for name, (section, _) in config_comments().items()
+            if (section in sections or name in plus) and name not in minus}
+
+
+def test_every_setting_has_a_comment():
+    assert sorted(config_comments()) == sorted(config.defaults())
+    assert expected_settings('train') >= {'lr', 'patch_size', 'train_dir', 'chunk', 'threads', 'encoder'}
+    assert expected_settings('inference') >= {'scale', 'input', 'weights', 'amp', 'threads', 'encoder'}
+
+
+@pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
+def test_help_lists_the_scripts_settings_with_default_and_comment(script):
+    done = subprocess.run([sys.executable, f'{script}.py', '--help'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stderr == ''
+    text = done.stdout
+    expected = expected_settings(script)
+    for name, (section, comment) in config_comments().items():
+        line = next((line for line in text.splitlines() if line.strip().startswith(f'--{name}=')), None)
+        if name not in expected:
+            assert line is None, f"{script}.py --help shows --{name}, which it does not read"
+            continue
+        assert line is not None, f"{script}.py --help misses --{name}"
+        default = config.defaults()[name]
+        shown = line.strip()[len(f'--{name}='):].split('  ')[0]
+        assert shown == default or getattr(config.parse([f'--{name}={shown}']), name) == default, name
+        assert comment in text, f"{script}.py --help misses the comment of --{name}"
+    for section in SCRIPT_SETTINGS[script][0]:
+        assert f'\n  {section}\n' in text
+    for name in config.EXPERIMENTS:
+        assert re.search(rf"^\s+{re.escape(name)}\s", text, re.M), name
+    assert "encoder=rdn" in text and "cell_decode=False" in text
+    short = subprocess.run([sys.executable, f'{script}.py', '-h'], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert short.returncode == 0 and short.stdout == text
+
+
+@pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
+def test_unknown_setting_lists_the_scripts_settings_only(script):
+    other = sorted(set(config.defaults()) - expected_settings(script))[0]
     with pytest.raises(ValueError) as err:
-        config.parse(['--scael=2'])
+        config.parse([f'--{other}=1'], script)
     message = str(err.value)
-    assert "'scael'" in message
-    for name in ('scale', 'chunk', 'weights', 'test_scales', 'batch_size'):
-        assert name in message
+    assert message.startswith(f"unknown setting --{other} for {script}.py")
+    listed = message.split('Its settings: ')[1].split(' (')[0].split(', ')
+    assert set(listed) == expected_settings(script)
+    for name in expected_settings(script):  # and all of them are accepted
+        config.parse([f'--{name}={config.defaults()[name]!r}' if not isinstance(config.defaults()[name], str)
+                      else f'--{name}={config.defaults()[name]}'], script)
+
+
+@pytest.mark.parametrize('script, typo, meant', [('inference', 'scael', 'scale'), ('train', 'batchsize', 'batch_size'),
+                                                 ('test', 'test_set', 'test_sets'), ('train', 'epoch', 'epochs')])
+def test_unknown_setting_suggests_the_closest_name(script, typo, meant):
+    with pytest.raises(ValueError, match=f"did you mean --{meant}\\?"):
+        config.parse([f'--{typo}=2'], script)
+
+
+def test_a_new_setting_joins_its_sections_scripts(tmp_path):
+    """Settings are picked per section: a setting added to the data section is read by train.py only."""
+    source = (ROOT / 'config.py').read_text().replace(
+        "num_workers = 8", "crop_jitter = 0  # a new data setting\nnum_workers = 8")
+    (tmp_path / 'config.py').write_text(source)
+    spec = importlib.util.spec_from_file_location('config_copy', tmp_path / 'config.py')
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert 'crop_jitter' in copy.script_settings('train') and copy.documentation()['crop_jitter'] == ('data', 'a new data setting')
+    assert 'crop_jitter' not in copy.script_settings('test') + copy.script_settings('inference')
+    assert copy.parse(['--crop_jitter=3'], 'train').crop_jitter == 3
 
 
 @pytest.mark.parametrize('arg', [
@@ -151,8 +239,8 @@ def test_settings_are_saved_and_read_back(tmp_path):
 def test_script_reports_a_bad_setting_without_traceback():
     done = subprocess.run([sys.executable, 'inference.py', '--scael=2'], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.startswith("error: unknown setting 'scael'") and 'scale' in done.stderr
+    assert done.returncode == 2 and done.stderr.count('\n') == 1
+    assert done.stderr.startswith("error: unknown setting --scael for inference.py; did you mean --scale?")
     assert 'Traceback' not in done.stderr
     done = subprocess.run([sys.executable, 'inference.py', '--scale=0'], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -198,11 +198,12 @@ def test_training_input_errors(tmp_path, position_folder):
     with pytest.warns(UserWarning, match='notes.txt'):
         assert [p.name for p in list_images(folder)] == ['a.png']
     (folder / 'notes.txt').unlink()
-    with pytest.raises(ValueError, match=r'none is left: pos/a\.png \(40x52\)'):  # 48 * 4 = 192 > 40
+    with pytest.raises(ValueError, match=r'1 of 1 training images .* 192x192 .*: pos/a\.png \(40x52\); none is left'):
         TrainDataset(folder, patch_size=48, sample_q=100)
     save_png(folder / 'big.png', position_image(200, 210))
-    with pytest.warns(UserWarning, match=r'skipped: pos/a\.png \(40x52\)'):
-        ds = TrainDataset(folder, patch_size=48, sample_q=100, in_memory=False)
+    with pytest.warns(UserWarning, match=r'1 of 2 validation images .*: pos/a\.png \(40x52\); they are skipped'):
+        ds = TrainDataset(folder, patch_size=48, sample_q=100, in_memory=False, role='validation')
+    assert ds.skipped == {folder / 'a.png': (40, 52)}
     assert [p.name for p in ds.files] == ['big.png'] and ds[0]['lr'].shape == (3, 48, 48)
     (folder / 'broken.png').write_bytes(b'not a png')
     for in_memory in (True, False):

@@ -276,3 +276,16 @@ def test_make_lr_script_reproduces_benchmark_files(benchmark_root, tmp_path):
     tiny = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'make_lr.py'), '--hr', str(hr_dir),
                            '--out', str(out), '--scales', '4'], capture_output=True, text=True)
     assert tiny.returncode == 2 and 'tiny.png' in tiny.stderr
+
+
+@pytest.mark.parametrize('name', ['T91/t1', 'T91/t20', 'T91/tt27', 'BSDS200/100075', 'BSDS200/100080'])
+def test_webp_reads_like_png(train_root, name):
+    """The lossless WebP copies of the training images decode to the PNGs' pixels exactly (PIL reads
+    both here, as an independent decoder)."""
+    webp_root = train_root.parent / 'train-webp'
+    png, webp = train_root / f'{name}.png', webp_root / f'{name}.webp'
+    expected = np.asarray(Image.open(png).convert('RGB'))
+    assert np.array_equal(np.asarray(Image.open(webp).convert('RGB')), expected)
+    img = load_image(webp)
+    assert img.dtype == np.uint8 and np.array_equal(img, expected)
+    assert np.array_equal(read_image(webp), read_image(png))

@@ -1,4 +1,5 @@
 """inference.py end to end on small crops of a real image, with the official weights."""
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import inference
-from model import model_from_checkpoint
+from model import build_model, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 5000
@@ -83,6 +84,59 @@ def test_default_output_path_and_folder_input(crop, tmp_path, official_weights, 
     assert img.shape == (9, 8, 3) and img.dtype == np.uint16
 
 
+def test_one_image_into_an_output_folder(crop, tmp_path, official_weights):
+    """--output naming a folder (ending in '/', or one that exists) takes the default file name."""
+    [written] = inference.main([f'--input={crop}', f'--output={tmp_path}/new/', f'--weights={official_weights}',
+                                '--scale=1.5', f'--chunk={CHUNK}'])
+    assert written == tmp_path / 'new' / 'butterfly_crop_x1.5.png' and read_rgb(written).shape == (62, 54, 3)
+    (tmp_path / 'there').mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # and --threads sets torch's CPU threads
+        [written] = inference.main([f'--input={crop}', f'--output={tmp_path}/there', f'--weights={official_weights}',
+                                    '--size=[9,8]', f'--chunk={CHUNK}', '--threads=3'])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert written == tmp_path / 'there' / 'butterfly_crop_9x8.png' and written.is_file()
+
+
+@pytest.fixture(scope='module')
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint in this project's format of a small decoder ([16]) model with random weights."""
+    torch.manual_seed(0)
+    model = build_model(hidden_list=[16])
+    path = tmp_path_factory.mktemp('ckpt') / 'small.pth'
+    torch.save({'model': model.state_dict(), 'options': model.options}, path)
+    return path
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--hidden_list=[32]'], "--hidden_list asks for hidden_list=[32] but {ckpt} holds hidden_list=[16]"),
+    (['--experiment=rdn-liif'], "--experiment=rdn-liif asks for encoder='rdn' but {ckpt} holds encoder='edsr-baseline'"),
+    (['--cell_decode=False'], "cell_decode=False but {ckpt} holds cell_decode=True"),
+])
+def test_model_settings_that_contradict_the_checkpoint_are_refused(crop, tmp_path, small_checkpoint, args, message):
+    argv = [f'--input={crop}', f'--output={tmp_path}/out.png', f'--weights={small_checkpoint}', *args]
+    with pytest.raises(ValueError, match=re.escape(message.format(ckpt=small_checkpoint))):
+        inference.main(argv)
+    assert not list(tmp_path.iterdir())
+
+
+def test_model_settings_not_given_follow_the_checkpoint(crop, tmp_path, small_checkpoint, official_weights):
+    """No model settings, or ones that agree: the checkpoint's model runs (here a [16] decoder although
+    the defaults say [256, 256, 256, 256]); the official EDSR weights under their own experiment run too."""
+    lr = torch.from_numpy(read_rgb(crop).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    expected = model_from_checkpoint(small_checkpoint).eval().render(lr, (9, 8)).clamp(0, 1)
+    expected = np.floor(expected[0].permute(1, 2, 0).double().numpy() * 255 + 0.5).astype(np.uint8)
+    for extra in ([], ['--hidden_list=[16]', '--encoder=edsr-baseline']):
+        [written] = inference.main([f'--input={crop}', f'--output={tmp_path}/a.png', f'--weights={small_checkpoint}',
+                                    '--size=[9,8]', *extra])
+        np.testing.assert_array_equal(read_rgb(written), expected)
+    inference.main([f'--input={crop}', f'--output={tmp_path}/b.png', f'--weights={official_weights}',
+                    '--experiment=edsr-baseline-liif', '--size=[9,8]'])
+
+
 def test_missing_default_weights_are_fetched(crop, tmp_path, official_weights, monkeypatch):
     import scripts.download_weights
 
@@ -108,21 +162,36 @@ def test_missing_default_weights_are_fetched(crop, tmp_path, official_weights, m
     (None, ['--input={crop}', '--size=[20000,20000]'], 'max_pixels=200,000,000'),
     (None, ['--input={crop}', '--scale=0.01'], 'empty'),
     (None, ['--input={crop}', '--bits=12'], 'bits'),
-    (None, ['--input={crop}', '--scael=2'], "unknown setting 'scael'"),
+    (None, ['--input={crop}', '--scael=2'], "unknown setting --scael for inference.py; did you mean --scale"),
+    (None, ['--input='], 'input is empty'),
+    ('empty', ['--input={crop}', '--weights={tmp}/empty'], 'is a folder, not a checkpoint'),
+    ('empty', ['--input={crop}', '--weights='], 'weights is empty'),
+    (None, ['--input={crop}', '--device=tpu'], "device 'tpu' is not a device name"),
+    (None, ['--input={crop}', '--device=cuda:0'], 'CUDA is not available'),
+    (None, ['--input={crop}', '--threads=-1'], 'threads must be a non-negative int'),
+    (None, ['--input={crop}', '--amp=fp16', '--device=cpu'], "amp='fp16' needs a CUDA device"),
+    ('folder', ['--input={tmp}/many', '--output={tmp}/out.png'], 'looks like a file name'),
+    ('text', ['--input={crop}', '--weights={tmp}/text.png'], 'not a readable PyTorch checkpoint'),
+    ('text', ['--input={crop}', '--output={tmp}/text.png/sr.png'], 'text.png is a file, not a folder'),
     (None, ['--input={crop}', '--output={tmp}/out.txt'], 'image file name'),
     (None, ['--input={crop}', '--output={tmp}/out.jpg', '--bits=16'], '16-bit'),
     ('empty', ['--input={tmp}/empty'], 'holds no image files'),
     (None, ['--input={crop}', '--weights={tmp}/nothing.pth'], 'download_weights.py'),
 ])
-def test_bad_inputs_and_settings_are_refused(crop, tmp_path, setup, args, message):
+def test_bad_inputs_and_settings_are_refused(crop, tmp_path, official_weights, setup, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default output would go to results/ here
     if setup == 'text':
         (tmp_path / 'text.png').write_text('this is text, not a PNG')
     if setup == 'empty':
         (tmp_path / 'empty').mkdir()
-    argv = [a.format(tmp=tmp_path, crop=crop) for a in args]
+    if setup == 'folder':
+        (tmp_path / 'many').mkdir()
+        shutil.copy(crop, tmp_path / 'many' / 'a.png')
+    before = sorted(tmp_path.rglob('*'))
+    argv = [f'--weights={official_weights}'] + [a.format(tmp=tmp_path, crop=crop) for a in args]
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         inference.main(argv)
-    assert not list(tmp_path.glob('out.*'))
+    assert sorted(tmp_path.rglob('*')) == before  # nothing written
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):

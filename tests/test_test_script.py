@@ -1,7 +1,9 @@
 """test.py: the official checkpoint reproduces the official Set5 x4 PSNR; results tables are written."""
 import csv
 import importlib.util
+import json
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from model import model_from_checkpoint
+from model import build_model, model_from_checkpoint
 
 # loaded by path: `import test` could find the standard library's `test` package instead
 _spec = importlib.util.spec_from_file_location('test_script', Path(__file__).resolve().parents[1] / 'test.py')
@@ -99,3 +101,51 @@ def test_non_integer_scales_write_tables_and_images(small_set, official_weights,
         saved = cv2.imread(str(tmp_path / 'images' / 'Tiny' / 'x3' / f"{p['name']}.png"))
         assert saved.shape == (h * 3, w * 3, 3)
     assert (tmp_path / 'images' / 'Tiny' / 'x2.5' / 'baby.png').is_file()
+
+
+@pytest.mark.parametrize('setup, args, message', [
+    ('text', ['--weights={tmp}/bad.pth'], 'not a readable PyTorch checkpoint'),
+    ('folder', ['--weights={tmp}/folder'], 'is a folder, not a checkpoint'),
+    (None, ['--weights={official}', '--experiment=rdn-liif'], "encoder='rdn' but"),
+    (None, ['--weights={official}', '--hidden_list=[256,256]'], 'hidden_list=[256, 256] but'),
+    (None, ['--weights={official}', '--test_sets=Nowhere'], 'Nowhere'),
+    ('empty_set', ['--weights={official}', '--test_sets=Empty'], 'no image files'),
+    (None, ['--weights={official}', '--test_scales=[1000]'], 'too large'),
+    (None, ['--weights={official}', '--device=tpu'], "device 'tpu'"),
+    (None, ['--weights={official}', '--input=a.png'], 'unknown setting --input for test.py'),
+    (None, ['--weights={official}', '--test_sets='], 'test_sets and test_scales must not be empty'),
+    ('text', ['--weights={official}', '--out_dir={tmp}/bad.pth/out'], 'bad.pth is a file, not a folder'),
+])
+def test_a_refused_run_writes_nothing(small_set, official_weights, tmp_path, setup, args, message):
+    if setup == 'text':
+        (tmp_path / 'bad.pth').write_text('not a checkpoint')
+    if setup == 'folder':
+        (tmp_path / 'folder').mkdir()
+    root = small_set
+    if setup == 'empty_set':
+        root = tmp_path / 'bench'
+        (root / 'Empty' / 'HR').mkdir(parents=True)
+    argv = [f'--test_root={root}', '--test_sets=Tiny', f'--out_dir={tmp_path}/out', '--device=cpu',
+            *(a.format(tmp=tmp_path, official=official_weights) for a in args)]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        test_script.main(argv)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_model_settings_follow_the_checkpoint_and_threads_are_set(small_set, tmp_path):
+    """No model settings given: the checkpoint's model (a [16] decoder; the defaults say [256] x 4) is
+    evaluated and the saved settings say so. --threads sets torch's CPU threads."""
+    torch.manual_seed(0)
+    model = build_model(hidden_list=[16])
+    torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        [row] = test_script.main([f'--test_root={small_set}', f'--weights={tmp_path / "small.pth"}',
+                                  '--test_sets=Tiny', '--test_scales=[4]', f'--out_dir={tmp_path / "out"}',
+                                  '--device=cpu', '--threads=3'])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / 'out' / 'test_config.json').read_text())
+    assert saved['hidden_list'] == [16] and saved['threads'] == 3 and row['images'] == 2

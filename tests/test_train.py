@@ -1,6 +1,8 @@
 """train.py on tiny settings: real T91 crops, 16-px LR patches, 64 queries, batch 2, a [32] decoder."""
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +256,100 @@ def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path
         train.main(tiny(data, tmp_path, '--amp=fp16', '--device=cpu'))
     with pytest.raises(ValueError, match='does not exist'):
         train.main(tiny(data, tmp_path, f'--train_dir={tmp_path / "nowhere"}'))
+
+
+@pytest.mark.parametrize('setup, args, message', [
+    ('corrupt', ['--resume={tmp}/corrupt.pth'], 'not a readable PyTorch checkpoint'),
+    ('corrupt', ['--init_weights={tmp}/corrupt.pth'], 'not a readable PyTorch checkpoint'),
+    ('folder', ['--resume={tmp}/folder'], 'is a folder, not a checkpoint'),
+    ('folder', ['--init_weights={tmp}/folder'], 'is a folder, not a checkpoint'),
+    (None, ['--init_weights={official}'], 'does not fit the model'),
+    (None, ['--resume={official}', '--hidden_list=[256,256,256,256]'], 'not a train.py checkpoint'),
+    ('folder', ['--train_dir={tmp}/folder'], 'holds no image files'),
+    ('folder', ['--valid_dir={tmp}/folder'], 'holds no image files'),
+    (None, ['--valid_dir='], 'valid_dir is empty'),
+    (None, ['--train_dir=[]'], 'train_dir is empty'),
+    (None, ['--patch_size=64'], 'none is left'),
+    (None, ['--device=tpu'], "device 'tpu' is not a device name"),
+    (None, ['--amp=fp16', '--device=cpu'], "amp='fp16' needs a CUDA device"),
+    (None, ['--threads=-2'], 'threads must be a non-negative int'),
+    (None, ['--scale=2'], 'unknown setting --scale for train.py'),
+    (None, ['--max_steps=-1'], 'max_steps must be a non-negative int'),
+    (None, ['--valid_first=0'], 'valid_first must be a positive number'),
+    (None, ['--gamma=-0.5'], 'gamma must be a positive number'),
+    (None, ['--milestones=[-5]'], 'milestones must be positive epoch numbers'),
+    (None, ['--num_workers=-1'], 'num_workers must be a non-negative int'),
+    ('corrupt', ['--out_dir={tmp}/corrupt.pth/run'], 'corrupt.pth is a file, not a folder'),
+])
+def test_a_refused_run_writes_nothing(data, tmp_path, official_weights, setup, args, message):
+    if setup == 'corrupt':
+        (tmp_path / 'corrupt.pth').write_bytes(b'PK\x03\x04 not really a zip')
+    if setup == 'folder':
+        (tmp_path / 'folder').mkdir()
+    argv = tiny(data, tmp_path / 'out', '--max_steps=1',
+                *(a.format(tmp=tmp_path, official=official_weights) for a in args))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.main(argv)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_corrupt_resume_is_one_error_line_and_exit_2(data, tmp_path):
+    (tmp_path / 'corrupt.pth').write_bytes(b'garbage')
+    done = subprocess.run([sys.executable, 'train.py', *tiny(data, tmp_path / 'out', f'--resume={tmp_path}/corrupt.pth')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.startswith('error: ') and done.stderr.count('\n') == 1 and 'corrupt.pth' in done.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_small_images_are_reported_in_one_line_and_listed_in_the_run(data, tmp_path, capsys):
+    """4 training images below the 64x64 crop (patch 16 x scale 4): one short warning naming 3 of them;
+    all 4 in skipped_images.txt. A small validation image is called a validation image."""
+    train_dir, valid_dir = tmp_path / 'train', tmp_path / 'valid'
+    shutil.copytree(data / 'train', train_dir)
+    shutil.copytree(data / 'valid', valid_dir)
+    image = load_uint8(next((data / 'train').iterdir()))
+    small = {f's{i}.png': (40 + i, 63) for i in range(4)}
+    for name, (h, w) in small.items():
+        write_image(train_dir / name, image[:h, :w])
+    write_image(valid_dir / 'a_small.png', image[:30, :30])
+    out = tmp_path / 'out'
+    with pytest.warns(UserWarning, match=r'^1 of 2 validation images are smaller than the 64x64 HR crop'):
+        train.main(tiny(data, out, '--max_steps=1', f'--train_dir={train_dir}', f'--valid_dir={valid_dir}',
+                        '--valid_first=2'))
+    lines = [line for line in capsys.readouterr().err.splitlines() if 'smaller' in line]
+    assert len(lines) == 1 and 's3.png' not in lines[0]  # a few names, not all
+    assert lines[0].startswith('warning: 4 of 12 training images are smaller than the 64x64 HR crop')
+    assert 'train/s0.png (40x63), train/s1.png (41x63), train/s2.png (42x63) and 1 more' in lines[0]
+    assert str(out / 'skipped_images.txt') in lines[0]
+    listed = [line.split('\t') for line in (out / 'skipped_images.txt').read_text().splitlines()]
+    assert listed == [[str(train_dir / name), f'{h}x{w}'] for name, (h, w) in small.items()]
+
+
+def test_epoch_numbers_agree_between_bar_log_and_summary(data, tmp_path, capsys):
+    """Stopped by max_steps 2 steps into epoch 2 of 4-step epochs: the validation after step 4 belongs
+    to epoch 1, everything after to epoch 2, 2 of its 4 steps done."""
+    result = train.main(tiny(data, tmp_path, '--epochs=3', '--max_steps=6'))
+    assert (result['epoch'], result['step']) == (1, 6)
+    captured = capsys.readouterr()
+    logs = [line for line in captured.out.splitlines() if line.startswith('epoch ')]
+    assert [line.split(':')[0] for line in logs] == ['epoch 1/3, step 4', 'epoch 2/3 (2/4 steps), step 6']
+    assert re.search(r'^done: epoch 2/3 \(2/4 steps\), 6 steps', captured.out, re.M)
+    bar = re.findall(r'epoch (\d)/3: +\d+%\|[^|]*\| (\d)/6', captured.err)
+    # after s steps the bar names the epoch step s was in, or (s at an epoch's end) the next one
+    assert bar and all(math.ceil(int(s) / STEPS_PER_EPOCH) <= int(e) <= int(s) // STEPS_PER_EPOCH + 1 for e, s in bar)
+    assert bar[-1] == ('2', '6')
+
+
+def test_training_on_webp_equals_training_on_png(tmp_path, train_root):
+    """The same images as lossless WebP (../shared/data/train-webp) train exactly as the PNGs do."""
+    valid = train_root / 'T91'
+    runs = {}
+    for kind, folder in (('png', train_root / 'T91'), ('webp', train_root.parent / 'train-webp' / 'T91')):
+        out = tmp_path / kind
+        args = ['--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
+                '--num_workers=0', '--valid_first=1', '--valid_repeat=2', '--max_steps=2', '--epochs=1']
+        result = train.main([f'--train_dir={folder}', f'--valid_dir={valid}', f'--out_dir={out}', *args])
+        runs[kind] = (result, load(out / 'last.pth')['model'])
+    assert runs['webp'][0] == runs['png'][0]
+    assert_same_tensors(runs['webp'][1], runs['png'][1], atol=0)

@@ -213,7 +213,7 @@ def test_paired_errors(tmp_path, x2_folders):
     write_image(tmp_path / 'odd_hr' / 'a.png', hr)
     with pytest.raises(ValueError, match=r'a\.png \(20x25\).*a\.png \(49x64\).*not an integer multiple'):
         PairedDataset(tmp_path / 'odd_lr', tmp_path / 'odd_hr')
-    with pytest.warns(UserWarning, match=r'1 of 2 LR images are smaller .*22x22.*skipped'):
+    with pytest.warns(UserWarning, match=r'1 of 2 training LR images are smaller .*22x22.*skipped'):
         ds = PairedDataset([lr_dir], [hr_dir], patch_size=22, first_k=2)  # LR 24x32 and 20x28
     assert len(ds.files) == 1 and ds.lr_sizes == [(24, 32)] and ds.scales == [2]
     with pytest.raises(ValueError, match='none is left'):

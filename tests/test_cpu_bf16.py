@@ -1,0 +1,105 @@
+"""bf16 on any CPU: the native-bf16 check, the public-op branch against fp32, one warning per process,
+and the scripts' bf16 paths with oneDNN limited to AVX2 (so the no-native branch runs on AMX machines too)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import render as engine
+from imgproc import image_to_tensor, load_uint8, read_image, write_image
+from model import model_from_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fused_op_works() -> bool:
+    """Whether oneDNN's fused bf16 linear runs in this process (it fails without native bf16 support)."""
+    try:
+        x = torch.ones(2, 2, dtype=torch.bfloat16)
+        torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'none', [], '')
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.parametrize('flags, isa, native', [
+    (set(), None, False),  # e.g. AVX2-only AMD EPYC
+    ({'avx512f', 'avx512_bf16'}, 'AVX2', False),  # oneDNN held below its bf16 instructions
+    ({'amx_bf16'}, 'avx512_core', False),
+    ({'amx_bf16', 'avx512_bf16'}, None, None),  # None: native exactly when the fused op works here
+    ({'avx512_bf16'}, 'AVX512_CORE_AMX', None),
+])
+def test_native_bf16_needs_the_flag_the_isa_and_a_working_op(flags, isa, native, monkeypatch):
+    monkeypatch.setattr(engine, 'cpu_flags', lambda: flags)
+    monkeypatch.setattr(engine.platform, 'machine', lambda: 'x86_64')
+    for name in ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA'):
+        monkeypatch.delenv(name, raising=False)
+    if isa:
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', isa)
+    engine.native_cpu_bf16.cache_clear()
+    try:
+        assert engine.native_cpu_bf16() is (fused_op_works() if native is None else native)
+    finally:
+        engine.native_cpu_bf16.cache_clear()
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    if not Path('/proc/cpuinfo').is_file() or 'flags' not in Path('/proc/cpuinfo').read_text():
+        pytest.skip("no x86 /proc/cpuinfo here")
+    line = next(line for line in Path('/proc/cpuinfo').read_text().splitlines() if line.startswith('flags'))
+    assert engine.cpu_flags() == set(line.split(':', 1)[1].split())
+
+
+def test_public_op_branch_matches_fp32_and_warns_once(official_weights, benchmark_root, monkeypatch, capsys):
+    """Without native bf16: the decoder uses addmm (the fused op is never called), and one stderr line
+    per process says that fp32 is faster here, however many renders follow."""
+    monkeypatch.setattr(engine, 'native_cpu_bf16', lambda: False)
+
+    def refuse(*args):
+        raise AssertionError("the private oneDNN op was called without native bf16")
+    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', refuse)
+    engine.warn_slow_bf16.cache_clear()
+    model = model_from_checkpoint(official_weights).eval()
+    lr = image_to_tensor(read_image(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / 'birdx4.png')[:20, :24])[None]
+    fp32 = model.render(lr, (50, 60))
+    capsys.readouterr()
+    for _ in range(2):
+        bf16 = model.render(lr, (50, 60), amp='bf16', chunk=1000)
+        assert (bf16 - fp32).abs().max() < 0.05 and (bf16 - fp32).abs().mean() < 0.005  # as in test_fast
+    err = capsys.readouterr().err
+    assert err.count('warning: this CPU has no native bf16') == 1 and 'fp32' in err
+    engine.warn_slow_bf16.cache_clear()
+
+
+def test_scripts_bf16_with_onednn_limited_to_avx2(official_weights, train_root, benchmark_root, tmp_path):
+    """inference.py (a render) and train.py (two steps and a validation) with --amp=bf16 in processes
+    whose oneDNN may not use more than AVX2: they finish, warn once, and the image matches fp32."""
+    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '1'}
+    lr = load_uint8(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / 'headx4.png')[:24, :20]
+    write_image(tmp_path / 'lr.png', lr)
+    done = subprocess.run([sys.executable, 'inference.py', f'--input={tmp_path / "lr.png"}', '--amp=bf16',
+                           f'--output={tmp_path / "sr.png"}', f'--weights={official_weights}', '--scale=2.5'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count('warning: this CPU has no native bf16') == 1
+    fp32 = model_from_checkpoint(official_weights).eval().render(image_to_tensor(lr / np.float32(255))[None], (60, 50))
+    sr = load_uint8(tmp_path / 'sr.png').astype(np.float32) / 255
+    diff = np.abs(sr - fp32.clamp(0, 1)[0].permute(1, 2, 0).numpy())
+    assert diff.max() < 0.05 and diff.mean() < 0.005
+
+    folder = tmp_path / 'data'
+    images = sorted((train_root / 'T91').iterdir())[:6]
+    for i, path in enumerate(images):
+        write_image(folder / ('train' if i < 4 else 'valid') / path.name, load_uint8(path)[:64, :64])
+    done = subprocess.run([sys.executable, 'train.py', f'--train_dir={folder / "train"}', f'--valid_dir={folder / "valid"}',
+                           f'--out_dir={tmp_path / "run"}', '--patch_size=16', '--sample_q=64', '--batch_size=2',
+                           '--repeat=1', '--hidden_list=[32]', '--num_workers=0', '--valid_repeat=2', '--max_steps=2',
+                           '--amp=bf16'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count('warning: this CPU has no native bf16') == 1
+    ckpt = torch.load(tmp_path / 'run' / 'last.pth', map_location='cpu', weights_only=True)
+    assert ckpt['step'] == 2 and all(v.isfinite().all() for v in ckpt['model'].values())
