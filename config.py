@@ -41,8 +41,10 @@ num_workers = 8  # DataLoader worker processes
 # ---- training
 batch_size = 16  # patches per step (over all processes)
 lr = 1e-4  # Adam learning rate
-milestones = [200, 400, 600, 800]  # epochs at which the learning rate is multiplied by gamma
+schedule = 'multistep'  # 'multistep' (the official: lr x gamma at each epoch in milestones) or 'cosine' (per step)
+milestones = [200, 400, 600, 800]  # multistep: epochs at which the learning rate is multiplied by gamma
 gamma = 0.5
+warmup_steps = 0  # cosine: linear warm-up over this many optimiser steps, then cosine decay to 0 at the last step
 epochs = 1000
 valid_every = 1  # validate every N epochs
 save_every = 100  # keep a numbered checkpoint every N epochs
@@ -81,6 +83,10 @@ EXPERIMENTS = {
     'edsr-baseline-liif-x2': {'scale_min': 2.0, 'scale_max': 2.0},
     'edsr-baseline-liif-x3': {'scale_min': 3.0, 'scale_max': 3.0},
     'edsr-baseline-liif-x4': {'scale_min': 4.0, 'scale_max': 4.0},
+    # minutes on one GPU: batch 32 at twice the official lr (linear scaling), cosine to max_steps after a
+    # 200-step warm-up (Adam's early steps at 2e-4 are unstable without it), bf16 autocast for speed
+    'edsr-baseline-liif-short': {'batch_size': 32, 'lr': 2e-4, 'schedule': 'cosine', 'warmup_steps': 200,
+                                 'amp': 'bf16'},
 }
 
 MODEL_KEYS = ['encoder', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
@@ -168,6 +174,10 @@ def check(cfg: SimpleNamespace, job: str) -> None:
             problems.append(f"scale_min ({cfg.scale_min}) is larger than scale_max ({cfg.scale_max})")
         if cfg.sample_q > round(cfg.patch_size * cfg.scale_min) ** 2:
             problems.append(f"sample_q ({cfg.sample_q}) exceeds the pixels of the smallest HR patch")
+        if cfg.schedule not in ('multistep', 'cosine'):
+            problems.append(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
+        if cfg.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
         if not 0 <= cfg.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
         for name in ('resume', 'init_weights'):
