@@ -3,6 +3,7 @@
 The pipeline is 8-bit like the official one: images are kept as uint8 and LR images are made by PIL
 bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257).
 """
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -51,6 +52,12 @@ def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.nd
     if transpose:
         img = img.transpose(1, 0, 2)
     return img
+
+
+@functools.lru_cache(maxsize=None)
+def axis_centres(n: int) -> np.ndarray:
+    """imgproc.make_coord's n pixel centres along one axis, float32, computed once per n (per worker)."""
+    return make_coord((n,)).squeeze(1).numpy()
 
 
 def _positive(name: str, value, kind=(int, float)) -> None:
@@ -151,10 +158,12 @@ class TrainDataset(Dataset):
         if self.augment:
             flips = rng.random(3) < 0.5
             lr, hr = augment(lr, *flips), augment(hr, *flips)
-        pick = torch.from_numpy(rng.choice(side * side, self.sample_q, replace=False))
-        coord = make_coord(hr.shape[:2])[pick]
-        gt = torch.from_numpy(to_float(hr.reshape(-1, 3)))[pick]
-        cell = torch.tensor([2 / hr.shape[0], 2 / hr.shape[1]]).repeat(self.sample_q, 1)
+        # only the sampled pixels: their (row, column) in the augmented crop, as its row-major grid numbers them
+        rows, cols = np.divmod(rng.choice(side * side, self.sample_q, replace=False), side)
+        centres = axis_centres(side)  # the crop is square: one axis serves both
+        coord = torch.from_numpy(np.stack([centres[rows], centres[cols]], -1))
+        gt = torch.from_numpy(to_float(hr[rows, cols]))
+        cell = torch.tensor([2 / side, 2 / side]).expand(self.sample_q, 2)
         return {'lr': image_to_tensor(lr), 'coord': coord, 'cell': cell, 'gt': gt, 'scale': scale}
 
 
