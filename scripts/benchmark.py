@@ -119,17 +119,37 @@ def lr_input(size: int, device: torch.device) -> tuple[torch.Tensor, str]:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device), 'random'
 
 
+def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> float:
+    """Multiply-adds x 2 of the fast path's render: encoder convolutions and the folded first layer per
+    LR pixel, the coordinate / cell terms and the later decoder layers per query and ensemble member.
+    Every row is credited with this same useful work, so TFLOP/s compare like MP/s."""
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    per_lr_pixel = sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] for m in convs)
+    linears = [m for m in model.imnet.modules() if isinstance(m, torch.nn.Linear)]
+    per_lr_pixel += 2 * model.feat_dim * linears[0].out_features
+    members = 4 if model.local_ensemble else 1
+    per_query = members * (2 * (linears[0].in_features - model.feat_dim) * linears[0].out_features
+                           + sum(2 * m.in_features * m.out_features for m in linears[1:]))
+    return lr_hw[0] * lr_hw[1] * per_lr_pixel + out_hw[0] * out_hw[1] * per_query
+
+
 def run_grid(args, device: torch.device) -> None:
     model, weights = load_model(device)
-    variants = [('reference', False, 'fp32'), ('fast', True, 'fp32')]
+    variants = [('reference', False, 'fp32', False), ('fast', True, 'fp32', False)]
     if bf16_supported(device):
-        variants.append(('fast', True, 'bf16'))
+        variants.append(('fast', True, 'bf16', False))
     if device.type == 'cuda':
-        variants.append(('fast', True, 'fp16'))
+        variants += [('fast', True, 'fp16', False), ('fast', True, 'bf16', True)]
+    compiled_model = None
+    if any(compiled for *_, compiled in variants):
+        compiled_model = load_model(device)[0]
+        compiled_model.compile_decoder()  # CUDA graphs; compiles in the warm-up rounds
     print(f"# LIIF render benchmark on {machine_name(device)}, torch {torch.__version__}")
-    print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}\n")
-    print("| LR | input | scale | output | path | amp | MP/s | x reference | peak MB | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
+          f"TFLOP/s counts the fast path's work" + (f", % of a {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else '')
+          + "\n")
+    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % peak | peak MB | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         lr, source = lr_input(size, device)
         for scale in args.scales:
@@ -139,9 +159,10 @@ def run_grid(args, device: torch.device) -> None:
             outs = {}
             for round_ in range(args.warmup + args.repeats):
                 for variant in variants:
-                    _, fast, amp = variant
-                    model.fast = fast
-                    seconds, peak, out = timed(lambda: model.render(lr, out_size, chunk=args.chunk, amp=amp), device)
+                    _, fast, amp, compiled = variant
+                    net = compiled_model if compiled else model
+                    net.fast = fast
+                    seconds, peak, out = timed(lambda: net.render(lr, out_size, chunk=args.chunk, amp=amp), device)
                     outs[variant] = out
                     if round_ >= args.warmup:
                         times[variant].append(seconds)
@@ -149,12 +170,15 @@ def run_grid(args, device: torch.device) -> None:
             reference = outs[variants[0]]
             pixels = out_size[0] * out_size[1] / 1e6
             ref_time = statistics.median(times[variants[0]])
+            flops = render_flops(model, (size, size), out_size)
             for variant in variants:
-                name, _, amp = variant
+                name, _, amp, compiled = variant
                 t = statistics.median(times[variant])
                 diff = (outs[variant] - reference).abs().max().item()
+                share = f"{100 * flops / t / 1e12 / args.peak_tflops:.1f}" if args.peak_tflops else ''
                 print(f"| {size}x{size} | {source} | x{scale:g} | {out_size[0]}x{out_size[1]} | {name} | {amp} "
-                      f"| {pixels / t:.3f} | {ref_time / t:.2f} | {peaks[variant]:.0f} | {diff:.2e} |", flush=True)
+                      f"| {'yes' if compiled else 'no'} | {pixels / t:.3f} | {ref_time / t:.2f} | {flops / t / 1e12:.3g} "
+                      f"| {share} | {peaks[variant]:.0f} | {diff:.2e} |", flush=True)
             model.fast = True
 
 
@@ -223,6 +247,13 @@ def train_set(args) -> TrainDataset:
     return dataset
 
 
+def write_json(args, device: torch.device, train_rows: list[dict], loader: dict | None) -> None:
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({'device': machine_name(device), 'batch': args.batch,
+                                               'train': train_rows, 'loader': loader}, indent=2) + '\n')
+
+
 def run_train(args, dataset: TrainDataset, device: torch.device) -> list[dict]:
     """Optimiser steps per second and peak memory per (path, amp, compile) at one fixed real batch."""
     batch = torch.utils.data.default_collate([dataset[i] for i in range(args.batch)])
@@ -264,9 +295,10 @@ def run_train(args, dataset: TrainDataset, device: torch.device) -> list[dict]:
                'patches_per_s': args.train_steps * args.batch / seconds, 'peak_mb': peak, 'loss_first': first,
                'loss_last': last}
         rows.append(row)
+        write_json(args, device, rows, None)  # what was measured so far, should a later row not finish
         base = rows[0]['steps_per_s']  # fast fp32
-        print(f"| {name} | {amp} | {'yes' if compiled else 'no'} | {row['steps_per_s']:.2f} | "
-              f"{row['patches_per_s']:.0f} | {row['steps_per_s'] / base:.2f} | {peak:.0f} | {first:.4f} -> {last:.4f} |",
+        print(f"| {name} | {amp} | {'yes' if compiled else 'no'} | {row['steps_per_s']:.3g} | "
+              f"{row['patches_per_s']:.3g} | {row['steps_per_s'] / base:.2f} | {peak:.0f} | {first:.4f} -> {last:.4f} |",
               flush=True)
     return rows
 
@@ -315,6 +347,7 @@ def main() -> None:
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
     parser.add_argument('--out_dir', default='results/benchmark', help="where the test.py runs write")
+    parser.add_argument('--peak_tflops', type=float, default=0, help="the device's bf16 matmul peak, for % of peak")
     parser.add_argument('--train', action='store_true', help="also time training steps per mode")
     parser.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
     parser.add_argument('--train_dir', default='', help="training folders, comma-separated (default: DIV2K or the 291)")
@@ -344,10 +377,7 @@ def main() -> None:
     dataset = train_set(args) if args.train or args.loader else None
     train_rows = run_train(args, dataset, device) if args.train else []
     loader = run_loader(args, dataset, device, train_rows) if args.loader else None
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({'device': machine_name(device), 'batch': args.batch,
-                                               'train': train_rows, 'loader': loader}, indent=2) + '\n')
+    write_json(args, device, train_rows, loader)
 
 
 if __name__ == '__main__':
