@@ -27,7 +27,7 @@ only, sha256 in the name) and the training checkpoint with optimiser state split
 (`cat last.pth.part-* > last.pth`).
 
 Continuing an earlier run: when results/pretrained_models/edsr-baseline-liif-291-*.pth (weights from a
-previous job, committed) exists, training starts from the newest of them (--init_weights) with a fresh
+previous job, committed) exists, training starts from the one trained longest (--init_weights) with a fresh
 warm-up and cosine cycle, and the new file records the steps of both. (An exact --resume with the
 optimiser state needs the 19 MB training checkpoint, which does not fit beside the data in the 64 MiB
 that travels; at the end of a finished cosine cycle a warm restart loses nothing that matters.)
@@ -60,15 +60,16 @@ QUIET = {'TQDM_MININTERVAL': '10', 'PYTHONUNBUFFERED': '1'}  # progress bars eve
 # per mode: the sizes each stage runs at (the dry run only proves that every stage runs through)
 SIZES = {
     'gpu': dict(bench_infer=['--sizes=256,512', '--scales=4,30', '--repeats=1', '--warmup=1', '--psnr'],
-                bench_train=['--train_steps=20', '--train_warmup=5', '--loader_batches=60'],
+                bench_train=['--train_steps=20', '--train_warmup=5', '--loader_batches=200'],
                 train=[], test_sets='Set5,Set14', test_scales='2,3,4,6,8', amps=['fp32', 'bf16'],
-                max_steps_cap=10 ** 9),
+                test_limit_s=40, max_steps_cap=10 ** 9),
     'dry_run': dict(bench_infer=['--sizes=16', '--scales=4,30', '--repeats=1', '--warmup=0', '--device=cpu'],
                     bench_train=['--batch=2', '--sample_q=64', '--patch_size=16', '--train_steps=2',
                                  '--train_warmup=1', '--loader_batches=3', '--device=cpu'],
                     train=['--patch_size=16', '--sample_q=64', '--batch_size=4', '--hidden_list=[32]',
                            '--amp=fp32', '--warmup_steps=2', '--repeat=1', '--device=cpu', '--num_workers=1'],
-                    test_sets='Set5', test_scales='8', amps=['fp32'], max_steps_cap=12),
+                    test_sets='Set5', test_scales='8', amps=['fp32'],
+                    test_limit_s=150, max_steps_cap=12),
 }
 
 
@@ -128,10 +129,12 @@ class Job:
         return ok
 
 
-def previous_weights() -> Path | None:
-    """The newest committed weights of an earlier job, if any."""
-    found = sorted(PRETRAINED.glob('edsr-baseline-liif-291-*.pth'), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def previous_weights() -> tuple[Path | None, int]:
+    """The committed weights of an earlier job that trained longest, and their step count (None, 0 if none)."""
+    found = [(torch.load(path, map_location='cpu', weights_only=True)['step'], path)
+             for path in PRETRAINED.glob('edsr-baseline-liif-291-*.pth')]
+    steps, path = max(found, default=(0, None))
+    return path, steps
 
 
 def planned_steps(bench_json: Path, batch: int, seconds: float) -> int:
@@ -224,10 +227,9 @@ def main() -> None:
     for amp in sizes['amps']:
         job.run(f'test.py official {amp}', ['test.py', f'--test_root={benchmark}', f"--test_sets={sizes['test_sets']}",
                                             f"--test_scales={sizes['test_scales']}", f'--amp={amp}',
-                                            f"--out_dir={work / f'test_official_{amp}'}"], 40)
+                                            f"--out_dir={work / f'test_official_{amp}'}"], sizes['test_limit_s'])
     # ---- 4. training for the minutes left, then test.py on its weights
-    previous = previous_weights()
-    steps_before = torch.load(previous, weights_only=True)['step'] if previous else 0
+    previous, steps_before = previous_weights()
     train_s = job.left() - TEST_RESERVE_S
     cfg_batch = 4 if mode == 'dry_run' else 32  # the short experiment's batch (config.EXPERIMENTS)
     steps = min(planned_steps(bench_json, cfg_batch, train_s - STARTUP_S), sizes['max_steps_cap'])
