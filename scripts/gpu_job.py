@@ -35,7 +35,6 @@ that travels; at the end of a finished cosine cycle a warm restart loses nothing
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -48,6 +47,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
+
 SHARED = ROOT.parent / 'shared'
 DEVICE_DIR = ROOT / '.device'  # data/benchmark, data/train/{T91,BSDS200} (WebP), weights/ (LIIF_SHARED layout)
 PRETRAINED = ROOT / 'results/pretrained_models'
@@ -149,7 +151,8 @@ def planned_steps(bench_json: Path, batch: int, seconds: float) -> int:
 
 
 def save_weights(work: Path, checkpoint: Path, steps_before: int) -> Path:
-    """The trained model state (fp32) as results/pretrained_models/edsr-baseline-liif-291-<sha256[:8]>.pth."""
+    """The trained model state (fp32) and its total step count as work/edsr-baseline-liif-291-<sha256[:8]>.pth,
+    the name it is committed under in results/pretrained_models/."""
     ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
     state = {'model': ckpt['model'], 'options': ckpt['options'], 'step': steps_before + ckpt['step']}
     tmp = work / 'weights.tmp'
@@ -231,8 +234,8 @@ def main() -> None:
     # ---- 4. training for the minutes left, then test.py on its weights
     previous, steps_before = previous_weights()
     train_s = job.left() - TEST_RESERVE_S
-    cfg_batch = 4 if mode == 'dry_run' else 32  # the short experiment's batch (config.EXPERIMENTS)
-    steps = min(planned_steps(bench_json, cfg_batch, train_s - STARTUP_S), sizes['max_steps_cap'])
+    batch = config.parse([f'--experiment={EXPERIMENT}', *sizes['train']]).batch_size
+    steps = min(planned_steps(bench_json, batch, train_s - STARTUP_S), sizes['max_steps_cap'])
     job.say(f"training: {train_s:.0f} s left for it, {steps} steps planned"
             + (f", continuing {previous.name} ({steps_before} steps)" if previous else ''))
     weights = None
