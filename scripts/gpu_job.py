@@ -21,7 +21,8 @@ Stages and their files: tests.log (pytest tests/test_cuda.py), bench_infer.md (r
 fp32 / bf16 / fp16 / compiled, LR 256 and 512 at x4 and x30, Set5 x4 PSNR per precision), bench_train.md
 and .json (steps/s, memory, DataLoader patches/s), test_official_{fp32,bf16}/ (test.py with the official
 weights, Set5 + Set14 x2-x8, wall time in the log), train/ (train.py --experiment=edsr-baseline-liif-short
-on the 291 images, TensorBoard events, config), test_trained/ (test.py on the trained weights). In $OUT:
+on the 291 images, TensorBoard events, config), training_curves.png (scripts/plot_curves.py), test_trained/
+(test.py on the trained weights). In $OUT:
 job.log (all output), results.tar.gz (the small files above), the trained model weights (fp32 state
 only, sha256 in the name) and the training checkpoint with optimiser state split in 15 MiB parts
 (`cat last.pth.part-* > last.pth`).
@@ -247,6 +248,7 @@ def main() -> None:
         job.run('training', train_args, train_s)
         if (work / 'train' / 'last.pth').is_file():
             weights = save_weights(work, work / 'train' / 'last.pth', steps_before)
+            job.run('curves', ['scripts/plot_curves.py', str(work / 'train'), str(work / 'training_curves.png')], 30)
             job.run('test.py trained', ['test.py', f'--weights={weights}', f'--test_root={benchmark}',
                                         f"--test_sets={sizes['test_sets']}", f"--test_scales={sizes['test_scales']}",
                                         f"--out_dir={work / 'test_trained'}"], job.left() - 10)
