@@ -13,6 +13,11 @@ The device `run` call (one call, at most 9 minutes):
     carry:     [".device"]
     timeout_s: 540
 
+With minutes left on the same (still warm) machine, more training from the weights just made, and test.py:
+
+    command:   python3 scripts/gpu_job.py --train_only --deadline=SECONDS
+    carry:     [".device"]
+
 Dry run of every stage on this CPU with tiny sizes (about 5 minutes on 2 busy cores):
 
     OMP_NUM_THREADS=1 python scripts/gpu_job.py --dry_run --out=/tmp/gpu_job
@@ -54,6 +59,7 @@ import config  # noqa: E402
 SHARED = ROOT.parent / 'shared'
 DEVICE_DIR = ROOT / '.device'  # data/benchmark, data/train/{T91,BSDS200} (WebP), weights/ (LIIF_SHARED layout)
 PRETRAINED = ROOT / 'results/pretrained_models'
+JOBS = ROOT / 'results/gpu_job'  # <mode>/ for the whole job, <mode>-more/ for a --train_only call after it
 OFFICIAL = PRETRAINED / 'edsr-baseline-liif.pth'  # where test.py and the benchmark look by default
 EXPERIMENT = 'edsr-baseline-liif-short'
 TEST_RESERVE_S = 75  # test.py on the trained weights (Set5 + Set14, 5 scales) and packing, after training
@@ -133,9 +139,10 @@ class Job:
 
 
 def previous_weights() -> tuple[Path | None, int]:
-    """The committed weights of an earlier job that trained longest, and their step count (None, 0 if none)."""
-    found = [(torch.load(path, map_location='cpu', weights_only=True)['step'], path)
-             for path in PRETRAINED.glob('edsr-baseline-liif-291-*.pth')]
+    """The weights of an earlier job that trained longest (committed, or left by an earlier call on this
+    machine), and their step count; (None, 0) if there are none."""
+    paths = [*PRETRAINED.glob('edsr-baseline-liif-291-*.pth'), *JOBS.glob('*/edsr-baseline-liif-291-*.pth')]
+    found = [(torch.load(path, map_location='cpu', weights_only=True)['step'], path) for path in paths]
     steps, path = max(found, default=(0, None))
     return path, steps
 
@@ -184,38 +191,8 @@ def pack(job: Job, work: Path, out: Path, weights: Path | None) -> None:
     shutil.copyfile(work / 'job.log', out / 'job.log')
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--prepare', action='store_true', help="copy the data into .device/ and stop")
-    parser.add_argument('--dry_run', action='store_true', help="every stage on the CPU at tiny sizes")
-    parser.add_argument('--deadline', type=float, default=515, help="seconds from start by which the job is done")
-    parser.add_argument('--out', default=os.environ.get('OUT', 'results/gpu_job/out'), help="folder for the files")
-    args = parser.parse_args()
-    if args.prepare:
-        prepare()
-        return
-    mode = 'dry_run' if args.dry_run else 'gpu'
-    sizes = SIZES[mode]
-    work = ROOT / 'results' / 'gpu_job' / mode
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    job = Job(work, args.deadline)
-    if not DEVICE_DIR.is_dir():
-        job.say(f"error: {DEVICE_DIR} is missing (python scripts/gpu_job.py --prepare, and carry '.device')")
-        sys.exit(2)
-    job.say(f"{mode}: torch {torch.__version__}, CUDA {torch.cuda.is_available()}, {os.cpu_count()} cores")
-    if torch.cuda.is_available():
-        job.say(f"device: {torch.cuda.get_device_name()}")
-    PRETRAINED.mkdir(parents=True, exist_ok=True)
-    if not OFFICIAL.exists():
-        shutil.copyfile(DEVICE_DIR / 'weights/edsr-baseline-liif.pth', OFFICIAL)
-    data = DEVICE_DIR / 'data'
-    benchmark = data / 'benchmark'
-    train_dirs = f"{data / 'train/T91'},{data / 'train/BSDS200'}"
-    (ROOT / 'data').mkdir(exist_ok=True)
-    if not (ROOT / 'data/benchmark').exists():
-        (ROOT / 'data/benchmark').symlink_to(benchmark)  # where benchmark.py looks for Set14 inputs
-
+def checks(job: Job, sizes: dict, work: Path, mode: str, benchmark: Path, train_dirs: str, bench_json: Path) -> None:
+    """Stages 1-3: the CUDA tests, the benchmarks, test.py with the official weights."""
     # ---- 1. CUDA tests (skipped without CUDA, which the dry run shows)
     job.run('CUDA tests', ['-m', 'pytest', '-q', '-rs', 'tests/test_cuda.py'], 120, work / 'tests.log',
             env={'LIIF_SHARED': str(DEVICE_DIR)})
@@ -223,7 +200,6 @@ def main() -> None:
     job.run('inference benchmark', ['scripts/benchmark.py', *sizes['bench_infer'],
                                     '--peak_tflops=989' if mode == 'gpu' else '--peak_tflops=0'],
             100, work / 'bench_infer.md')
-    bench_json = work / 'bench_train.json'
     job.run('training benchmark', ['scripts/benchmark.py', '--sizes=0', '--train', '--loader',
                                    f'--train_dir={train_dirs}', *sizes['bench_train'], f'--json={bench_json}'],
             80, work / 'bench_train.md')
@@ -232,7 +208,11 @@ def main() -> None:
         job.run(f'test.py official {amp}', ['test.py', f'--test_root={benchmark}', f"--test_sets={sizes['test_sets']}",
                                             f"--test_scales={sizes['test_scales']}", f'--amp={amp}',
                                             f"--out_dir={work / f'test_official_{amp}'}"], sizes['test_limit_s'])
-    # ---- 4. training for the minutes left, then test.py on its weights
+
+
+def train_and_test(job: Job, sizes: dict, work: Path, out: str, benchmark: Path, train_dirs: str,
+                   bench_json: Path) -> None:
+    """Stage 4: training for the minutes left (continuing earlier weights), then test.py on its weights."""
     previous, steps_before = previous_weights()
     train_s = job.left() - TEST_RESERVE_S
     batch = config.parse([f'--experiment={EXPERIMENT}', *sizes['train']]).batch_size
@@ -254,7 +234,47 @@ def main() -> None:
                                         f"--out_dir={work / 'test_trained'}"], job.left() - 10)
     else:
         job.say("training: skipped (no step rate measured, or no time left)")
-    pack(job, work, Path(args.out), weights)
+    pack(job, work, Path(out), weights)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--prepare', action='store_true', help="copy the data into .device/ and stop")
+    parser.add_argument('--dry_run', action='store_true', help="every stage on the CPU at tiny sizes")
+    parser.add_argument('--train_only', action='store_true',
+                        help="a later call on the same machine: only training (continued) and test.py")
+    parser.add_argument('--deadline', type=float, default=515, help="seconds from start by which the job is done")
+    parser.add_argument('--out', default=os.environ.get('OUT', 'results/gpu_job/out'), help="folder for the files")
+    args = parser.parse_args()
+    if args.prepare:
+        prepare()
+        return
+    mode = 'dry_run' if args.dry_run else 'gpu'
+    sizes = SIZES[mode]
+    work = JOBS / (mode + ('-more' if args.train_only else ''))
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    job = Job(work, args.deadline)
+    if not DEVICE_DIR.is_dir():
+        job.say(f"error: {DEVICE_DIR} is missing (python scripts/gpu_job.py --prepare, and carry '.device')")
+        sys.exit(2)
+    job.say(f"{mode}: torch {torch.__version__}, CUDA {torch.cuda.is_available()}, {os.cpu_count()} cores")
+    if torch.cuda.is_available():
+        job.say(f"device: {torch.cuda.get_device_name()}")
+    PRETRAINED.mkdir(parents=True, exist_ok=True)
+    if not OFFICIAL.exists():
+        shutil.copyfile(DEVICE_DIR / 'weights/edsr-baseline-liif.pth', OFFICIAL)
+    data = DEVICE_DIR / 'data'
+    benchmark = data / 'benchmark'
+    train_dirs = f"{data / 'train/T91'},{data / 'train/BSDS200'}"
+    (ROOT / 'data').mkdir(exist_ok=True)
+    if not (ROOT / 'data/benchmark').exists():
+        (ROOT / 'data/benchmark').symlink_to(benchmark)  # where benchmark.py looks for Set14 inputs
+
+    bench_json = JOBS / mode / 'bench_train.json'  # the whole job's, also for a --train_only call after it
+    if not args.train_only:
+        checks(job, sizes, work, mode, benchmark, train_dirs, bench_json)
+    train_and_test(job, sizes, work, args.out, benchmark, train_dirs, bench_json)
 
 
 if __name__ == '__main__':
