@@ -4,6 +4,7 @@ LR / HR folders, ground truths of varying size, and benchmark (LR, HR) pairs.
 The pipeline is 8-bit like the official one: images are kept as uint8 and LR images are made by PIL
 bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257).
 """
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -52,6 +53,12 @@ def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.nd
     if transpose:
         img = img.transpose(1, 0, 2)
     return img
+
+
+@functools.lru_cache(maxsize=None)
+def axis_centres(n: int) -> np.ndarray:
+    """imgproc.make_coord's n pixel centres along one axis, float32, computed once per n (per worker)."""
+    return make_coord((n,)).squeeze(1).numpy()
 
 
 def _positive(name: str, value, kind=(int, float)) -> None:
@@ -105,12 +112,14 @@ def pixel_queries(hr: np.ndarray, sample_q: int, rng: np.random.Generator) -> di
     'cell' (Q, 2) = (2 / height, 2 / width) and 'gt' (Q, 3) RGB in [0, 1] of sample_q pixels drawn without
     replacement, or of all pixels in raster order when sample_q is 0."""
     height, width = hr.shape[:2]
-    coord = make_coord((height, width))
-    gt = torch.from_numpy(to_float(hr.reshape(-1, 3)))
-    if sample_q:
-        pick = torch.from_numpy(rng.choice(height * width, sample_q, replace=False))
-        coord, gt = coord[pick], gt[pick]
-    cell = torch.tensor([2 / height, 2 / width]).repeat(len(coord), 1)
+    if sample_q:  # only the sampled pixels: their (row, column) as the row-major grid numbers them
+        rows, cols = np.divmod(rng.choice(height * width, sample_q, replace=False), width)
+        coord = torch.from_numpy(np.stack([axis_centres(height)[rows], axis_centres(width)[cols]], -1))
+        gt = torch.from_numpy(to_float(hr[rows, cols]))
+    else:
+        coord = make_coord((height, width))
+        gt = torch.from_numpy(to_float(hr.reshape(-1, 3)))
+    cell = torch.tensor([2 / height, 2 / width]).expand(len(coord), 2)
     return {'coord': coord, 'cell': cell, 'gt': gt}
 
 

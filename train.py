@@ -1,5 +1,6 @@
 """Train LIIF: the official recipe by default (Adam 1e-4, L1 on normalised values, MultiStepLR halving
-at epochs 200/400/600/800, 1000 epochs, batch 16, random scales 1-4 on 48-px LR patches, 2304 queries).
+at epochs 200/400/600/800, 1000 epochs, batch 16, random scales 1-4 on 48-px LR patches, 2304 queries);
+schedule='cosine' instead warms up linearly and decays to 0 at max_steps, per optimiser step.
 
     python train.py                                       # config.py as it is
     python train.py --experiment=rdn-liif --out_dir=results/rdn
@@ -200,6 +201,25 @@ def training_set(cfg) -> TrainDataset | PairedDataset | VariedDataset:
                              cfg.sample_q, **common)
     return TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q, warn=False,
                         **common)
+def cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The cosine schedule's lr multiplier for optimiser step `step` + 1 (step counts those done):
+    (step + 1) / warmup_steps during the warm-up, then 0.5 (1 + cos(pi t / T)) with t the steps since
+    the warm-up and T those left after it, so the last step of total_steps runs just above 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
+    """'multistep' (stepped per epoch, the official) or 'cosine' (stepped per optimiser step, over
+    max_steps, or all epochs when max_steps is 0)."""
+    if cfg.schedule == 'multistep':
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    if cfg.warmup_steps >= total_steps:
+        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be fewer than the run's {total_steps} steps")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_factor(step, cfg.warmup_steps, total_steps))
 
 
 def make_model(cfg) -> torch.nn.Module:
@@ -249,7 +269,7 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         model.encoder.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
 
@@ -265,6 +285,9 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
         if options != model.options:
             raise ValueError(f"{resume} holds a model with options {options}, "
                              f"but the settings ask for {model.options}")
+        if ckpt['settings'].get('schedule', 'multistep') != cfg.schedule:
+            raise ValueError(f"{resume} was trained with schedule={ckpt['settings'].get('schedule', 'multistep')!r}; "
+                             f"resume it with the same schedule (or start from its weights with --init_weights)")
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         scheduler.load_state_dict(ckpt['scheduler'])
@@ -396,6 +419,8 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if cfg.schedule == 'cosine':
+                scheduler.step()
             if ema is not None:
                 ema.update(raw_model)
             loss_sum += loss.detach()
@@ -411,7 +436,8 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
             read_loss()
         if epoch_step == steps_per_epoch:  # a whole epoch done (not cut short by max_steps)
             epoch, epoch_step = epoch + 1, 0
-            scheduler.step()
+            if cfg.schedule == 'multistep':
+                scheduler.step()
         finished = epoch == cfg.epochs or bool(cfg.max_steps and step >= cfg.max_steps)
         if not all_finite(raw_model) or (ema is not None and not all_finite(ema.module)):
             raise Diverged(f"the weights became non-finite by step {step}; stopping. The last good checkpoint, "

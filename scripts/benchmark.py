@@ -4,6 +4,7 @@
     python scripts/benchmark.py --sizes=128 --scales=4 --repeats=1 --warmup=0   # a quick run
     python scripts/benchmark.py --sizes=0 --test_py              # only time test.py, Set5 + Set14 x4
     python scripts/benchmark.py --sizes=0 --psnr                 # Set5 x4 PSNR, fp32 vs bf16
+    python scripts/benchmark.py --sizes=0 --train --loader       # training steps/s and DataLoader patches/s
 
 In one process, for each LR size and scale, the paths run alternately (reference fp32, fast fp32,
 fast bf16 where supported, fast fp16 on CUDA): `warmup` untimed rounds, then `repeats` timed rounds;
@@ -16,9 +17,19 @@ run minus VmRSS before it, after glibc's malloc_trim has returned freed memory t
 (tracemalloc cannot see torch's allocations). On CUDA it is
 torch.cuda.max_memory_allocated after reset_peak_memory_stats. `max |diff|` is against the
 reference path's output for the same input.
+
+--train times optimiser steps as train.py takes them (Adam, L1 on normalised values, autocast, a
+GradScaler for fp16) at the official batch (16 patches of 48 px LR, 2304 queries each; one real batch
+from TrainDataset reused, so no data loading is timed) for: reference fp32, fast fp32, fast bf16, fast
+bf16 + torch.compile, and fast fp16 on CUDA; randomly initialised EDSR-baseline-LIIF. --loader times
+the DataLoader alone on the real TrainDataset (train.py's workers and settings) in patches per second,
+and one worker's rate, and says whether it keeps up with the fastest training row (>= 1.5x its
+patches/s). --json writes every row to a file as well.
 """
 import argparse
 import ctypes
+import json
+import os
 import platform
 import statistics
 import subprocess
@@ -31,12 +42,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
+from dataset import TrainDataset  # noqa: E402
 from image_quality_assessment import psnr  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
+from render import AMP_DTYPES  # noqa: E402
+from train import worker_count  # noqa: E402
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth', ROOT.parent / 'shared/weights/edsr-baseline-liif.pth']
 DATA = [ROOT / 'data/benchmark', ROOT.parent / 'shared/data/benchmark']
+TRAIN = [[ROOT / 'data/DIV2K/DIV2K_train_HR'], [ROOT.parent / f'shared/data/train/{s}' for s in ('T91', 'BSDS200')]]
 
 
 def machine_name(device: torch.device) -> str:
@@ -104,17 +120,37 @@ def lr_input(size: int, device: torch.device) -> tuple[torch.Tensor, str]:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device), 'random'
 
 
+def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> float:
+    """Multiply-adds x 2 of the fast path's render: encoder convolutions and the folded first layer per
+    LR pixel, the coordinate / cell terms and the later decoder layers per query and ensemble member.
+    Every row is credited with this same useful work, so TFLOP/s compare like MP/s."""
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    per_lr_pixel = sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] for m in convs)
+    linears = [m for m in model.imnet.modules() if isinstance(m, torch.nn.Linear)]
+    per_lr_pixel += 2 * model.feat_dim * linears[0].out_features
+    members = 4 if model.local_ensemble else 1
+    per_query = members * (2 * (linears[0].in_features - model.feat_dim) * linears[0].out_features
+                           + sum(2 * m.in_features * m.out_features for m in linears[1:]))
+    return lr_hw[0] * lr_hw[1] * per_lr_pixel + out_hw[0] * out_hw[1] * per_query
+
+
 def run_grid(args, device: torch.device) -> None:
     model, weights = load_model(device)
-    variants = [('reference', False, 'fp32'), ('fast', True, 'fp32')]
+    variants = [('reference', False, 'fp32', False), ('fast', True, 'fp32', False)]
     if bf16_supported(device):
-        variants.append(('fast', True, 'bf16'))
+        variants.append(('fast', True, 'bf16', False))
     if device.type == 'cuda':
-        variants.append(('fast', True, 'fp16'))
+        variants += [('fast', True, 'fp16', False), ('fast', True, 'bf16', True)]
+    compiled_model = None
+    if any(compiled for *_, compiled in variants):
+        compiled_model = load_model(device)[0]
+        compiled_model.compile_decoder()  # CUDA graphs; compiles in the warm-up rounds
     print(f"# LIIF render benchmark on {machine_name(device)}, torch {torch.__version__}")
-    print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}\n")
-    print("| LR | input | scale | output | path | amp | MP/s | x reference | peak MB | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
+          f"TFLOP/s counts the fast path's work" + (f", % of a {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else '')
+          + "\n")
+    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % peak | peak MB | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         lr, source = lr_input(size, device)
         for scale in args.scales:
@@ -124,9 +160,10 @@ def run_grid(args, device: torch.device) -> None:
             outs = {}
             for round_ in range(args.warmup + args.repeats):
                 for variant in variants:
-                    _, fast, amp = variant
-                    model.fast = fast
-                    seconds, peak, out = timed(lambda: model.render(lr, out_size, chunk=args.chunk, amp=amp), device)
+                    _, fast, amp, compiled = variant
+                    net = compiled_model if compiled else model
+                    net.fast = fast
+                    seconds, peak, out = timed(lambda: net.render(lr, out_size, chunk=args.chunk, amp=amp), device)
                     outs[variant] = out
                     if round_ >= args.warmup:
                         times[variant].append(seconds)
@@ -134,12 +171,15 @@ def run_grid(args, device: torch.device) -> None:
             reference = outs[variants[0]]
             pixels = out_size[0] * out_size[1] / 1e6
             ref_time = statistics.median(times[variants[0]])
+            flops = render_flops(model, (size, size), out_size)
             for variant in variants:
-                name, _, amp = variant
+                name, _, amp, compiled = variant
                 t = statistics.median(times[variant])
                 diff = (outs[variant] - reference).abs().max().item()
+                share = f"{100 * flops / t / 1e12 / args.peak_tflops:.1f}" if args.peak_tflops else ''
                 print(f"| {size}x{size} | {source} | x{scale:g} | {out_size[0]}x{out_size[1]} | {name} | {amp} "
-                      f"| {pixels / t:.3f} | {ref_time / t:.2f} | {peaks[variant]:.0f} | {diff:.2e} |", flush=True)
+                      f"| {'yes' if compiled else 'no'} | {pixels / t:.3f} | {ref_time / t:.2f} | {flops / t / 1e12:.3g} "
+                      f"| {share} | {peaks[variant]:.0f} | {diff:.2e} |", flush=True)
             model.fast = True
 
 
@@ -194,6 +234,108 @@ def run_test_py(args) -> None:
               flush=True)
 
 
+def train_dirs(args) -> list[Path]:
+    if args.train_dir:
+        return [Path(p) for p in args.train_dir.split(',')]
+    return next((dirs for dirs in TRAIN if all(p.is_dir() for p in dirs)), TRAIN[0])
+
+
+def train_set(args) -> TrainDataset:
+    """train.py's training patches at the benchmark's patch size, queries and scales."""
+    dataset = TrainDataset(train_dirs(args), args.patch_size, config.scale_min, config.scale_max, args.sample_q,
+                           config.repeat, augment=True, in_memory=config.in_memory, seed=0)
+    dataset.set_epoch(1)
+    return dataset
+
+
+def write_json(args, device: torch.device, train_rows: list[dict], loader: dict | None) -> None:
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({'device': machine_name(device), 'batch': args.batch,
+                                               'train': train_rows, 'loader': loader}, indent=2) + '\n')
+
+
+def run_train(args, dataset: TrainDataset, device: torch.device) -> list[dict]:
+    """Optimiser steps per second and peak memory per (path, amp, compile) at one fixed real batch."""
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(args.batch)])
+    lr, coord, cell, gt = (batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt'))
+    variants = [('fast', True, 'fp32', False), ('reference', False, 'fp32', False)]
+    if bf16_supported(device):
+        variants += [('fast', True, 'bf16', False), ('fast', True, 'bf16', True)]
+    if device.type == 'cuda':
+        variants.append(('fast', True, 'fp16', False))
+    print(f"\n# LIIF training steps on {machine_name(device)}, torch {torch.__version__}")
+    print(f"batch {args.batch} x {args.sample_q} queries, {args.patch_size}-px LR; {args.train_warmup} warm-up + "
+          f"{args.train_steps} timed steps\n")
+    print("| path | amp | compile | steps/s | patches/s | x fast fp32 | peak MB | loss first -> last |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name, fast, amp, compiled in variants:
+        torch.manual_seed(0)
+        model = liif_edsr(fast=fast).to(device).train()
+        forward = torch.compile(model) if compiled else model
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
+        losses = []
+
+        def steps(n: int) -> None:
+            for _ in range(n):
+                with torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != 'fp32'):
+                    pred = forward(lr, coord, cell)
+                loss = torch.nn.functional.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.detach())
+
+        steps(args.train_warmup)
+        seconds, peak, _ = timed(lambda: steps(args.train_steps), device)
+        first, last = float(losses[0]), float(losses[-1])
+        row = {'path': name, 'amp': amp, 'compile': compiled, 'steps_per_s': args.train_steps / seconds,
+               'patches_per_s': args.train_steps * args.batch / seconds, 'peak_mb': peak, 'loss_first': first,
+               'loss_last': last}
+        rows.append(row)
+        write_json(args, device, rows, None)  # what was measured so far, should a later row not finish
+        base = rows[0]['steps_per_s']  # fast fp32
+        print(f"| {name} | {amp} | {'yes' if compiled else 'no'} | {row['steps_per_s']:.3g} | "
+              f"{row['patches_per_s']:.3g} | {row['steps_per_s'] / base:.2f} | {peak:.0f} | {first:.4f} -> {last:.4f} |",
+              flush=True)
+    return rows
+
+
+def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: list[dict]) -> dict:
+    """Patches per second of the DataLoader alone (train.py's worker count), and of one worker."""
+    workers = worker_count(args.workers, 1)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    items = order[:args.loader_batches * args.batch]
+    start = time.perf_counter()
+    for i in items:
+        dataset[i]
+    one_worker = len(items) / (time.perf_counter() - start)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=order, num_workers=workers,
+                                         pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    batches = iter(loader)
+    next(batches)  # workers started and the first batches in flight: not timed
+    start = time.perf_counter()
+    for _ in range(args.loader_batches):
+        next(batches)
+    patches_per_s = args.loader_batches * args.batch / (time.perf_counter() - start)
+    print(f"\n| DataLoader ({len(dataset.files)} images of {', '.join(str(p) for p in train_dirs(args))}) "
+          f"| workers | patches/s |\n|---|---|---|")
+    print(f"| one worker (in process) | 1 | {one_worker:.0f} |")
+    print(f"| train.py's loader (num_workers {args.workers}, {os.cpu_count()} cores) | {workers} | {patches_per_s:.0f} |")
+    result = {'workers': workers, 'patches_per_s': patches_per_s, 'one_worker_patches_per_s': one_worker}
+    if train_rows:
+        fastest = max(train_rows, key=lambda r: r['patches_per_s'])
+        need = 1.5 * fastest['patches_per_s']
+        result['keeps_up'] = patches_per_s >= need
+        print(f"\nloader keeps up: {'yes' if result['keeps_up'] else 'NO'} ({patches_per_s:.0f} patches/s vs "
+              f"1.5 x {fastest['patches_per_s']:.0f} = {need:.0f} for the fastest training row, "
+              f"{fastest['path']} {fastest['amp']}{' compiled' if fastest['compile'] else ''})", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='128,256', help="LR sides, comma-separated; 0 skips the grid")
@@ -206,6 +348,18 @@ def main() -> None:
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
     parser.add_argument('--out_dir', default='results/benchmark', help="where the test.py runs write")
+    parser.add_argument('--peak_tflops', type=float, default=0, help="the device's bf16 matmul peak, for % of peak")
+    parser.add_argument('--train', action='store_true', help="also time training steps per mode")
+    parser.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
+    parser.add_argument('--train_dir', default='', help="training folders, comma-separated (default: DIV2K or the 291)")
+    parser.add_argument('--batch', type=int, default=config.batch_size, help="patches per training step")
+    parser.add_argument('--sample_q', type=int, default=config.sample_q, help="queries per patch")
+    parser.add_argument('--patch_size', type=int, default=config.patch_size, help="LR patch side")
+    parser.add_argument('--train_steps', type=int, default=30, help="timed training steps per mode")
+    parser.add_argument('--train_warmup', type=int, default=5, help="untimed training steps first (compiles)")
+    parser.add_argument('--workers', type=int, default=config.num_workers, help="DataLoader workers asked for")
+    parser.add_argument('--loader_batches', type=int, default=50, help="batches timed from the DataLoader")
+    parser.add_argument('--json', default='', help="also write the training and loader rows to this JSON file")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(',') if int(s) > 0]
     args.scales = [float(s) for s in args.scales.split(',')]
@@ -221,6 +375,10 @@ def main() -> None:
         run_psnr(device)
     if args.test_py:
         run_test_py(args)
+    dataset = train_set(args) if args.train or args.loader else None
+    train_rows = run_train(args, dataset, device) if args.train else []
+    loader = run_loader(args, dataset, device, train_rows) if args.loader else None
+    write_json(args, device, train_rows, loader)
 
 
 if __name__ == '__main__':

@@ -130,6 +130,24 @@ def test_no_augment_keeps_orientation_and_full_crop_order(position_folder):
     assert np.array_equal(np.min(corners, 0), [0, 0]) and np.array_equal(np.max(corners, 0), [40 - 20, 52 - 20])
 
 
+def test_sampled_coords_are_the_official_grid_bit_for_bit(position_folder):
+    """Each coord is exactly the official make_coord value (-1 + 1/n + (2/n) i in float32, full grid
+    built and indexed here) of the pixel its gt came from, although the dataset computes only the
+    sampled ones."""
+    folder, img = position_folder
+    ds = TrainDataset(folder, patch_size=8, scale_min=1.0, scale_max=4.0, sample_q=40, augment=False, repeat=16)
+    for index in range(len(ds)):
+        item = ds[index]
+        side = round(8 * item['scale'])
+        gt = np.round(item['gt'].numpy() * 255).astype(int)
+        axis = -1 + 1 / side + (2 / side) * torch.arange(side).float()
+        grid = torch.stack(torch.meshgrid(axis, axis, indexing='ij'), -1).view(-1, 2)
+        rows = pixel_index(item['coord'][:, 0].numpy(), side)
+        cols = pixel_index(item['coord'][:, 1].numpy(), side)
+        assert torch.equal(item['coord'], grid[torch.from_numpy(rows * side + cols)])
+        assert (gt[:, 0] - rows == gt[0, 0] - rows[0]).all() and (gt[:, 1] - cols == gt[0, 1] - cols[0]).all()
+
+
 def same_items(a, b):
     return a.keys() == b.keys() and all(
         torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
