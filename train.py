@@ -222,6 +222,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
         optimizer, lambda step: cosine_factor(step, cfg.warmup_steps, total_steps))
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, autocast,
+               lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on the official objective (L1 on values normalised to [-1, 1]) under the
+    `autocast` context; returns the detached loss (reading it would wait for the device)."""
+    with autocast:
+        pred = model(lr, coord, cell)
+    loss = F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def make_model(cfg) -> torch.nn.Module:
     """The model the settings describe, seeded, with init_weights' weights when given (a resumed run
     then replaces them with its checkpoint's)."""
@@ -412,18 +426,12 @@ def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
                 lr = lr.contiguous(memory_format=torch.channels_last)
             coord, cell = batch['coord'].to(device, non_blocking=True), batch['cell'].to(device, non_blocking=True)
             gt = batch['gt'].to(device, non_blocking=True)
-            with autocast:
-                pred = model(lr, coord, cell)
-            loss = F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = train_step(model, optimizer, scaler, autocast, lr, coord, cell, gt)
             if cfg.schedule == 'cosine':
                 scheduler.step()
             if ema is not None:
                 ema.update(raw_model)
-            loss_sum += loss.detach()
+            loss_sum += loss
             loss_count += 1
             step += 1
             epoch_step += 1

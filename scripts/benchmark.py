@@ -48,7 +48,7 @@ from image_quality_assessment import psnr  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
 from render import AMP_DTYPES  # noqa: E402
-from train import worker_count  # noqa: E402
+from train import train_step, worker_count  # noqa: E402
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth', ROOT.parent / 'shared/weights/edsr-baseline-liif.pth']
 DATA = [ROOT / 'data/benchmark', ROOT.parent / 'shared/data/benchmark']
@@ -278,16 +278,11 @@ def run_train(args, dataset: TrainDataset, device: torch.device) -> list[dict]:
         scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
         losses = []
 
+        autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != 'fp32')
+
         def steps(n: int) -> None:
             for _ in range(n):
-                with torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != 'fp32'):
-                    pred = forward(lr, coord, cell)
-                loss = torch.nn.functional.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(loss.detach())
+                losses.append(train_step(forward, optimizer, scaler, autocast, lr, coord, cell, gt))
 
         steps(args.train_warmup)
         seconds, peak, _ = timed(lambda: steps(args.train_steps), device)

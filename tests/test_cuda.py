@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train
 from common import evaluate
 from dataset import BenchmarkDataset, TrainDataset
 from model import liif_edsr, model_from_checkpoint
+from train import train_step
 from test_train import assert_same_tensors, data, load, tiny  # noqa: F401 (data is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,18 +128,9 @@ def train_losses(amp: str, batch: dict, device: torch.device, steps: int) -> lis
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
-    lr, coord, cell, gt = (batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt'))
-    losses = []
-    for _ in range(steps):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            pred = model(lr, coord, cell)
-        loss = F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-    return losses
+    tensors = [batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt')]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return [train_step(model, optimizer, scaler, autocast, *tensors).item() for _ in range(steps)]
 
 
 @pytest.fixture(scope='module')
