@@ -84,8 +84,8 @@ def run_main(main, argv: list[str]) -> int:
     """Run a script's main(argv); -h or --help prints the script's settings (config.help_text). A user
     error (bad setting, missing or unreadable file, unwritable output) prints one `error: ...` line
     on stderr and gives exit status 2 instead of a traceback."""
-    if '-h' in argv or '--help' in argv:
-        script = Path(sys.modules[main.__module__].__file__).stem
+    script = Path(sys.modules[main.__module__].__file__).stem
+    if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
         print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
         return 0
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each

@@ -343,7 +343,7 @@ def main() -> None:
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
     parser.add_argument('--out_dir', default='results/benchmark', help="where the test.py runs write")
-    parser.add_argument('--peak_tflops', type=float, default=0, help="the device's bf16 matmul peak, for % of peak")
+    parser.add_argument('--peak_tflops', type=float, default=0, help="the device's bf16 matmul peak, for %% of peak")
     parser.add_argument('--train', action='store_true', help="also time training steps per mode")
     parser.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
     parser.add_argument('--train_dir', default='', help="training folders, comma-separated (default: DIV2K or the 291)")

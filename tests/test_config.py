@@ -117,6 +117,15 @@ def test_help_lists_the_scripts_settings_with_default_and_comment(script):
     assert short.returncode == 0 and short.stdout == text
 
 
+@pytest.mark.parametrize('script', ['make_lr', 'prepare_celebahq'])
+def test_helper_scripts_keep_their_own_help(script):
+    """Scripts with their own argparse options (not config.py's) answer --help with those."""
+    done = subprocess.run([sys.executable, f'scripts/{script}.py', '--help'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == '' and done.stdout.startswith('usage:')
+    assert '--experiment' not in done.stdout
+
+
 @pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
 def test_unknown_setting_lists_the_scripts_settings_only(script):
     other = sorted(set(config.defaults()) - expected_settings(script))[0]
