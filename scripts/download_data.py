@@ -138,7 +138,7 @@ def missing_folders(name: str, root: Path) -> list[tuple[Archive, str, str, int]
 
 
 def human(size: float) -> str:
-    return f'{size / 1e9:.2f} GB'
+    return f'{size / 1e9:.2f} GB' if size >= 1e9 else f'{size / 1e6:.1f} MB'
 
 
 def check_disk(todo: dict[str, list], root: Path) -> None:
@@ -195,7 +195,7 @@ def fetch(url: str, part: Path, desc: str) -> None:
                 bar.update(len(block))
     got = part.stat().st_size
     if total is not None and got != total:
-        raise http.client.IncompleteRead(b'', total - got)
+        raise ConnectionError(f"the connection closed after {got:,} of {total:,} bytes")
 
 
 def download(name: str, archive: Archive, url: str, root: Path, retries: int) -> Path:
@@ -293,9 +293,14 @@ def move_into_place(tmp: Path, folders: list[tuple[str, str]], root: Path) -> No
             (root / dest).parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp / inner, root / dest)
             done.append((inner, dest))
-    except OSError:
+    except BaseException:  # an error or Ctrl-C between two renames
         for inner, dest in reversed(done):
             os.rename(root / dest, tmp / inner)
+        for _, dest in folders:  # and the parent folders made for them
+            for parent in (root / dest).parents:
+                if parent == root or not parent.is_dir() or any(parent.iterdir()):
+                    break
+                parent.rmdir()
         raise
 
 
