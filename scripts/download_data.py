@@ -170,6 +170,10 @@ def partial_bytes(root: Path, archive: Archive) -> int:
     return path.stat().st_size if path.exists() else part.stat().st_size if part.exists() else 0
 
 
+def byte_bar(total: int | None, desc: str, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, unit='B', unit_scale=True, desc=desc, dynamic_ncols=True)
+
+
 def fetch(url: str, part: Path, desc: str) -> None:
     """One attempt: append the rest of `url` to `part` with a Range request (or write it anew when the server
     answers without Range support). Raises OSError / HTTPException when the transfer stops short."""
@@ -187,9 +191,7 @@ def fetch(url: str, part: Path, desc: str) -> None:
         start = start if resumed else 0
         length = response.headers.get('Content-Length')
         total = start + int(length) if length is not None else None
-        with open(part, 'ab' if start else 'wb') as out, \
-                tqdm(total=total, initial=start, unit='B', unit_scale=True, unit_divisor=1024, desc=desc,
-                     dynamic_ncols=True) as bar:
+        with open(part, 'ab' if start else 'wb') as out, byte_bar(total, desc, start) as bar:
             while block := response.read(BLOCK):
                 out.write(block)
                 bar.update(len(block))
@@ -231,8 +233,7 @@ def download(name: str, archive: Archive, url: str, root: Path, retries: int) ->
 
 def sha256_of(path: Path, desc: str) -> str:
     digest = hashlib.sha256()
-    with open(path, 'rb') as f, tqdm(total=path.stat().st_size, unit='B', unit_scale=True, unit_divisor=1024,
-                                     desc=desc, dynamic_ncols=True) as bar:
+    with open(path, 'rb') as f, byte_bar(path.stat().st_size, desc) as bar:
         while block := f.read(BLOCK):
             digest.update(block)
             bar.update(len(block))
@@ -367,7 +368,11 @@ def main(argv: list[str]) -> None:
             print(f"{name}: already complete, skipped")
     check_disk(todo, args.root)
     for name, missing in todo.items():
-        fetch_set(name, missing, args.root, args.mirror, args.retries)
+        try:
+            fetch_set(name, missing, args.root, args.mirror, args.retries)
+        except OSError as e:  # a full disk, a permission problem: the archive is not to blame, so it is kept
+            raise ValueError(f"{name}: {e}; make room or fix the permissions under {args.root}, then rerun "
+                             f"(finished downloads are kept)") from None
 
 
 if __name__ == '__main__':

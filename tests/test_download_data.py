@@ -2,6 +2,7 @@
 archives' names and inner layouts (real T91 crops and the real Set5 `bird` files), the script's expected sizes,
 hashes and counts replaced by theirs. Then train.py and test.py run on the laid-out default folders."""
 import csv
+import errno
 import hashlib
 import io
 import os
@@ -15,6 +16,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -36,7 +38,6 @@ SERVER_LIFETIME = 300  # seconds: the test server shuts itself down after this e
 
 
 def png(img: np.ndarray) -> bytes:
-    import cv2
     return cv2.imencode('.png', np.ascontiguousarray(img[:, :, ::-1]))[1].tobytes()
 
 
@@ -45,7 +46,8 @@ def contents(train_root, benchmark_root) -> dict[str, dict[str, bytes]]:
     """{archive file name: {member name: bytes}} in the real archives' inner layouts: DIV2K's zips hold
     DIV2K_<split>_HR/<id>.png and DIV2K_<split>_LR_bicubic/X2/<id>x2.png; benchmark.tar holds
     benchmark/<Set>/HR/<name>.png and benchmark/<Set>/LR_bicubic/X<s>/<name>x<s>.png."""
-    crops = [load_uint8(p)[:80, :80] for p in list_images(train_root / 'T91') if min(load_uint8(p).shape[:2]) >= 80]
+    images = (load_uint8(path) for path in list_images(train_root / 'T91'))
+    crops = [img[:80, :80] for img in images if min(img.shape[:2]) >= 80]
     div2k = {}
     for split, ids in (('train', range(1, 9)), ('valid', range(801, 803))):
         hr = {f'{i:04d}': crops[k] for k, i in enumerate(ids, start=0 if split == 'train' else 8)}
@@ -406,3 +408,16 @@ def test_interrupted_while_moving_into_place_leaves_no_partial_set(sets, archive
         assert status == 0, err
         assert len(server.log) == 1
     assert_laid_out(tmp_path, contents, ['benchmark.tar'])
+
+
+def test_a_full_disk_while_unpacking_keeps_the_download(sets, archives, tmp_path, capsys, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(download_data.shutil, 'copyfileobj', full)
+    with Server(archives) as server:
+        status, out, err = run([f'--mirror={server.url}', f'--root={tmp_path}', '--sets=div2k-valid'], capsys)
+    line = error_line(err)
+    assert status == 2 and line.startswith('error: div2k-valid: [Errno 28] No space left on device')
+    assert 'make room' in line
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob('*')] == \
+        ['downloads', 'downloads/DIV2K_valid_HR.zip']
