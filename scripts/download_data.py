@@ -336,7 +336,7 @@ def fetch_set(name: str, missing: list, root: Path, mirror: str, retries: int) -
     for path in paths:
         path.unlink()
     remove_empty(download_dir(root))
-    print(f"{name}: {sum(n for *_, n in missing)} images in {', '.join(str(root / d) for _, _, d, _ in missing)}")
+    print(f"{name}: {sum(n for *_, n in missing)} images laid out under {root}")
 
 
 class Parser(argparse.ArgumentParser):

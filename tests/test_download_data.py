@@ -242,7 +242,7 @@ def test_default_root_and_source_then_train_and_test_on_the_default_layout(sets,
         assert status == 0, err
         assert sorted(server.log) == sorted((name, None, 200) for name in archives)  # each once, whole
     assert_laid_out(tmp_path / 'data', contents, archives)
-    assert 'benchmark: 16 images' in out
+    assert f"benchmark: 16 images laid out under data\n" in out
 
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     tiny = ['--patch_size=16', '--sample_q=64', '--batch_size=2', '--hidden_list=[32]', '--num_workers=0',
@@ -262,7 +262,9 @@ def test_default_root_and_source_then_train_and_test_on_the_default_layout(sets,
     assert test.returncode == 0, test.stdout[-2000:] + test.stderr[-2000:]
     [row] = list(csv.DictReader(open(tmp_path / 'results' / 'edsr-baseline-liif' / 'test_per_image.csv')))
     assert row['name'] == 'bird' and float(row['scale']) == 4
-    assert float(row['psnr']) > 30  # bird x4 from its released LR file (bicubic: about 29 dB)
+    # MATLAB bicubic up-sampling of the same LR file scores 30.18 dB (Y, border 4); the official model gets
+    # 35.12 dB here: well above bicubic means the LR file and its HR image were paired as released
+    assert float(row['psnr']) > 32
 
 
 def test_mirror_root_and_a_second_run_that_downloads_nothing(sets, archives, contents, tmp_path, capsys):
