@@ -65,14 +65,19 @@ BENCHMARK = Archive(
 # The sets, each with its archives. Sizes and sha256 of the DIV2K archives as the DIV2K site serves them
 # (tensorflow-datasets' checksum list); benchmark.tar's as recorded by its users. Layout: data/README.md.
 SETS: dict[str, tuple[Archive, ...]] = {
-    'div2k-train': (div2k('train', 'HR', 3_530_603_713, '9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335'),),
-    'div2k-valid': (div2k('valid', 'HR', 448_993_893, '20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc'),),
-    'div2k-x2': (div2k('train', 'X2', 925_390_592, 'a53a424317575838dadce4bcd97cf7b744d6855f43740ed5f0245af3cf4bd850'),
-                 div2k('valid', 'X2', 117_763_600, '60eed9875c697df51204aa579e2a699e1d5215095788a097ff54dd17e2664d57')),
-    'div2k-x3': (div2k('train', 'X3', 427_847_282, 'ad5c8e5507e2765823d3c2c5bd0934842efcd487c5370604c224090898b3163a'),
-                 div2k('valid', 'X3', 54_513_392, '04b9a2ed3b4a0715d3924d3ae8514830c3328fac8d30512ce716d6f419e052a3')),
-    'div2k-x4': (div2k('train', 'X4', 246_914_039, 'f006b837f4eb52b82909aa01478e6d6d199eefce932179491d0c9dbb706dde3a'),
-                 div2k('valid', 'X4', 31_505_881, 'a50a5d1c4b88de4e8d300d8fb2b904c52fe93b2b298a4899697760d7cbb6d553')),
+    'div2k-train': (
+        div2k('train', 'HR', 3_530_603_713, '9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335'),),
+    'div2k-valid': (
+        div2k('valid', 'HR', 448_993_893, '20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc'),),
+    'div2k-x2': (
+        div2k('train', 'X2', 925_390_592, 'a53a424317575838dadce4bcd97cf7b744d6855f43740ed5f0245af3cf4bd850'),
+        div2k('valid', 'X2', 117_763_600, '60eed9875c697df51204aa579e2a699e1d5215095788a097ff54dd17e2664d57')),
+    'div2k-x3': (
+        div2k('train', 'X3', 427_847_282, 'ad5c8e5507e2765823d3c2c5bd0934842efcd487c5370604c224090898b3163a'),
+        div2k('valid', 'X3', 54_513_392, '04b9a2ed3b4a0715d3924d3ae8514830c3328fac8d30512ce716d6f419e052a3')),
+    'div2k-x4': (
+        div2k('train', 'X4', 246_914_039, 'f006b837f4eb52b82909aa01478e6d6d199eefce932179491d0c9dbb706dde3a'),
+        div2k('valid', 'X4', 31_505_881, 'a50a5d1c4b88de4e8d300d8fb2b904c52fe93b2b298a4899697760d7cbb6d553')),
     'benchmark': (BENCHMARK,),
 }
 ALIASES = {'div2k': ('div2k-train', 'div2k-valid')}
@@ -96,12 +101,14 @@ def table() -> str:
     """`--list`: one row per set."""
     rows = [('set', 'size', 'images', 'source')]
     for name, archives in SETS.items():
-        rows.append((name, f'{sum(a.size for a in archives) / 1e9:.2f} GB',
-                     str(sum(n for a in archives for *_, n in a.folders)), ' '.join(a.source + a.name for a in archives)))
+        images = sum(n for a in archives for *_, n in a.folders)
+        rows.append((name, f'{sum(a.size for a in archives) / 1e9:.2f} GB', str(images),
+                     ' '.join(a.source + a.name for a in archives)))
     rows.append(('celebahq', 'manual', '30000', 'Google Drive (see --sets=celebahq)'))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     aliases = '; '.join(f"{alias} = {' + '.join(names)}" for alias, names in ALIASES.items())
-    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[3] for row in rows) + f'\n({aliases})'
+    lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[3] for row in rows]
+    return '\n'.join(lines) + f'\n({aliases})'
 
 
 def chosen_sets(text: str, root: Path) -> list[str]:
