@@ -317,6 +317,13 @@ def remove_empty(folder: Path) -> None:
         folder.rmdir()
 
 
+def delete(paths: list[Path], root: Path) -> None:
+    """Delete downloaded archives, and the downloads folder once it is empty."""
+    for path in paths:
+        path.unlink()
+    remove_empty(download_dir(root))
+
+
 def fetch_set(name: str, missing: list, root: Path, mirror: str, retries: int) -> None:
     """Download, check and lay out the missing folders of one set; afterwards its archives are deleted. A damaged
     archive is deleted too, so that a rerun downloads it again."""
@@ -333,16 +340,12 @@ def fetch_set(name: str, missing: list, root: Path, mirror: str, retries: int) -
             unpack(name, path, {inner: n for a, inner, _, n in missing if a is archive}, tmp)
         move_into_place(tmp, [(inner, dest) for _, inner, dest, _ in missing], root)
     except Fatal as e:
-        for path in paths:
-            path.unlink()
-        remove_empty(download_dir(root))
+        delete(paths, root)
         raise Fatal(f"{e}; deleted the download, nothing was laid out: rerun to download it again, and if this "
                     f"repeats, check the source") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for path in paths:
-        path.unlink()
-    remove_empty(download_dir(root))
+    delete(paths, root)
     print(f"{name}: {sum(n for *_, n in missing)} images laid out under {root}")
 
 
