@@ -9,6 +9,7 @@ model's margin, encodes only that, and decodes with integer gathers (no grid_sam
 renders a big output window by window in bounded memory. The model's options are stored in the
 file's metadata (`liif_options`), so a file is known for what it holds.
 """
+import importlib
 import json
 import math
 import warnings
@@ -18,12 +19,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from imgproc import image_to_tensor, read_image
 from render import check_window, decode_grid, encode_region, window_lookups
 
 OPSET = 17  # the oldest opset current ONNX Runtime runs well; every op used here exists in it
 INPUTS = {'lr': 'tensor(float)', 'size': 'tensor(int64)', 'window': 'tensor(int64)'}
 OPTIONS_KEY = 'liif_options'
-WINDOW_QUERIES = 1 << 16  # output pixels per graph run (per image) when not given: 256 x 256 windows
+WINDOW_QUERIES = 1 << 16  # output pixels per graph run when not given: 256 x 256 windows of one image
+CHECK_TOL = 1e-5  # ONNX Runtime vs PyTorch, fp32: summation orders differ (measured up to ~3e-6)
+CHECK_IMAGE = Path(__file__).resolve().parent / 'figure' / 'example_lr.png'
+
+
+def need(name: str):
+    """Import onnx or onnxruntime (only the ONNX paths need them), or say how to install them."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ValueError(f"the ONNX paths need the {name} package: pip install -r requirements.txt") from None
 
 
 class WindowGraph(torch.nn.Module):
@@ -44,8 +56,7 @@ class WindowGraph(torch.nn.Module):
 @torch.no_grad()
 def export(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> None:
     """Write `model` (in eval mode, fp32) as one ONNX file at `path`, its options in the metadata."""
-    import onnx
-
+    onnx = need('onnx')
     graph = WindowGraph(model.float().eval())
     example = (torch.rand(1, 3, 20, 17), torch.tensor([43, 37]), torch.tensor([3, 4, 30, 25]))
     # LIIF decodes in one block while grad is enabled (as in training): a loop over blocks would be
@@ -66,8 +77,7 @@ class OnnxModel:
     """An exported file in an ONNX Runtime session: `options` (the model's), `render` (numpy)."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
+        ort = need('onnxruntime')
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file {path} does not exist")
@@ -94,13 +104,13 @@ class OnnxModel:
 
     def render(self, lr: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int] | None = None,
                queries: int = WINDOW_QUERIES, progress: bool = False) -> np.ndarray:
-        """As render.render: the (B, 3, H, W) output of `size`, or its `window`, in windows of at most
-        `queries` pixels per image (memory follows `queries`, not the output)."""
+        """As render.render: the (B, 3, H, W) output of `size`, or its `window`, in graph runs of at most
+        `queries` output pixels over the batch (memory follows `queries`, not the output)."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"lr must be (B, 3, h, w), got {tuple(lr.shape)}")
         top, left, height, width = check_window(window, tuple(int(n) for n in size))
         out = np.empty((lr.shape[0], 3, height, width), np.float32)
-        pieces = list(split_window(height, width, queries))
+        pieces = list(split_window(height, width, max(1, queries // lr.shape[0])))
         with tqdm(total=lr.shape[0] * height * width, unit='px', unit_scale=True, disable=not progress,
                   leave=False, mininterval=1) as bar:
             for r, c, h, w in pieces:
@@ -117,3 +127,17 @@ def split_window(height: int, width: int, queries: int):
     for r in range(0, height, rows):
         for c in range(0, width, cols):
             yield r, c, min(rows, height - r), min(cols, width - c)
+
+
+def self_check(path: str | Path, model: torch.nn.Module) -> float:
+    """The largest |ONNX Runtime - PyTorch| of the file at `path` against `model` on a real image
+    (a 29 x 26 crop of figure/example_lr.png at x2.7 by x3.1), for the whole output and two windows
+    run through the same session."""
+    lr = image_to_tensor(read_image(CHECK_IMAGE))[None, :, 40:69, 50:76]
+    size = (78, 81)
+    session = OnnxModel(path, threads=0)
+    worst = 0.0
+    for window in [None, (5, 60, 40, 21), (77, 0, 1, 81)]:
+        expected = model.render(lr, size, window=window).numpy()
+        worst = max(worst, float(np.abs(session.render(lr.numpy(), size, window) - expected).max()))
+    return worst
