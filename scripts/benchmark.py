@@ -139,7 +139,7 @@ def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> floa
 
 def run_grid(args, device: torch.device) -> None:
     model, weights = load_model(device)
-    variants = [('reference', False, 'fp32', False), ('fast', True, 'fp32', False)]
+    variants = [('reference', False, 'fp32', False)] * (not args.no_reference) + [('fast', True, 'fp32', False)]
     if bf16_supported(device):
         variants.append(('fast', True, 'bf16', False))
     if device.type == 'cuda':
@@ -157,7 +157,7 @@ def run_grid(args, device: torch.device) -> None:
     print(f"# LIIF render benchmark on {machine_name(device)}, torch {torch.__version__}")
     print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
           f"TFLOP/s counts the fast path's work" + (f", % of a {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else '')
-          + "\n")
+          + (";\nx reference: against the fast fp32 row (--no_reference)" if args.no_reference else '') + "\n")
     print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % peak | peak MB | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -356,6 +356,7 @@ def main() -> None:
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
     parser.add_argument('--out_dir', default='results/benchmark', help="where the test.py runs write")
+    parser.add_argument('--no_reference', action='store_true', help="leave out the (slow) reference path")
     parser.add_argument('--onnx', action='store_true', help="also the exported ONNX file under ONNX Runtime (CPU)")
     parser.add_argument('--onnx_queries', type=int, default=WINDOW_QUERIES,
                         help=f"output pixels per ONNX Runtime run (default {WINDOW_QUERIES})")
