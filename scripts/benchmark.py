@@ -10,8 +10,9 @@
 In one process, for each LR size and scale, the paths run alternately (reference fp32, fast fp32,
 fast bf16 where supported, fast fp16 on CUDA; with --onnx, the model exported by onnx_model.export
 run by ONNX Runtime on the CPU in windows of --onnx_queries output pixels): `warmup` untimed rounds,
-then `repeats` timed rounds; the table gives the median. LR inputs are top-left crops of real Set14 images (random if the data is
-absent), weights the official EDSR-baseline-LIIF checkpoint (random if absent); the header says which.
+then `repeats` timed rounds; the table gives the median. LR inputs are top-left crops of real Set14
+images (random if the data is absent), weights the official EDSR-baseline-LIIF checkpoint (random if
+absent); the header says which.
 
 Peak memory is the largest resident-set growth during a run on the CPU: /proc/self/clear_refs is
 written with 5 to reset the kernel's high-water mark (VmHWM), and the table gives VmHWM after the
@@ -30,6 +31,7 @@ patches/s). --json writes every row to a file as well.
 """
 import argparse
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -137,6 +139,11 @@ def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> floa
     return lr_hw[0] * lr_hw[1] * per_lr_pixel + out_hw[0] * out_hw[1] * per_query
 
 
+def render_onnx(session: OnnxModel, lr: torch.Tensor, size: tuple[int, int], queries: int) -> torch.Tensor:
+    """ONNX Runtime's render of lr, as a tensor on lr's device."""
+    return torch.from_numpy(session.render(lr.cpu().numpy(), size, queries=queries)).to(lr.device)
+
+
 def run_grid(args, device: torch.device) -> None:
     model, weights = load_model(device)
     variants = [('reference', False, 'fp32', False)] * (not args.no_reference) + [('fast', True, 'fp32', False)]
@@ -173,9 +180,9 @@ def run_grid(args, device: torch.device) -> None:
                     net = compiled_model if compiled else model
                     net.fast = fast
                     if name == 'onnx':
-                        run = lambda: torch.from_numpy(session.render(lr.cpu().numpy(), out_size, queries=args.onnx_queries)).to(device)  # noqa: E731
+                        run = functools.partial(render_onnx, session, lr, out_size, args.onnx_queries)
                     else:
-                        run = lambda: net.render(lr, out_size, chunk=args.chunk, amp=amp)  # noqa: E731
+                        run = functools.partial(net.render, lr, out_size, chunk=args.chunk, amp=amp)
                     seconds, peak, out = timed(run, device)
                     outs[variant] = out
                     if round_ >= args.warmup:
