@@ -213,11 +213,14 @@ class Viewer:
         size = render_size(*self.shape, view.zoom)
         if view.mode == 'bicubic':
             return bicubic_window(self.image8, size, view.window)
-        return self.queue.run(lambda: quantize(self.render_model(size, view.window), 8))
+        return self.queue.run(lambda: quantize(render_window(self.model, self.lr, size, view.window, self.amp), 8))
 
-    def render_model(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> torch.Tensor:
-        top, left, height, width = window  # until the window render lands: a crop of the whole render
-        return self.model.render(self.lr, size, amp=self.amp)[:, :, top:top + height, left:left + width]
+
+def render_window(model: torch.nn.Module, lr: torch.Tensor, size: tuple[int, int],
+                  window: tuple[int, int, int, int], amp: str = 'fp32') -> torch.Tensor:
+    """The window (top, left, height, width) of the (1, 3, *size) render of lr."""
+    top, left, height, width = window  # until the window render lands: a crop of the whole render
+    return model.render(lr, size, amp=amp)[:, :, top:top + height, left:left + width]
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -301,7 +304,16 @@ def make_server(viewer: Viewer, host: str = '127.0.0.1', port: int = 8000) -> Th
     return server
 
 
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    """Serve in a daemon thread (for scripts and tests); server.shutdown() stops it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
 class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error:` line with exit status 2 (through common.run_main)."""
+
     def error(self, message: str):
         raise ValueError(message)  # run_main prints it as one `error:` line, exit status 2
 
@@ -326,6 +338,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
+    load_uint8(args.input)  # a bad image fails here, before the model loads
     device = pick_device(args.device)
     check_amp(device, args.amp)
     viewer = Viewer(args.input, model_from_checkpoint(resolve_weights(args.weights)).to(device).eval(), args.amp)
