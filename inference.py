@@ -4,12 +4,15 @@
     python inference.py --input=photo.jpg --scale=2.5          # results/inference/photo_x2.5.png
     python inference.py --input=photos/ --scale_hw=[2,3] --output=out/
     python inference.py --input=photo.png --size=[1080,1920] --output=photo_1080p.png
+    python inference.py --input=photo.png --scale=16 --window=[0,0,512,512]   # one part of the output
 
 Output size: with a factor s (or separate height/width factors), an h x w input gives
 round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
 exactly H x W. Output path: --output (a file for one image, a folder for a folder; one image goes
 into a folder given as an existing folder or a path ending in '/'), else
 results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png).
+A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
+part alone.
 """
 import sys
 from pathlib import Path
@@ -22,7 +25,7 @@ import config
 from common import check_writable, checkpoint_model, format_scale, pick_device, run_main, set_threads
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import image_to_tensor, read_image, write_image
-from render import check_amp
+from render import check_amp, check_window
 
 DEFAULT_WEIGHTS = config.weights
 DEFAULT_OUTPUT_DIR = Path('results/inference')
@@ -98,17 +101,22 @@ def quantize(sr: torch.Tensor, bits: int, rows: int = 256) -> np.ndarray:
     return out
 
 
-def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[int, int]:
-    """The output size for the image at `source`, refused when empty or beyond cfg.max_pixels."""
+def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The output size for the image at `source` and the window of it to write (cfg.window, else all
+    of it), refused when empty, outside the output or beyond cfg.max_pixels."""
     lr = read_image(source)
     height, width = output_size(lr.shape[0], lr.shape[1], cfg)
     if height < 1 or width < 1:
         raise ValueError(f"{source}: {lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty "
                          f"{height}x{width} output")
-    if height * width > cfg.max_pixels:
-        raise ValueError(f"{source}: the {height}x{width} output has {height * width:,} pixels, more than "
-                         f"max_pixels={cfg.max_pixels:,}; ask for a smaller size or raise --max_pixels")
-    return height, width
+    try:
+        window = check_window(cfg.window or None, (height, width))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    if window[2] * window[3] > cfg.max_pixels:
+        raise ValueError(f"{source}: the {window[2]}x{window[3]} output has {window[2] * window[3]:,} pixels, "
+                         f"more than max_pixels={cfg.max_pixels:,}; ask for a smaller size or raise --max_pixels")
+    return (height, width), window
 
 
 def main(argv: list[str]) -> list[Path]:
@@ -122,11 +130,12 @@ def main(argv: list[str]) -> list[Path]:
     device = pick_device(cfg.device)
     model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device).eval()
     check_amp(device, cfg.amp)
-    for source, target, size in jobs:
+    for source, target, (size, window) in jobs:
         lr = image_to_tensor(read_image(source))[None].to(device)
-        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp, progress=True)
+        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp, progress=True, window=window)
         write_image(target, quantize(sr, cfg.bits))
-        print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]})")
+        part = f" window {list(window)}" if cfg.window else ""
+        print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})")
     return [target for _, target, _ in jobs]
 
 

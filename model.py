@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import render as engine
-from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, spans
+from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, real, spans
 
 BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
@@ -174,9 +174,11 @@ class SRModel(nn.Module):
         return engine.predict(self, lr, coord, cell, chunk, amp)
 
     def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
-        """The (B, 3, H, W) image of `size` (unclamped); see render.render."""
-        return engine.render(self, lr, size, chunk, amp, tile, memory_budget, progress)
+               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False,
+               window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """The (B, 3, H, W) image of `size` (unclamped), or its `window` = (top, left, height, width)
+        (B, 3, height, width); see render.render."""
+        return engine.render(self, lr, size, chunk, amp, tile, memory_budget, progress, window)
 
     def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
         return engine.auto_chunk(self, memory_budget)
@@ -200,7 +202,7 @@ def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.T
     centres = pixel_centres(n, c.device)
     index, rel = [], []
     for v in shifts:
-        i = nearest_index((c + (v / n + eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
+        i = nearest_index((c + (v / real(n) + eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
         index.append(i)
         rel.append((c - centres[i]) * n)
     return torch.stack(index), torch.stack(rel)
@@ -383,8 +385,8 @@ class MetaSR(SRModel):
     def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
         corner = c - cell / 2  # the top-left corner of the query's cell
         index = nearest_index((corner + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
-        pixel_corner = pixel_centres(n, c.device)[index] - (2 / n) / 2
-        return Lookup(index[None], ((corner - pixel_corner) * (n / 2))[None], cell * (n / 2))
+        pixel_corner = pixel_centres(n, c.device)[index] - (2 / real(n)) / 2
+        return Lookup(index[None], ((corner - pixel_corner) * (real(n) / 2))[None], cell * (real(n) / 2))
 
     def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
         b, c = latent.shape[:2]
