@@ -31,7 +31,7 @@ from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
 from inference import quantize, resolve_weights  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from scripts.viewer import (ArgumentParser, Viewer, bicubic_window, make_server, render_size,  # noqa: E402
-                            render_window, serve_in_thread)  # noqa: E402
+                            serve_in_thread)  # noqa: E402
 
 GAP = 6  # pixels between panels
 LABEL = 26  # height of the label strip above each panel
@@ -122,7 +122,7 @@ def region_renders(model, image8: np.ndarray, lr: torch.Tensor, box: tuple[int, 
     size = render_size(*image8.shape[:2], scale)
     y0, x0 = round(top * scale), round(left * scale)
     window = (y0, x0, round((top + side) * scale) - y0, round((left + side) * scale) - x0)
-    liif = render_window(model, lr, size, window, amp)
+    liif = model.render(lr, size, amp=amp, window=window)
     return bicubic_window(image8, size, window), quantize(liif, 8)
 
 

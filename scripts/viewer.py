@@ -41,7 +41,7 @@ from common import pick_device, run_main, set_threads  # noqa: E402
 from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
 from inference import quantize, resolve_weights  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
-from render import AMP_DTYPES, check_amp  # noqa: E402
+from render import AMP_DTYPES, check_amp, check_window  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -134,11 +134,7 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     if min(full) < 1:
         raise ValueError(f"zoom must be in (0, {MAX_ZOOM:g}] and give at least one pixel, got {zoom!r}")
     view = View(params['mode'], zoom, *(_number(params, k, int) for k in ('top', 'left', 'height', 'width')))
-    if view.height < 1 or view.width < 1 or view.top < 0 or view.left < 0:
-        raise ValueError(f"the window needs top, left >= 0 and height, width >= 1, got {view.window}")
-    if view.top + view.height > full[0] or view.left + view.width > full[1]:
-        raise ValueError(f"the window {view.window} (top, left, height, width) is outside the "
-                         f"{full[0]}x{full[1]} render at zoom {zoom!r}")
+    check_window(view.window, full)
     if view.height * view.width > MAX_VIEW_PIXELS:
         raise ValueError(f"the window has {view.height * view.width:,} pixels, more than {MAX_VIEW_PIXELS:,}")
     return view
@@ -213,14 +209,7 @@ class Viewer:
         size = render_size(*self.shape, view.zoom)
         if view.mode == 'bicubic':
             return bicubic_window(self.image8, size, view.window)
-        return self.queue.run(lambda: quantize(render_window(self.model, self.lr, size, view.window, self.amp), 8))
-
-
-def render_window(model: torch.nn.Module, lr: torch.Tensor, size: tuple[int, int],
-                  window: tuple[int, int, int, int], amp: str = 'fp32') -> torch.Tensor:
-    """The window (top, left, height, width) of the (1, 3, *size) render of lr."""
-    top, left, height, width = window  # until the window render lands: a crop of the whole render
-    return model.render(lr, size, amp=amp)[:, :, top:top + height, left:left + width]
+        return self.queue.run(lambda: quantize(self.model.render(self.lr, size, amp=self.amp, window=view.window), 8))
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
