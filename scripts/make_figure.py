@@ -2,7 +2,7 @@
 
     python scripts/make_figure.py                                    # figure/zoom_comparison.png
     python scripts/make_figure.py --input=photo.png --box=40,60,16 --scales=4,12,30 --out=figure/photo_zoom.png
-    python scripts/make_figure.py --screenshot=figure/viewer.png     # the viewer page in headless Chromium
+    python scripts/make_figure.py --screenshot=figure/viewer.png     # the viewer page at the box, in headless Chromium
 
 The figure: the input with the region marked, the region itself (LR crop), and for each scale the
 region's bicubic (PIL, as the project resizes) and LIIF renders, side by side. Each render is the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,15 +92,21 @@ def canvas_pixels(driver) -> np.ndarray:
     return np.asarray(Image.open(BytesIO(base64.b64decode(url.split(',', 1)[1]))).convert('RGB'))
 
 
-def screenshot(viewer: Viewer, out: Path, width: int = 960, height: int = 600, zoom: float = 6.0) -> Path:
-    """The viewer page for `viewer`, zoomed to `zoom` at the canvas centre, in compare mode, as a PNG."""
+def screenshot(viewer: Viewer, out: Path, centre: tuple[float, float], width: int = 960, height: int = 600,
+               zoom: float = 12.0) -> Path:
+    """The viewer page for `viewer` at `zoom` with the input point `centre` (row, column) in the middle
+    of the view, in compare mode, as a PNG of the browser's viewport."""
     server = make_server(viewer, '127.0.0.1', 0)
     serve_in_thread(server)
     driver = headless_chromium(width, height)
     try:
         driver.get(f'http://127.0.0.1:{server.server_address[1]}/')
         wait_ready(driver)
-        driver.execute_script('viewer.zoomAt(arguments[0], innerWidth / 2, innerHeight / 2)', zoom)
+        driver.execute_script("""const [z, y, x] = arguments, c = document.getElementById('view');
+            viewer.zoomAt(z, 0, 0);
+            const [H, W] = viewer.renderSize(z);
+            viewer.moveTo(c.width / 2 - x * W / viewer.state.info.width, c.height / 2 - y * H / viewer.state.info.height);""",
+                              zoom, *centre)
         driver.find_element('id', 'compare').click()
         wait_ready(driver)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,10 +139,13 @@ def font(size: int):
         return ImageFont.load_default()
 
 
-def labelled(panel: np.ndarray, text: str, side: int) -> Image.Image:
-    """The panel magnified by pixel repetition to side x side, with `text` above it."""
+def labelled(panel: np.ndarray | Image.Image, text: str, side: int) -> Image.Image:
+    """A side x side tile with `text` above it: an array magnified by pixel repetition to fill it, an
+    image pasted as it is."""
+    if isinstance(panel, np.ndarray):
+        panel = Image.fromarray(panel).resize((side, side), Image.NEAREST)
     tile = Image.new('RGB', (side, side + LABEL), 'white')
-    tile.paste(Image.fromarray(panel).resize((side, side), Image.NEAREST), (0, LABEL))
+    tile.paste(panel, (0, LABEL))
     ImageDraw.Draw(tile).text((4, 3), text, fill='black', font=font(18))
     return tile
 
@@ -149,12 +158,12 @@ def figure(model, path: Path, box: tuple[int, int, int], scales: list[float], am
     top, left, side = box
     renders = [region_renders(model, image8, lr, box, s, amp) for s in scales]
     panel = max(r.shape[0] for pair in renders for r in pair)
-    overview = Image.fromarray(image8)
-    overview.thumbnail((panel, panel), Image.LANCZOS)
-    f = overview.width / image8.shape[1]
-    ImageDraw.Draw(overview).rectangle([left * f, top * f, (left + side) * f - 1, (top + side) * f - 1],
+    enlarge = panel >= max(image8.shape[:2])  # pixel repetition when enlarging, as for the panels
+    overview = ImageOps.contain(Image.fromarray(image8), (panel, panel), Image.NEAREST if enlarge else Image.LANCZOS)
+    k = overview.width / image8.shape[1]
+    ImageDraw.Draw(overview).rectangle([left * k, top * k, (left + side) * k - 1, (top + side) * k - 1],
                                        outline=RED, width=2)
-    columns = [[labelled(np.asarray(overview), f"input {image8.shape[0]}x{image8.shape[1]}", panel),
+    columns = [[labelled(overview, f"input {image8.shape[0]}x{image8.shape[1]}", panel),
                 labelled(image8[top:top + side, left:left + side], f"LR crop {side}x{side}", panel)]]
     for s, (bicubic, liif) in zip(scales, renders):
         columns.append([labelled(bicubic, f"bicubic x{s:g}", panel), labelled(liif, f"LIIF x{s:g}", panel)])
@@ -206,7 +215,7 @@ def main(argv: list[str]) -> None:
     device = pick_device(args.device)
     model = model_from_checkpoint(resolve_weights(args.weights)).to(device).eval()
     if args.screenshot:
-        screenshot(Viewer(args.input, model), out)
+        screenshot(Viewer(args.input, model), out, (box[0] + box[2] / 2, box[1] + box[2] / 2))
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         figure(model, Path(args.input), tuple(box), scales).save(out, optimize=True)

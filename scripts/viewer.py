@@ -19,15 +19,19 @@ is answered 409 (superseded), so zooming builds no backlog. A failed render answ
 """
 import argparse
 import errno
+import http.client
 import json
 import math
+import statistics
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -39,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import pick_device, run_main, set_threads  # noqa: E402
 from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
-from inference import quantize, resolve_weights  # noqa: E402
+from inference import output_size, quantize, resolve_weights  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from render import AMP_DTYPES, check_amp, check_window  # noqa: E402
 
@@ -99,8 +103,8 @@ class View:
 
 
 def render_size(height: int, width: int, zoom: float) -> tuple[int, int]:
-    """The size of the whole render at `zoom`, as inference.py rounds (halves to even)."""
-    return round(height * zoom), round(width * zoom)
+    """The size of the whole render at `zoom`: inference.py's output size for --scale=zoom."""
+    return output_size(height, width, SimpleNamespace(size=[], scale_hw=[], scale=zoom))
 
 
 def _number(params: dict, key: str, kind):
@@ -300,6 +304,42 @@ def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
     return thread
 
 
+def time_views(viewer: Viewer, zooms: list[float], view: tuple[int, int] = (600, 800), repeats: int = 3) -> list[dict]:
+    """Seconds to the model's pixels of the centred `view` (height, width) at each zoom, median of
+    `repeats` after one untimed round: through the server (the request until the PNG's last byte) and
+    a direct window render in this process (the reference; `ratio` = server / direct)."""
+    server = make_server(viewer, '127.0.0.1', 0)
+    serve_in_thread(server)
+    rows = []
+    try:
+        for zoom in zooms:
+            full = render_size(*viewer.shape, zoom)
+            height, width = min(view[0], full[0]), min(view[1], full[1])
+            window = ((full[0] - height) // 2, (full[1] - width) // 2, height, width)
+            query = 'mode=liif&' + '&'.join(f'{k}={v}' for k, v in zip(VIEW_KEYS[1:], (zoom, *window)))
+            times = {'server': [], 'direct': []}
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                conn = http.client.HTTPConnection('127.0.0.1', server.server_address[1], timeout=3600)
+                conn.request('GET', f'/render?{query}')
+                response = conn.getresponse()
+                if response.status != 200 or not response.read():
+                    raise RuntimeError(f"the server answered {response.status} for {query}")
+                conn.close()
+                middle = time.perf_counter()
+                viewer.model.render(viewer.lr, full, amp=viewer.amp, window=window)
+                if i:  # the first round warms up
+                    times['server'].append(middle - start)
+                    times['direct'].append(time.perf_counter() - middle)
+            server_s, direct_s = (statistics.median(times[k]) for k in ('server', 'direct'))
+            rows.append({'zoom': zoom, 'view': f'{width}x{height}', 'output': f'{full[1]}x{full[0]}',
+                         'server_s': server_s, 'direct_s': direct_s, 'ratio': server_s / direct_s})
+    finally:
+        server.shutdown()
+        server.server_close()
+    return rows
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one `error:` line with exit status 2 (through common.run_main)."""
 
@@ -316,12 +356,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=config.threads, help="torch CPU threads (0: one per core)")
     parser.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1, this machine only)")
     parser.add_argument('--port', type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument('--time_views', default='', help="instead of serving: time an 800x600 view at these zooms, "
+                                                           "comma-separated, and print a table")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     return args
+
+
+def print_view_times(viewer: Viewer, zooms: str) -> None:
+    from scripts.benchmark import machine_name
+    rows = time_views(viewer, [float(z) for z in zooms.split(',')])
+    device = next(viewer.model.parameters()).device
+    print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(device)}, torch {torch.__version__}, "
+          f"amp {viewer.amp}\n\n| zoom | view (w x h) | whole render (w x h) | server, to the PNG's last byte | "
+          f"window render alone | ratio |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| x{r['zoom']:g} | {r['view']} | {r['output']} | {r['server_s']:.2f} s | {r['direct_s']:.2f} s | "
+              f"{r['ratio']:.2f} |")
 
 
 def main(argv: list[str]) -> None:
@@ -331,6 +385,8 @@ def main(argv: list[str]) -> None:
     device = pick_device(args.device)
     check_amp(device, args.amp)
     viewer = Viewer(args.input, model_from_checkpoint(resolve_weights(args.weights)).to(device).eval(), args.amp)
+    if args.time_views:
+        return print_view_times(viewer, args.time_views)
     server = make_server(viewer, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl-C stops)", flush=True)

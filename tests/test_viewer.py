@@ -14,12 +14,12 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from common import run_main
+from conftest import butterfly_crop
 from imgproc import load_uint8, pil_resize
 from inference import quantize
 from model import model_from_checkpoint
@@ -33,10 +33,8 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 @pytest.fixture(scope='module')
 def crop(benchmark_root, tmp_path_factory) -> Path:
     """A 64 x 56 crop of Set5 butterfly (not square, so that height and width cannot be swapped unseen)."""
-    hr = cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'butterfly.png'))
-    path = tmp_path_factory.mktemp('viewer') / 'butterfly_crop.png'
-    cv2.imwrite(str(path), hr[100:164, 60:116])
-    return path
+    return butterfly_crop(benchmark_root, tmp_path_factory.mktemp('viewer'), 'butterfly_crop.png',
+                          slice(100, 164), slice(60, 116))
 
 
 @pytest.fixture(scope='module')
