@@ -103,9 +103,9 @@ def screenshot(viewer: Viewer, out: Path, centre: tuple[float, float], width: in
         driver.get(f'http://127.0.0.1:{server.server_address[1]}/')
         wait_ready(driver)
         driver.execute_script("""const [z, y, x] = arguments, c = document.getElementById('view');
+            const info = viewer.state.info, [H, W] = viewer.renderSize(z);
             viewer.zoomAt(z, 0, 0);
-            const [H, W] = viewer.renderSize(z);
-            viewer.moveTo(c.width / 2 - x * W / viewer.state.info.width, c.height / 2 - y * H / viewer.state.info.height);""",
+            viewer.moveTo(c.width / 2 - x * W / info.width, c.height / 2 - y * H / info.height);""",
                               zoom, *centre)
         driver.find_element('id', 'compare').click()
         wait_ready(driver)

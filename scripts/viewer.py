@@ -157,7 +157,8 @@ def bicubic_taps(in_size: int, out_size: int, start: int, stop: int) -> tuple[np
     taps = first[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
     x = np.abs((taps - centre[:, None] + 0.5) * (1.0 / filterscale))
     a = -0.5
-    weights = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    weights = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                       np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
     weights[taps >= end[:, None]] = 0
     total = np.zeros(len(centre))
     for k in range(weights.shape[1]):  # summed tap by tap, as Pillow does
@@ -290,7 +291,8 @@ def make_server(viewer: Viewer, host: str = '127.0.0.1', port: int = 8000) -> Th
     try:
         server = ThreadingHTTPServer((host, port), Handler)
     except OSError as e:
-        reason = "the port is in use (choose another with --port)" if e.errno == errno.EADDRINUSE else e.strerror or str(e)
+        in_use = e.errno == errno.EADDRINUSE
+        reason = "the port is in use (choose another with --port)" if in_use else e.strerror or str(e)
         raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
     server.daemon_threads = True
     server.viewer, server.static = viewer, static_files()
@@ -354,7 +356,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--device', default=config.device, help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--amp', default=config.amp, choices=list(AMP_DTYPES), help="autocast (default fp32)")
     parser.add_argument('--threads', type=int, default=config.threads, help="torch CPU threads (0: one per core)")
-    parser.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1, this machine only)")
+    parser.add_argument('--host', default='127.0.0.1',
+                        help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument('--port', type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument('--time_views', default='', help="instead of serving: time an 800x600 view at these zooms, "
                                                            "comma-separated, and print a table")

@@ -396,7 +396,8 @@ def test_page_fits_the_image_and_zooms_at_a_point_to_the_model_window(page, mode
     make_figure.wait_ready(page)
     s = page_state(page)
     fit = min(s['cw'] / 56, s['ch'] / 64)
-    assert s['zoom'] == fit and s['ox'] == (s['cw'] - round(56 * fit)) // 2 and s['oy'] == (s['ch'] - round(64 * fit)) // 2
+    assert s['zoom'] == fit
+    assert (s['ox'], s['oy']) == ((s['cw'] - round(56 * fit)) // 2, (s['ch'] - round(64 * fit)) // 2)
     assert fit < 3.5  # the zooms below are all above fit
     check_pixels(page, model, viewer)
     x, y, zoom = 130, 95, 4.6
