@@ -438,6 +438,26 @@ def test_keys_wheel_and_limits(page):
 
 
 @browser
+def test_trackpad_and_touch_pinch_zoom(page):
+    page.execute_script('viewer.fit(); viewer.zoomAt(4, 0, 0)')
+    # a trackpad pinch reaches the page as a wheel event with ctrlKey, in small steps
+    page.execute_script("document.getElementById('view').dispatchEvent(new WheelEvent('wheel', "
+                        "{deltaY: -10, ctrlKey: true, clientX: 100, clientY: 80, cancelable: true}))")
+    assert page_state(page)['zoom'] == pytest.approx(4 * np.exp(0.1))
+    page.execute_script('viewer.zoomAt(4, 0, 0)')
+    page.execute_cdp_cmd('Emulation.setTouchEmulationEnabled', {'enabled': True, 'maxTouchPoints': 2})
+    touch = [{'x': 100, 'y': 100, 'id': 0}, {'x': 140, 'y': 100, 'id': 1}]
+    page.execute_cdp_cmd('Input.dispatchTouchEvent', {'type': 'touchStart', 'touchPoints': touch})
+    touch[1]['x'] = 180  # the fingers twice as far apart: twice the zoom
+    page.execute_cdp_cmd('Input.dispatchTouchEvent', {'type': 'touchMove', 'touchPoints': touch})
+    page.execute_cdp_cmd('Input.dispatchTouchEvent', {'type': 'touchEnd', 'touchPoints': []})
+    page.execute_cdp_cmd('Emulation.setTouchEmulationEnabled', {'enabled': False})
+    assert page_state(page)['zoom'] == pytest.approx(8)
+    page.execute_script('viewer.fit()')
+    make_figure.wait_ready(page)
+
+
+@browser
 def test_drag_pans_and_the_new_window_is_rendered(page, model, viewer):
     from selenium.webdriver.common.action_chains import ActionChains
     page.execute_script('viewer.fit(); viewer.zoomAt(4.5, 160, 100)')
