@@ -20,8 +20,10 @@ is answered 409 (superseded), so zooming builds no backlog. A failed render answ
 import argparse
 import errno
 import http.client
+import ipaddress
 import json
 import math
+import re
 import statistics
 import sys
 import threading
@@ -53,6 +55,7 @@ MAX_VIEW_PIXELS = 4_000_000  # pixels per rendered view (one request)
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # views are sent once: speed over size
 VIEW_KEYS = ('mode', 'zoom', 'top', 'left', 'height', 'width')
 MODES = ('liif', 'bicubic')
+LOCAL_HOST = re.compile(r'(127\.0\.0\.1|localhost|\[::1\])(:\d+)?', re.IGNORECASE)  # Host headers of this machine
 
 
 class Superseded(Exception):
@@ -232,6 +235,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         viewer: Viewer = self.server.viewer
         url = urlsplit(self.path)
+        host = self.headers.get('Host', '')
+        if self.server.local_only and not LOCAL_HOST.fullmatch(host):
+            # a page elsewhere whose name resolves to this machine (DNS rebinding) must not read the image
+            return self.send_error_json(HTTPStatus.FORBIDDEN, f"Host {host!r} is not this machine: "
+                                                              f"open http://127.0.0.1:{self.server.server_port}/")
         if url.path == '/render':
             return self.send_view(viewer, url.query)
         if url.path == '/info':
@@ -296,6 +304,7 @@ def make_server(viewer: Viewer, host: str = '127.0.0.1', port: int = 8000) -> Th
         raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
     server.daemon_threads = True
     server.viewer, server.static = viewer, static_files()
+    server.local_only = ipaddress.ip_address(server.server_address[0]).is_loopback  # the address bound
     return server
 
 

@@ -198,6 +198,20 @@ def test_only_its_own_files_are_served(server, path):
     assert (status, kind) == (404, 'application/json') and 'error' in json.loads(body)
 
 
+def test_other_host_names_are_refused(server):
+    """A page elsewhere whose name resolves to 127.0.0.1 (DNS rebinding) cannot read the image."""
+    conn = http.client.HTTPConnection('127.0.0.1', server.server_address[1], timeout=30)
+    try:
+        for host, status in (('evil.example', 403), ('evil.example:8000', 403), ('localhost', 200),
+                             (f'127.0.0.1:{server.server_address[1]}', 200)):
+            conn.request('GET', '/image.png', headers={'Host': host})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == status, host
+    finally:
+        conn.close()
+
+
 def test_page_files_info_and_image(server, viewer):
     assert get(server, '/')[:2] == (200, 'text/html; charset=utf-8')
     assert get(server, '/static/viewer.js')[:2] == (200, 'text/javascript; charset=utf-8')
