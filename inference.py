@@ -11,6 +11,8 @@ round(h * s) x round(w * s) (Python's round: halves go to the even integer); --s
 exactly H x W. Output path: --output (a file for one image, a folder for a folder; one image goes
 into a folder given as an existing folder or a path ending in '/'), else
 results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png).
+Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, in
+windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
 part alone.
 """
@@ -22,9 +24,11 @@ import numpy as np
 import torch
 
 import config
-from common import check_writable, checkpoint_model, format_scale, pick_device, run_main, set_threads
+from common import (adopt_model_settings, check_writable, checkpoint_model, format_scale, pick_device,
+                    run_main, set_threads)
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import image_to_tensor, read_image, write_image
+from onnx_model import WINDOW_QUERIES, OnnxModel
 from render import check_amp, check_window
 
 DEFAULT_WEIGHTS = config.weights
@@ -119,6 +123,15 @@ def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], t
     return (height, width), window
 
 
+def onnx_model(cfg: SimpleNamespace, argv: list[str], weights: Path) -> OnnxModel:
+    """An exported .onnx file in ONNX Runtime; its model settings are adopted as a checkpoint's are."""
+    if cfg.amp != 'fp32':
+        raise ValueError(f"amp={cfg.amp!r}: an .onnx model runs in fp32 under ONNX Runtime")
+    model = OnnxModel(weights, threads=cfg.threads)
+    adopt_model_settings(cfg, argv, model.options, weights)
+    return model
+
+
 def main(argv: list[str]) -> list[Path]:
     """Run inference; returns the written output paths. Every input is checked before any work."""
     cfg = config.parse(argv, 'inference')
@@ -127,12 +140,19 @@ def main(argv: list[str]) -> list[Path]:
     jobs = [(source, target, checked_size(source, cfg)) for source, target in plan(cfg)]
     for folder in dict.fromkeys(target.parent for _, target, _ in jobs):
         check_writable(folder, 'output folder')
-    device = pick_device(cfg.device)
-    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device).eval()
-    check_amp(device, cfg.amp)
+    weights = resolve_weights(cfg.weights)
+    if weights.suffix.lower() == '.onnx':
+        model, device = onnx_model(cfg, argv, weights), None
+    else:
+        device = pick_device(cfg.device)
+        model = checkpoint_model(cfg, argv, weights).to(device).eval()
+        check_amp(device, cfg.amp)
     for source, target, (size, window) in jobs:
-        lr = image_to_tensor(read_image(source))[None].to(device)
-        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp, progress=True, window=window)
+        lr = image_to_tensor(read_image(source))[None]
+        if device is None:
+            sr = torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=True))
+        else:
+            sr = model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=True, window=window)
         write_image(target, quantize(sr, cfg.bits))
         part = f" window {list(window)}" if cfg.window else ""
         print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})")

@@ -225,12 +225,10 @@ def member_inputs(iy, ix, ry, rx, row_stride: int, offset, rel_cell):
         return t.flatten(0, 1).movedim(0, -1)
 
     index = members_last(index)
-    inputs = index.new_empty(*index.shape, 2 if rel_cell is None else 4, dtype=ry.dtype)
-    inputs[..., 0] = members_last(rel_y)
-    inputs[..., 1] = members_last(rel_x)
-    if rel_cell is not None:
-        inputs[..., 2:] = rel_cell
-    return index, inputs, members_last(weight)
+    parts = [members_last(rel_y), members_last(rel_x)]
+    if rel_cell is not None:  # stacked, not assigned into slices: an exported graph keeps dynamic shapes
+        parts += [c.to(ry.dtype).expand_as(parts[0]) for c in rel_cell.unbind(-1)]
+    return index, torch.stack(parts, -1), members_last(weight)
 
 
 class LIIF(SRModel):
@@ -386,7 +384,8 @@ class MetaSR(SRModel):
         corner = c - cell / 2  # the top-left corner of the query's cell
         index = nearest_index((corner + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
         pixel_corner = pixel_centres(n, c.device)[index] - (2 / real(n)) / 2
-        return Lookup(index[None], ((corner - pixel_corner) * (real(n) / 2))[None], cell * (real(n) / 2))
+        # * n / 2 (halving is exact) equals * (n / 2): the same float32 values, and a 0-d cell stays float32
+        return Lookup(index[None], ((corner - pixel_corner) * n / 2)[None], cell * n / 2)
 
     def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
         b, c = latent.shape[:2]

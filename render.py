@@ -93,7 +93,7 @@ def window_lookups(model, size, window, lr_size, device=None) -> tuple[Lookup, L
     tensors in an exported graph; the centres are those of the whole output, sliced."""
     (height, width), (top, left, rows, cols) = size, window
     # the cell (2/H, 2/W) in float32, as coord_cell makes it
-    cell = [torch.as_tensor(2 / real(n), dtype=torch.float32, device=device) for n in (height, width)]
+    cell = [(torch.full((), 2.0, dtype=torch.float64, device=device) / real(n)).float() for n in (height, width)]
     return (model.lookup(pixel_centres(height, device)[top:top + rows], lr_size[0], cell[0]),
             model.lookup(pixel_centres(width, device)[left:left + cols], lr_size[1], cell[1]))
 
@@ -192,6 +192,20 @@ def predict(model, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, ch
     return out
 
 
+def encode_region(model, lr: torch.Tensor, rows: Lookup, cols: Lookup, lr_size) -> tuple[torch.Tensor, Lookup, Lookup]:
+    """The latent of the LR rectangle that the look-ups `rows` and `cols` read, plus the model's
+    margin, and the look-ups with indices into it. lr_size = (h, w): ints, or 0-d tensors in a graph."""
+    k, margin = model.latent_scale, model.tile_margin
+    (y0, y1), (x0, x1) = lr_region(rows.index, k, margin, lr_size[0]), lr_region(cols.index, k, margin, lr_size[1])
+    latent = model.encode(lr[:, :, y0:y1, x0:x1])
+    return latent, rows._replace(index=rows.index - k * y0), cols._replace(index=cols.index - k * x0)
+
+
+def decode_grid(model, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
+    """The (B, 3, rows, cols) output rectangle of every row look-up with every column look-up."""
+    return model.decode(latent, _along(rows, 0), _along(cols, 1)).permute(0, 3, 1, 2)
+
+
 @torch.no_grad()
 def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
            tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False,
@@ -216,8 +230,8 @@ def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = N
     device = lr.device
     chunk = chunk or auto_chunk(model, memory_budget)
     rows, cols = window_lookups(model, (height, width), (top, left, out_h, out_w), (h, w), device)
-    k, margin = model.latent_scale, model.tile_margin
     if tile is None:
+        k, margin = model.latent_scale, model.tile_margin
         (y0, y1), (x0, x1) = lr_region(rows.index, k, margin, h), lr_region(cols.index, k, margin, w)
         tile = auto_tile(model, (b, 3, int(y1 - y0), int(x1 - x0)), memory_budget)
     out = lr.new_empty(b, 3, out_h, out_w, dtype=torch.float32)
@@ -226,12 +240,8 @@ def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = N
     with autocast(device, amp), bar:
         for i0, i1 in _owned(top, out_h, height, h, tile):
             for j0, j1 in _owned(left, out_w, width, w, tile):
-                tile_rows, tile_cols = _slice(rows, i0, i1), _slice(cols, j0, j1)
-                y0, y1 = (int(v) for v in lr_region(tile_rows.index, k, margin, h))
-                x0, x1 = (int(v) for v in lr_region(tile_cols.index, k, margin, w))
-                latent = model.encode(lr[:, :, y0:y1, x0:x1])
-                tile_rows = tile_rows._replace(index=tile_rows.index - k * y0)
-                tile_cols = tile_cols._replace(index=tile_cols.index - k * x0)
+                latent, tile_rows, tile_cols = encode_region(model, lr, _slice(rows, i0, i1), _slice(cols, j0, j1),
+                                                             (h, w))
                 _render_rectangle(model, latent, tile_rows, tile_cols, chunk, out[:, :, i0:i1, j0:j1], bar)
     return out
 
@@ -271,6 +281,5 @@ def _render_rectangle(model, latent, rows: Lookup, cols: Lookup, chunk: int, out
         rows_per_chunk, cols_per_chunk = 1, max(1, chunk // b)
     for r0, r1 in spans(n_rows, rows_per_chunk):
         for c0, c1 in spans(n_cols, cols_per_chunk):
-            rgb = model.decode(latent, _along(_slice(rows, r0, r1), 0), _along(_slice(cols, c0, c1), 1))
-            out[:, :, r0:r1, c0:c1] = rgb.permute(0, 3, 1, 2)
+            out[:, :, r0:r1, c0:c1] = decode_grid(model, latent, _slice(rows, r0, r1), _slice(cols, c0, c1))
             bar.update(b * (r1 - r0) * (c1 - c0))

@@ -1,6 +1,9 @@
 """A window of a render equals the same crop of the whole render, for every model, and costs only
 the LR region its look-ups read (plus the model's margin)."""
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +15,7 @@ from model import EDSR, RDN, LIIF, MetaSR, Upsample, model_from_checkpoint
 from render import check_window
 
 pytestmark = pytest.mark.usefixtures('one_thread')
+ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-6  # the issue's bound; with the same look-ups and codes the values are normally identical
 
 
@@ -111,3 +115,13 @@ def test_inference_writes_only_the_window(official_weights, benchmark_root, tmp_
         inference.main([f'--input={tmp_path / "lr.png"}', f'--output={tmp_path / "bad.png"}',
                         f'--weights={official_weights}', '--scale=2.7', '--window=[0,0,90,10]'])
     assert not (tmp_path / 'bad.png').exists()
+
+
+def test_bad_window_on_the_command_line_is_one_error_line(tmp_path):
+    cv2.imwrite(str(tmp_path / 'lr.png'), np.zeros((10, 12, 3), np.uint8))
+    done = subprocess.run([sys.executable, 'inference.py', f'--input={tmp_path / "lr.png"}', '--scale=2',
+                           '--window=[0,0,5]', f'--output={tmp_path / "out.png"}'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count('\n') == 1
+    assert done.stderr.startswith('error: ') and 'inside the 20x24 output, got [0, 0, 5]: it is not four' in done.stderr
+    assert not (tmp_path / 'out.png').exists()
