@@ -3,6 +3,7 @@
     python scripts/viewer.py --input=photo.jpg                    # prints http://127.0.0.1:8000/
     python scripts/viewer.py --input=photo.jpg --port=8080 --amp=bf16
     python scripts/viewer.py --input=photo.jpg --host=0.0.0.0     # on purpose: reachable from other machines
+    python scripts/viewer.py --input=photo.jpg --weights=liif.onnx   # through ONNX Runtime (fp32, CPU)
 
 The page shows the image fit to the window. Mouse wheel, trackpad pinch or the + / - keys zoom
 (anchored at the cursor) from fit up to x32; drag to pan; 0 fits again. Only the visible part is
@@ -45,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import pick_device, run_main, set_threads  # noqa: E402
 from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
-from inference import output_size, quantize, resolve_weights  # noqa: E402
+from inference import onnx_model, output_size, quantize, resolve_weights  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
+from onnx_model import OnnxModel  # noqa: E402
 from render import AMP_DTYPES, check_amp, check_window  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
@@ -197,9 +199,10 @@ def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, in
 class Viewer:
     """One image and the model that renders its views."""
 
-    def __init__(self, path: str | Path, model: torch.nn.Module, amp: str = 'fp32'):
+    def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel, amp: str = 'fp32'):
         self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits
-        self.lr = image_to_tensor(read_image(path))[None].to(next(model.parameters()).device)
+        device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
+        self.lr = image_to_tensor(read_image(path))[None].to(device)
         self.model, self.amp, self.name = model, amp, Path(path).name
         self.queue = LatestOnly()
         self.image_png = encode_png(self.image8)
@@ -217,7 +220,14 @@ class Viewer:
         size = render_size(*self.shape, view.zoom)
         if view.mode == 'bicubic':
             return bicubic_window(self.image8, size, view.window)
-        return self.queue.run(lambda: quantize(self.model.render(self.lr, size, amp=self.amp, window=view.window), 8))
+        return self.queue.run(lambda: quantize(self.render_model(size, view.window), 8))
+
+    def render_model(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> torch.Tensor:
+        """The model's (1, 3, height, width) window of the whole render of `size` (through ONNX Runtime
+        for .onnx weights)."""
+        if isinstance(self.model, OnnxModel):
+            return torch.from_numpy(self.model.render(self.lr.numpy(), size, window))
+        return self.model.render(self.lr, size, amp=self.amp, window=window)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -231,6 +241,12 @@ class Handler(BaseHTTPRequestHandler):
     """GET only: the page, its static files, /image.png, /info and /render; 404 for anything else."""
     server_version = 'liif-viewer'
     protocol_version = 'HTTP/1.1'
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # the page went away or aborted a request
+            pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         viewer: Viewer = self.server.viewer
@@ -270,16 +286,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, 'application/json', json.dumps({'error': ' '.join(message.split())}).encode())
 
     def send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header('Content-Type', content_type)
-            self.send_header('Content-Length', str(len(body)))
-            self.send_header('Cache-Control', 'no-store')
-            self.send_header('X-Content-Type-Options', 'nosniff')
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the page went away or aborted the request
-            pass
+        self.send_response(status)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Cache-Control', 'no-store')
+        self.send_header('X-Content-Type-Options', 'nosniff')
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
         pass  # one line per tile request would drown the console
@@ -338,7 +351,7 @@ def time_views(viewer: Viewer, zooms: list[float], view: tuple[int, int] = (600,
                     raise RuntimeError(f"the server answered {response.status} for {query}")
                 conn.close()
                 middle = time.perf_counter()
-                viewer.model.render(viewer.lr, full, amp=viewer.amp, window=window)
+                viewer.render_model(full, window)
                 if i:  # the first round warms up
                     times['server'].append(middle - start)
                     times['direct'].append(time.perf_counter() - middle)
@@ -361,7 +374,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', required=True, help="the image to look at")
-    parser.add_argument('--weights', default=config.weights, help=f"checkpoint (default {config.weights})")
+    parser.add_argument('--weights', default=config.weights,
+                        help=f"checkpoint, or an .onnx file from scripts/export_onnx.py (default {config.weights})")
     parser.add_argument('--device', default=config.device, help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--amp', default=config.amp, choices=list(AMP_DTYPES), help="autocast (default fp32)")
     parser.add_argument('--threads', type=int, default=config.threads, help="torch CPU threads (0: one per core)")
@@ -381,10 +395,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def print_view_times(viewer: Viewer, zooms: str) -> None:
     from scripts.benchmark import machine_name
     rows = time_views(viewer, [float(z) for z in zooms.split(',')])
-    device = next(viewer.model.parameters()).device
-    print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(device)}, torch {torch.__version__}, "
-          f"amp {viewer.amp}\n\n| zoom | view (w x h) | whole render (w x h) | server, to the PNG's last byte | "
-          f"window render alone | ratio |\n|---|---|---|---|---|---|")
+    engine = 'ONNX Runtime' if isinstance(viewer.model, OnnxModel) else f'torch {torch.__version__}, amp {viewer.amp}'
+    print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(viewer.lr.device)}, {engine}\n")
+    print("| zoom | view (w x h) | whole render (w x h) | server, to the PNG's last byte | window render alone "
+          "| ratio |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| x{r['zoom']:g} | {r['view']} | {r['output']} | {r['server_s']:.2f} s | {r['direct_s']:.2f} s | "
               f"{r['ratio']:.2f} |")
@@ -394,9 +409,14 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
     load_uint8(args.input)  # a bad image fails here, before the model loads
-    device = pick_device(args.device)
-    check_amp(device, args.amp)
-    viewer = Viewer(args.input, model_from_checkpoint(resolve_weights(args.weights)).to(device).eval(), args.amp)
+    weights = resolve_weights(args.weights)
+    if weights.suffix.lower() == '.onnx':
+        model = onnx_model(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
+    else:
+        device = pick_device(args.device)
+        check_amp(device, args.amp)
+        model = model_from_checkpoint(weights).to(device).eval()
+    viewer = Viewer(args.input, model, args.amp)
     if args.time_views:
         return print_view_times(viewer, args.time_views)
     server = make_server(viewer, args.host, args.port)

@@ -23,6 +23,7 @@ from conftest import butterfly_crop
 from imgproc import load_uint8, pil_resize
 from inference import quantize
 from model import model_from_checkpoint
+from onnx_model import OnnxModel
 from scripts import make_figure, viewer as viewer_script
 from scripts.viewer import LatestOnly, Superseded, Viewer, bicubic_window, make_server, parse_view, serve_in_thread
 
@@ -212,6 +213,17 @@ def test_other_host_names_are_refused(server):
         conn.close()
 
 
+def test_a_page_that_goes_away_leaves_no_traceback(server, capsys):
+    for path, wait in (('/image.png', 0.3), ('/render?' + GOOD, 0)):
+        client = socket.create_connection(('127.0.0.1', server.server_address[1]))
+        client.sendall(f'GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.encode())
+        time.sleep(wait)  # the answer arrived (0.3 s) or not yet: closing with it unread resets the connection
+        client.close()
+    time.sleep(0.5)
+    assert get(server, '/info')[0] == 200
+    assert capsys.readouterr().err == ''
+
+
 def test_page_files_info_and_image(server, viewer):
     assert get(server, '/')[:2] == (200, 'text/html; charset=utf-8')
     assert get(server, '/static/viewer.js')[:2] == (200, 'text/javascript; charset=utf-8')
@@ -327,6 +339,22 @@ def test_command_errors_are_one_line_and_status_2(crop, official_weights, tmp_pa
     out, err = capsys.readouterr()
     assert out == '' and err.count('\n') == 1 and err.startswith('error: ') and message.replace(
         'JUNK', names['JUNK']) in err
+
+
+@pytest.fixture(scope='module')
+def onnx_file(official_weights, tmp_path_factory) -> Path:
+    from scripts.export_onnx import export_checked
+    path = tmp_path_factory.mktemp('onnx') / 'liif.onnx'
+    export_checked(official_weights, path)
+    return path
+
+
+def test_onnx_weights_show_the_same_views(crop, onnx_file, model, viewer, capsys):
+    onnx_viewer = Viewer(crop, OnnxModel(onnx_file, threads=1))
+    view = parse_view('mode=liif&zoom=3.3&top=20&left=10&height=60&width=70', onnx_viewer.shape)
+    assert_within_one_level(onnx_viewer.render(view), reference(model, viewer, 3.3, view.window))
+    assert run_main(viewer_script.main, [f'--input={crop}', f'--weights={onnx_file}', '--amp=bf16']) == 2
+    assert capsys.readouterr().err == "error: amp='bf16': an .onnx model runs in fp32 under ONNX Runtime\n"
 
 
 # ---------------------------------------------------------------- the figure script
