@@ -389,12 +389,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    try:
+        args.time_views = [float(z) for z in args.time_views.split(',')] if args.time_views else []
+    except ValueError:
+        args.time_views = [math.nan]
+    if not all(0 < z <= MAX_ZOOM for z in args.time_views):
+        raise ValueError(f"--time_views takes zooms in (0, {MAX_ZOOM:g}] separated by commas")
     return args
 
 
-def print_view_times(viewer: Viewer, zooms: str) -> None:
+def print_view_times(viewer: Viewer, zooms: list[float]) -> None:
     from scripts.benchmark import machine_name
-    rows = time_views(viewer, [float(z) for z in zooms.split(',')])
+    rows = time_views(viewer, zooms)
     engine = 'ONNX Runtime' if isinstance(viewer.model, OnnxModel) else f'torch {torch.__version__}, amp {viewer.amp}'
     print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(viewer.lr.device)}, {engine}\n")
     print("| zoom | view (w x h) | whole render (w x h) | server, to the PNG's last byte | window render alone "

@@ -319,6 +319,7 @@ def test_command_binds_127_0_0_1_by_default_and_stops_cleanly_on_ctrl_c(crop, of
     (['--input=CROP', '--port=BUSY'], 'the port is in use'),
     (['--input=CROP', '--amp=fp8'], 'invalid choice'),
     (['--input=CROP', '--zoom=3'], 'unrecognized arguments: --zoom=3'),
+    (['--input=CROP', '--time_views=4,x'], '--time_views takes zooms in (0, 32]'),
     ([], 'required: --input'),
 ])
 def test_command_errors_are_one_line_and_status_2(crop, official_weights, tmp_path, capsys, args, message):
