@@ -44,3 +44,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def butterfly_crop(benchmark_root: Path, folder: Path, name: str, rows: slice, cols: slice) -> Path:
+    """A crop of Set5 butterfly written as a PNG with OpenCV, for tests that want a small real image."""
+    import cv2
+    path = folder / name
+    cv2.imwrite(str(path), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'butterfly.png'))[rows, cols])
+    return path

@@ -1,0 +1,440 @@
+"""A zoom viewer in the browser: look at one image through LIIF at any magnification.
+
+    python scripts/viewer.py --input=photo.jpg                    # prints http://127.0.0.1:8000/
+    python scripts/viewer.py --input=photo.jpg --port=8080 --amp=bf16
+    python scripts/viewer.py --input=photo.jpg --host=0.0.0.0     # on purpose: reachable from other machines
+    python scripts/viewer.py --input=photo.jpg --weights=liif.onnx   # through ONNX Runtime (fp32, CPU)
+
+The page shows the image fit to the window. Mouse wheel, trackpad pinch or the + / - keys zoom
+(anchored at the cursor) from fit up to x32; drag to pan; 0 fits again. Only the visible part is
+rendered by the model, at screen resolution: the window of the render at zoom z, whose size is
+(round(h * z), round(w * z)) as inference.py makes it. Until the model's pixels arrive the browser
+shows its own scaling of the input. "Compare" splits the view with a draggable divider: the model on
+the left, PIL bicubic at the same size on the right. "Save view" downloads what is shown as PNG.
+
+The server is Python's standard threading HTTP server. It serves the page, its static files, the
+input image and rendered views (GET /render?mode=liif|bicubic&zoom=Z&top=T&left=L&height=H&width=W),
+and nothing else. Every parameter is checked (400 with a one-line JSON message), unknown paths get
+404, the model renders one view at a time and a view request still waiting when a newer one comes
+is answered 409 (superseded), so zooming builds no backlog. A failed render answers 500.
+"""
+import argparse
+import errno
+import http.client
+import ipaddress
+import json
+import math
+import re
+import statistics
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
+from common import pick_device, run_main, set_threads  # noqa: E402
+from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
+from inference import onnx_model, output_size, quantize, resolve_weights  # noqa: E402
+from model import model_from_checkpoint  # noqa: E402
+from onnx_model import OnnxModel  # noqa: E402
+from render import AMP_DTYPES, check_amp, check_window  # noqa: E402
+
+PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
+MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
+MAX_VIEW_PIXELS = 4_000_000  # pixels per rendered view (one request)
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # views are sent once: speed over size
+VIEW_KEYS = ('mode', 'zoom', 'top', 'left', 'height', 'width')
+MODES = ('liif', 'bicubic')
+LOCAL_HOST = re.compile(r'(127\.0\.0\.1|localhost|\[::1\])(:\d+)?', re.IGNORECASE)  # Host headers of this machine
+
+
+class Superseded(Exception):
+    """A queued job dropped because a newer one came before it started."""
+
+
+class LatestOnly:
+    """Runs one job at a time; a job still waiting when a newer one is submitted is dropped
+    (Superseded), so only the newest waiting job runs next."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._busy = False
+        self.submitted = 0  # jobs seen so far; the newest one's number
+
+    def run(self, job):
+        """job()'s result once it is this job's turn; Superseded if a newer job came first."""
+        with self._cond:
+            self.submitted += 1
+            ticket = self.submitted
+            self._cond.notify_all()  # waiting jobs wake up and see they are superseded
+            while self._busy and ticket == self.submitted:
+                self._cond.wait()
+            if ticket != self.submitted:
+                raise Superseded
+            self._busy = True
+        try:
+            return job()
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class View:
+    """The window (top, left, height, width) of the image rendered at `zoom`."""
+    mode: str
+    zoom: float
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        return self.top, self.left, self.height, self.width
+
+
+def render_size(height: int, width: int, zoom: float) -> tuple[int, int]:
+    """The size of the whole render at `zoom`: inference.py's output size for --scale=zoom."""
+    return output_size(height, width, SimpleNamespace(size=[], scale_hw=[], scale=zoom))
+
+
+def _number(params: dict, key: str, kind):
+    text = params[key]
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {text!r}")
+    return value
+
+
+def parse_view(query: str, image_hw: tuple[int, int]) -> View:
+    """The view a /render query string asks for, checked against an image of image_hw (ValueError)."""
+    fields = parse_qs(query, keep_blank_values=True, strict_parsing=False, max_num_fields=len(VIEW_KEYS) + 1)
+    unknown = sorted(set(fields) - set(VIEW_KEYS))
+    missing = [k for k in VIEW_KEYS if k not in fields]
+    if unknown or missing:
+        raise ValueError(f"expected the parameters {', '.join(VIEW_KEYS)}; "
+                         + '; '.join(filter(None, [unknown and f"unknown: {', '.join(unknown)}",
+                                                   missing and f"missing: {', '.join(missing)}"])))
+    repeated = [k for k, v in fields.items() if len(v) > 1]
+    if repeated:
+        raise ValueError(f"parameter given more than once: {', '.join(repeated)}")
+    params = {k: v[0] for k, v in fields.items()}
+    if params['mode'] not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {params['mode']!r}")
+    zoom = _number(params, 'zoom', float)
+    full = render_size(*image_hw, zoom) if 0 < zoom <= MAX_ZOOM else (0, 0)
+    if min(full) < 1:
+        raise ValueError(f"zoom must be in (0, {MAX_ZOOM:g}] and give at least one pixel, got {zoom!r}")
+    view = View(params['mode'], zoom, *(_number(params, k, int) for k in ('top', 'left', 'height', 'width')))
+    check_window(view.window, full)
+    if view.height * view.width > MAX_VIEW_PIXELS:
+        raise ValueError(f"the window has {view.height * view.width:,} pixels, more than {MAX_VIEW_PIXELS:,}")
+    return view
+
+
+def bicubic_taps(in_size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's bicubic resampling taps (Resample.c, 8-bit path) for output pixels [start, stop) of
+    an axis resized from in_size to out_size: the first input pixel (n,) and the fixed-point weights
+    (n, k) of each, computed in the same order as Pillow so that the results are bit for bit its own."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale  # the bicubic kernel spans [-2, 2] input pixels when magnifying
+    centre = (np.arange(start, stop) + 0.5) * scale
+    first = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
+    end = np.minimum(np.trunc(centre + support + 0.5), in_size).astype(np.int64)
+    taps = first[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
+    x = np.abs((taps - centre[:, None] + 0.5) * (1.0 / filterscale))
+    a = -0.5
+    weights = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                       np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    weights[taps >= end[:, None]] = 0
+    total = np.zeros(len(centre))
+    for k in range(weights.shape[1]):  # summed tap by tap, as Pillow does
+        total += weights[:, k]
+    weights /= total[:, None]
+    fixed = np.trunc(weights * (1 << 22) + np.where(weights < 0, -0.5, 0.5)).astype(np.int64)
+    return first, fixed
+
+
+def _resample(img: np.ndarray, first: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """One Pillow pass along axis 0: out[i] = clip8((2^21 + sum_k img[first[i] + k] * fixed[i, k]) >> 22)."""
+    acc = np.full((len(first), *img.shape[1:]), 1 << 21, np.int64)
+    last = img.shape[0] - 1
+    for k in range(fixed.shape[1]):  # taps past the end have weight 0: any row will do for them
+        acc += img[np.minimum(first + k, last)].astype(np.int64) * fixed[:, k, None, None]
+    return np.clip(acc >> 22, 0, 255).astype(np.uint8)
+
+
+def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+    """The window (top, left, height, width) of imgproc.pil_resize(img, size) (PIL bicubic of an 8-bit
+    HxWx3 image), computed from the input rows and columns it needs only: the same pixels."""
+    top, left, height, width = window
+    rows_first, rows_fixed = bicubic_taps(img.shape[0], size[0], top, top + height)
+    cols_first, cols_fixed = bicubic_taps(img.shape[1], size[1], left, left + width)
+    r0 = int(rows_first.min())
+    r1 = min(img.shape[0], int(rows_first.max()) + rows_fixed.shape[1])
+    # Pillow resizes along the width first, then the height, rounding to 8 bits in between (an axis
+    # that keeps its size gets weights 1, 0, ...: the same as Pillow skipping that pass)
+    wide = _resample(img[r0:r1].swapaxes(0, 1), cols_first, cols_fixed).swapaxes(0, 1)
+    return _resample(wide, rows_first - r0, rows_fixed)
+
+
+class Viewer:
+    """One image and the model that renders its views."""
+
+    def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel, amp: str = 'fp32'):
+        self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits
+        device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
+        self.lr = image_to_tensor(read_image(path))[None].to(device)
+        self.model, self.amp, self.name = model, amp, Path(path).name
+        self.queue = LatestOnly()
+        self.image_png = encode_png(self.image8)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image8.shape[0], self.image8.shape[1]
+
+    def info(self) -> dict:
+        return {'name': self.name, 'height': self.shape[0], 'width': self.shape[1], 'max_zoom': MAX_ZOOM,
+                'max_view_pixels': MAX_VIEW_PIXELS}
+
+    def render(self, view: View) -> np.ndarray:
+        """The view's HxWx3 uint8 pixels; the model's views one at a time (Superseded when dropped)."""
+        size = render_size(*self.shape, view.zoom)
+        if view.mode == 'bicubic':
+            return bicubic_window(self.image8, size, view.window)
+        return self.queue.run(lambda: quantize(self.render_model(size, view.window), 8))
+
+    def render_model(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> torch.Tensor:
+        """The model's (1, 3, height, width) window of the whole render of `size` (through ONNX Runtime
+        for .onnx weights)."""
+        if isinstance(self.model, OnnxModel):
+            return torch.from_numpy(self.model.render(self.lr.numpy(), size, window))
+        return self.model.render(self.lr, size, amp=self.amp, window=window)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]), PNG_FAST)
+    if not ok:
+        raise ValueError("could not encode a PNG")
+    return data.tobytes()
+
+
+class Handler(BaseHTTPRequestHandler):
+    """GET only: the page, its static files, /image.png, /info and /render; 404 for anything else."""
+    server_version = 'liif-viewer'
+    protocol_version = 'HTTP/1.1'
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # the page went away or aborted a request
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        viewer: Viewer = self.server.viewer
+        url = urlsplit(self.path)
+        host = self.headers.get('Host', '')
+        if self.server.local_only and not LOCAL_HOST.fullmatch(host):
+            # a page elsewhere whose name resolves to this machine (DNS rebinding) must not read the image
+            return self.send_error_json(HTTPStatus.FORBIDDEN, f"Host {host!r} is not this machine: "
+                                                              f"open http://127.0.0.1:{self.server.server_port}/")
+        if url.path == '/render':
+            return self.send_view(viewer, url.query)
+        if url.path == '/info':
+            return self.send(HTTPStatus.OK, 'application/json', json.dumps(viewer.info()).encode())
+        if url.path == '/image.png':
+            return self.send(HTTPStatus.OK, 'image/png', viewer.image_png)
+        static = self.server.static.get(url.path)
+        if static is None:
+            return self.send_error_json(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
+        return self.send(HTTPStatus.OK, *static)
+
+    def send_view(self, viewer: Viewer, query: str) -> None:
+        try:
+            view = parse_view(query, viewer.shape)
+        except ValueError as e:
+            return self.send_error_json(HTTPStatus.BAD_REQUEST, str(e))
+        try:
+            pixels = viewer.render(view)
+        except Superseded:
+            return self.send_error_json(HTTPStatus.CONFLICT, "superseded by a newer view")
+        except Exception as e:  # a failed render must not stop the server: answer and go on
+            print(f"error: render of {view} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            traceback.print_exc(limit=-3)
+            return self.send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"render failed: {type(e).__name__}: {e}")
+        self.send(HTTPStatus.OK, 'image/png', encode_png(pixels))
+
+    def send_error_json(self, status: HTTPStatus, message: str) -> None:
+        self.send(status, 'application/json', json.dumps({'error': ' '.join(message.split())}).encode())
+
+    def send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Cache-Control', 'no-store')
+        self.send_header('X-Content-Type-Options', 'nosniff')
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
+        pass  # one line per tile request would drown the console
+
+
+def static_files() -> dict[str, tuple[str, bytes]]:
+    """URL path -> (content type, bytes) for the page's files, read once: nothing else on disk is served."""
+    types = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
+             '.css': 'text/css; charset=utf-8'}
+    files = {f'/static/{p.name}': (types[p.suffix], p.read_bytes()) for p in PAGE.iterdir() if p.suffix in types}
+    files['/'] = files['/static/index.html']
+    return files
+
+
+def make_server(viewer: Viewer, host: str = '127.0.0.1', port: int = 8000) -> ThreadingHTTPServer:
+    """A bound (not yet serving) threading HTTP server for viewer; ValueError when it cannot listen."""
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        in_use = e.errno == errno.EADDRINUSE
+        reason = "the port is in use (choose another with --port)" if in_use else e.strerror or str(e)
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
+    server.daemon_threads = True
+    server.viewer, server.static = viewer, static_files()
+    server.local_only = ipaddress.ip_address(server.server_address[0]).is_loopback  # the address bound
+    return server
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    """Serve in a daemon thread (for scripts and tests); server.shutdown() stops it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def time_views(viewer: Viewer, zooms: list[float], view: tuple[int, int] = (600, 800), repeats: int = 3) -> list[dict]:
+    """Seconds to the model's pixels of the centred `view` (height, width) at each zoom, median of
+    `repeats` after one untimed round: through the server (the request until the PNG's last byte) and
+    a direct window render in this process (the reference; `ratio` = server / direct)."""
+    server = make_server(viewer, '127.0.0.1', 0)
+    serve_in_thread(server)
+    rows = []
+    try:
+        for zoom in zooms:
+            full = render_size(*viewer.shape, zoom)
+            height, width = min(view[0], full[0]), min(view[1], full[1])
+            window = ((full[0] - height) // 2, (full[1] - width) // 2, height, width)
+            query = 'mode=liif&' + '&'.join(f'{k}={v}' for k, v in zip(VIEW_KEYS[1:], (zoom, *window)))
+            times = {'server': [], 'direct': []}
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                conn = http.client.HTTPConnection('127.0.0.1', server.server_address[1], timeout=3600)
+                conn.request('GET', f'/render?{query}')
+                response = conn.getresponse()
+                if response.status != 200 or not response.read():
+                    raise RuntimeError(f"the server answered {response.status} for {query}")
+                conn.close()
+                middle = time.perf_counter()
+                viewer.render_model(full, window)
+                if i:  # the first round warms up
+                    times['server'].append(middle - start)
+                    times['direct'].append(time.perf_counter() - middle)
+            server_s, direct_s = (statistics.median(times[k]) for k in ('server', 'direct'))
+            rows.append({'zoom': zoom, 'view': f'{width}x{height}', 'output': f'{full[1]}x{full[0]}',
+                         'server_s': server_s, 'direct_s': direct_s, 'ratio': server_s / direct_s})
+    finally:
+        server.shutdown()
+        server.server_close()
+    return rows
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error:` line with exit status 2 (through common.run_main)."""
+
+    def error(self, message: str):
+        raise ValueError(message)  # run_main prints it as one `error:` line, exit status 2
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', required=True, help="the image to look at")
+    parser.add_argument('--weights', default=config.weights,
+                        help=f"checkpoint, or an .onnx file from scripts/export_onnx.py (default {config.weights})")
+    parser.add_argument('--device', default=config.device, help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--amp', default=config.amp, choices=list(AMP_DTYPES), help="autocast (default fp32)")
+    parser.add_argument('--threads', type=int, default=config.threads, help="torch CPU threads (0: one per core)")
+    parser.add_argument('--host', default='127.0.0.1',
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument('--port', type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument('--time_views', default='', help="instead of serving: time an 800x600 view at these zooms, "
+                                                           "comma-separated, and print a table")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    try:
+        args.time_views = [float(z) for z in args.time_views.split(',')] if args.time_views else []
+    except ValueError:
+        args.time_views = [math.nan]
+    if not all(0 < z <= MAX_ZOOM for z in args.time_views):
+        raise ValueError(f"--time_views takes zooms in (0, {MAX_ZOOM:g}] separated by commas")
+    return args
+
+
+def print_view_times(viewer: Viewer, zooms: list[float]) -> None:
+    from scripts.benchmark import machine_name
+    rows = time_views(viewer, zooms)
+    engine = 'ONNX Runtime' if isinstance(viewer.model, OnnxModel) else f'torch {torch.__version__}, amp {viewer.amp}'
+    print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(viewer.lr.device)}, {engine}\n")
+    print("| zoom | view (w x h) | whole render (w x h) | server, to the PNG's last byte | window render alone "
+          "| ratio |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| x{r['zoom']:g} | {r['view']} | {r['output']} | {r['server_s']:.2f} s | {r['direct_s']:.2f} s | "
+              f"{r['ratio']:.2f} |")
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    load_uint8(args.input)  # a bad image fails here, before the model loads
+    weights = resolve_weights(args.weights)
+    if weights.suffix.lower() == '.onnx':
+        model = onnx_model(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
+    else:
+        device = pick_device(args.device)
+        check_amp(device, args.amp)
+        model = model_from_checkpoint(weights).to(device).eval()
+    viewer = Viewer(args.input, model, args.amp)
+    if args.time_views:
+        return print_view_times(viewer, args.time_views)
+    server = make_server(viewer, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main, sys.argv[1:]))
