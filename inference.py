@@ -22,7 +22,7 @@ import config
 from common import check_writable, checkpoint_model, format_scale, pick_device, run_main, set_threads
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import image_to_tensor, read_image, write_image
-from render import check_amp
+from precision import check_amp
 
 DEFAULT_WEIGHTS = config.weights
 DEFAULT_OUTPUT_DIR = Path('results/inference')

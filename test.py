@@ -15,7 +15,7 @@ import config
 from common import check_writable, checkpoint_model, evaluate, format_scale, pick_device, run_main, set_threads
 from dataset import BenchmarkDataset
 from imgproc import tensor_to_image, write_image
-from render import check_amp
+from precision import check_amp
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
