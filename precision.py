@@ -48,10 +48,15 @@ def warn_slow_bf16() -> None:
           "and slower than fp32; use --amp=fp32 here", file=sys.stderr)
 
 
-def check_amp(device: torch.device, amp: str) -> None:
-    """Refuse an unknown amp or fp16 off CUDA; warn (once) when bf16 will be slow on this CPU."""
+def check_amp_name(amp: str) -> None:
+    """Refuse an amp setting that is not one of AMP_DTYPES."""
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+
+
+def check_amp(device: torch.device, amp: str) -> None:
+    """Refuse an unknown amp or fp16 off CUDA; warn (once) when bf16 will be slow on this CPU."""
+    check_amp_name(amp)
     if amp == 'fp16' and device.type != 'cuda':
         raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' (on CPUs with native bf16) or 'fp32'")
     if amp == 'bf16' and device.type == 'cpu' and not native_cpu_bf16():
