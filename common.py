@@ -174,14 +174,19 @@ def format_scale(scale: float) -> str:
 def run_main(main, argv: list[str]) -> int:
     """Run a script's main(argv); -h or --help prints the script's settings (config.help_text). A user
     error (bad setting, missing or unreadable file, unwritable output) prints one `error: ...` line
-    on stderr and gives exit status 2 instead of a traceback."""
+    on stderr and gives exit status 2 instead of a traceback; a closed output pipe (`| head`) ends
+    quietly with status 1."""
     script = Path(sys.modules[main.__module__].__file__).stem
-    if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
-        print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
-        return 0
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each
     try:
-        main(argv)
+        if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
+            print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
+        else:
+            main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write to
+        return 1
     except (ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import precision
 import train
 from common import evaluate
 from dataset import BenchmarkDataset, TrainDataset
 from model import liif_edsr, model_from_checkpoint
 from train import train_step
-from test_train import assert_same_tensors, data, load, tiny  # noqa: F401 (data is a fixture)
+from helpers import assert_same_tensors, load, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get('LIIF_TEST_DEVICE') or ('cuda' if torch.cuda.is_available() else '')
@@ -127,9 +128,8 @@ def train_losses(amp: str, batch: dict, device: torch.device, steps: int) -> lis
     model = liif_edsr().to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
     tensors = [batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt')]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    autocast = precision.autocast(device, amp)
     return [train_step(model, optimizer, scaler, autocast, *tensors).item() for _ in range(steps)]
 
 
