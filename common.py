@@ -194,11 +194,12 @@ def run_main(main, argv: list[str]) -> int:
 
 
 def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 'fp32',
-             protocol: str = 'benchmark', with_ssim: bool = True, on_image=None,
+             protocol: str = 'benchmark', with_ssim: bool = True, border: bool = True, on_image=None,
              desc: str = 'evaluate') -> list[dict]:
     """Super-resolve every item of `dataset` (dicts with 'lr' (3,h,w), 'hr' (3,H,W), 'scale', 'name')
     to its HR size with `model.render` (`chunk` queries per decoder call, `amp` autocast) and score
-    it: PSNR (image_quality_assessment `protocol`) and SSIM on the clamped SR.
+    it: PSNR (image_quality_assessment `protocol`, shaving the scale's border unless `border` is
+    False) and SSIM on the clamped SR.
 
     Returns one row per image: {'name', 'scale', 'psnr'[, 'ssim']}. `on_image(item, sr)`, when
     given, receives each clamped SR as a (1, 3, H, W) tensor (e.g. to save it). Runs on the
@@ -214,7 +215,7 @@ def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 
             lr, hr = item['lr'].unsqueeze(0).to(device), item['hr'].unsqueeze(0).to(device)
             sr = model.render(lr, tuple(hr.shape[-2:]), chunk=chunk, amp=amp).clamp_(0, 1)
             row = {'name': item['name'], 'scale': item['scale'],
-                   'psnr': float(psnr(sr, hr, item['scale'], protocol=protocol))}
+                   'psnr': float(psnr(sr, hr, item['scale'] if border else 0, protocol=protocol))}
             if with_ssim:
                 row['ssim'] = float(ssim(sr, hr, item['scale']))
             if on_image is not None:

@@ -81,6 +81,9 @@ test_sets = ['Set5', 'Set14']  # sub-folders of test_root to evaluate
 test_scales = [2, 3, 4, 6, 8]  # any positive reals; LR files are used where they exist
 chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from render.MEMORY_BUDGET)
 save_images = False  # also write the SR images beside the results table
+test_dir = ''  # HR folder of (LR, HR) pairs to score instead of test_sets, e.g. celebA-HQ val/256 ('' = benchmark sets)
+test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images used whole (e.g. val/32)
+test_protocol = 'benchmark'  # 'benchmark' (PSNR of Y, border = scale, and SSIM) or 'rgb' (PSNR in RGB, every pixel: celebA-HQ's)
 
 # ---- inference
 input = 'figure/example_lr.png'  # an image or a folder of images
@@ -97,12 +100,14 @@ _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR
 
 def _celebahq(lr_size: int, hr_size: int) -> dict:
     """The official celebA-HQ recipe lr_size -> hr_size: LR images whole, ground truths of sizes spread over
-    [lr_size, hr_size], 1024 queries; validation on the first 100 whole validation pairs; 200 epochs."""
+    [lr_size, hr_size], 1024 queries; validation on the first 100 whole validation pairs; 200 epochs;
+    testing on every validation pair, RGB PSNR over every pixel."""
     return {'train_data': 'varied', 'train_lr_dir': [f'data/celebAHQ/train/{lr_size}'],
             'train_dir': [f'data/celebAHQ/train/{hr_size}'], 'valid_lr_dir': f'data/celebAHQ/val/{lr_size}',
             'valid_dir': f'data/celebAHQ/val/{hr_size}', 'size_min': lr_size, 'size_max': hr_size,
             'patch_size': 0, 'sample_q': 1024, 'repeat': 1, 'valid_first': 100, 'valid_repeat': 1,
-            'epochs': 200, 'milestones': [100], 'gamma': 0.1}
+            'epochs': 200, 'milestones': [100], 'gamma': 0.1, 'test_lr_dir': f'data/celebAHQ/val/{lr_size}',
+            'test_dir': f'data/celebAHQ/val/{hr_size}', 'test_protocol': 'rgb'}
 
 
 EXPERIMENTS = {
@@ -388,6 +393,12 @@ def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
                         f"(`python scripts/download_weights.py` fetches the official one)")
     else:
         problems.existing('weights', 'checkpoint')
+    if cfg.test_protocol not in ('benchmark', 'rgb'):
+        problems.append(f"test_protocol must be 'benchmark' or 'rgb', got {cfg.test_protocol!r}")
+    if cfg.test_dir or cfg.test_lr_dir:  # paired folders instead of benchmark sets
+        problems.existing('test_dir')
+        problems.existing('test_lr_dir')
+        return
     problems.existing('test_root')
     if not cfg.test_sets or not cfg.test_scales:
         problems.append(f"test_sets and test_scales must not be empty, got {cfg.test_sets!r} and {cfg.test_scales!r}")

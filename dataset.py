@@ -434,6 +434,30 @@ class VariedDataset(PairedFolders):
                 'scale': hr.shape[0] / lr.shape[0]}
 
 
+class PairedTestSet(PairedFolders):
+    """Whole (LR, HR) pairs of paired folders for evaluation, as the official test configs read them
+    (`paired-image-folders` + `sr-implicit-paired` without a crop size, e.g. celebA-HQ 32 -> 256): the LR
+    image whole; s = int(HR rows / LR rows) and the HR image cropped top-left to s x the LR size. Every
+    pair must have the same s. Items like BenchmarkDataset's, with 'scale' = s."""
+
+    def __init__(self, lr_root: str | Path, hr_root: str | Path):
+        super().__init__(lr_root, hr_root, in_memory=False)
+        scales = {int(hh / h + 1e-9) for (h, _), (hh, _) in zip(self.lr_sizes, self.hr_sizes)}
+        if len(scales) != 1 or min(scales) < 1:
+            raise ValueError(f"the pairs of {lr_root} and {hr_root} have HR / LR ratios {sorted(scales)}: "
+                             f"one integer scale >= 1 expected")
+        self.scale = scales.pop()
+        for lr_path, hr_path, (h, w), (hh, hw) in zip(self.lr_files, self.hr_files, self.lr_sizes, self.hr_sizes):
+            if w * self.scale > hw:
+                raise ValueError(f"LR {lr_path} ({h}x{w}) times {self.scale} is wider than HR {hr_path} ({hh}x{hw})")
+
+    def __getitem__(self, index: int) -> dict:
+        lr, hr = self.pair(index)
+        hr = hr[:lr.shape[0] * self.scale, :lr.shape[1] * self.scale]
+        return {'lr': image_to_tensor(lr), 'hr': image_to_tensor(hr), 'scale': float(self.scale),
+                'name': self.hr_files[index].stem}
+
+
 class BenchmarkDataset(Dataset):
     """(LR, HR) pairs of a benchmark set at one scale; set_root = <root>/<Name> holding HR/ and
     optionally LR_bicubic/X<s>/<name>x<s>.png.
