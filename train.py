@@ -43,7 +43,6 @@ from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
 from model import build_model, checkpoint_options, load_file, load_weights, model_name
-from precision import check_amp
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -518,7 +517,7 @@ def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device
     master = rank == 0
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
-    check_amp(device, cfg.amp)
+    precision.check_amp(device, cfg.amp)
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')

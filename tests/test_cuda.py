@@ -89,9 +89,9 @@ def test_half_precision_renders_keep_set5_x4_psnr(model, set5_x4, device, amp):
     if amp == 'fp16':
         need_cuda(device, 'fp16 autocast')
     scores = {}
-    for precision in ('fp32', amp):
-        rows = evaluate(model, set5_x4, amp=precision, with_ssim=False)
-        scores[precision] = sum(r['psnr'] for r in rows) / len(rows)
+    for name in ('fp32', amp):
+        rows = evaluate(model, set5_x4, amp=name, with_ssim=False)
+        scores[name] = sum(r['psnr'] for r in rows) / len(rows)
     assert scores['fp32'] > 25  # a real super-resolution, not two equally broken renders
     assert abs(scores[amp] - scores['fp32']) <= 0.01, scores
 
