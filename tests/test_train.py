@@ -75,6 +75,7 @@ def test_run_writes_checkpoints_and_tensorboard(run_a, data):
     assert best['step'] == valid[max(range(2), key=lambda i: valid[i].value)].step
     images = acc.Tags()['images']
     assert len(images) == 2  # one sample per validation image
+    assert sorted(images) == [f'samples/{i} bicubic | EDSR-baseline-LIIF | GT' for i in range(2)]  # the model's name
     panel = acc.Images(images[0])[-1]
     assert (panel.height, panel.width) == (64, 3 * 64)  # bicubic | LIIF | ground truth at x4
 
@@ -322,3 +323,12 @@ def test_training_on_webp_equals_training_on_png(tmp_path, train_root):
         runs[kind] = (result, load(out / 'last.pth')['model'])
     assert runs['webp'][0] == runs['png'][0]
     assert_same_tensors(runs['webp'][1], runs['png'][1], atol=0)
+
+
+@pytest.mark.parametrize('options, name', [
+    ({'model': 'liif', 'encoder': 'edsr-baseline'}, 'EDSR-baseline-LIIF'),
+    ({'model': 'metasr', 'encoder': 'rdn'}, 'RDN-MetaSR'),
+    ({'model': 'upsample', 'encoder': 'edsr-baseline', 'upsample_scale': 4}, 'EDSR-baseline x4'),
+])
+def test_sample_panels_are_labelled_with_the_models_name(options, name):
+    assert train.model_name(options) == name
