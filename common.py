@@ -142,10 +142,9 @@ def download_weights(dest: str | Path = OFFICIAL_WEIGHTS) -> Path:
     return dest
 
 
-def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> torch.nn.Module:
-    """The model stored in `weights`. Model settings that argv gives (directly or by --experiment)
-    must agree with it; the others follow it, and cfg is updated to what was loaded."""
-    options, _ = read_checkpoint(weights)
+def adopt_model_settings(cfg: SimpleNamespace, argv: list[str], options: dict, weights: str | Path) -> None:
+    """Model settings that argv gives (directly or by --experiment) must agree with `options`, the
+    model that `weights` holds; the others follow it, and cfg is updated to it."""
     given = config.given(argv)
     differ = []
     for key in config.MODEL_KEYS:
@@ -157,6 +156,12 @@ def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path)
     for key in config.MODEL_KEYS:
         if key in options:
             setattr(cfg, key, options[key])
+
+
+def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> torch.nn.Module:
+    """The model stored in `weights`, after adopt_model_settings."""
+    options, _ = read_checkpoint(weights)
+    adopt_model_settings(cfg, argv, options, weights)
     return model_from_checkpoint(weights, fast=cfg.fast)
 
 

@@ -91,6 +91,7 @@ output = ''  # output file or folder; '' = results/inference/<input name>_x<scal
 scale = 4.0  # output / input size; ignored when size is set
 scale_hw = []  # [height factor, width factor] for anisotropic output; overrides scale
 size = []  # exact output [height, width]; overrides scale and scale_hw
+window = []  # [top, left, height, width]: write only this part of the output ([] = all of it)
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
 bits = 8  # output PNG bit depth: 8 or 16
 

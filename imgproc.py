@@ -7,15 +7,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def pixel_centres(n: int, device=None) -> torch.Tensor:
-    """Centres of n pixels on [-1, 1]: -1 + (2i + 1) / n in float32, computed as the official make_coord does."""
-    r = 1 / n
-    return -1 + r + 2 * r * torch.arange(n, device=device).float()
+from render import pixel_centres
 
 
 def make_coord(shape: tuple[int, ...], flatten: bool = True) -> torch.Tensor:
-    """Pixel-centre coordinates (pixel_centres) per axis, row axis first: (H*W, 2) or (H, W, 2)."""
+    """Pixel-centre coordinates (render.pixel_centres) per axis, row axis first: (H*W, 2) or (H, W, 2)."""
     axes = [pixel_centres(n) for n in shape]
     coord = torch.stack(torch.meshgrid(*axes, indexing='ij'), -1)
     return coord.view(-1, len(shape)) if flatten else coord

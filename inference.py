@@ -4,12 +4,17 @@
     python inference.py --input=photo.jpg --scale=2.5          # results/inference/photo_x2.5.png
     python inference.py --input=photos/ --scale_hw=[2,3] --output=out/
     python inference.py --input=photo.png --size=[1080,1920] --output=photo_1080p.png
+    python inference.py --input=photo.png --scale=16 --window=[0,0,512,512]   # one part of the output
 
 Output size: with a factor s (or separate height/width factors), an h x w input gives
 round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
 exactly H x W. Output path: --output (a file for one image, a folder for a folder; one image goes
 into a folder given as an existing folder or a path ending in '/'), else
 results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png).
+Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, in
+windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
+A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
+part alone.
 """
 import sys
 from pathlib import Path
@@ -19,11 +24,13 @@ import numpy as np
 import torch
 
 import config
-from common import (check_writable, checkpoint_model, download_weights, format_scale, pick_device, run_main,
-                    set_threads)
+from common import (adopt_model_settings, check_writable, checkpoint_model, download_weights, format_scale,
+                    pick_device, run_main, set_threads)
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import SAMPLE_TYPES, image_to_tensor, read_image, to_integer, write_image
+from onnx_model import WINDOW_QUERIES, OnnxModel
 from precision import check_amp
+from render import check_window
 
 DEFAULT_WEIGHTS = config.weights
 DEFAULT_OUTPUT_DIR = Path('results/inference')
@@ -96,17 +103,31 @@ def quantize(sr: torch.Tensor, bits: int, rows: int = 256) -> np.ndarray:
     return out
 
 
-def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[int, int]:
-    """The output size for the image at `source`, refused when empty or beyond cfg.max_pixels."""
+def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The output size for the image at `source` and the window of it to write (cfg.window, else all
+    of it), refused when empty, outside the output or beyond cfg.max_pixels."""
     lr = read_image(source)
     height, width = output_size(lr.shape[0], lr.shape[1], cfg)
     if height < 1 or width < 1:
         raise ValueError(f"{source}: {lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty "
                          f"{height}x{width} output")
-    if height * width > cfg.max_pixels:
-        raise ValueError(f"{source}: the {height}x{width} output has {height * width:,} pixels, more than "
-                         f"max_pixels={cfg.max_pixels:,}; ask for a smaller size or raise --max_pixels")
-    return height, width
+    try:
+        window = check_window(cfg.window or None, (height, width))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    if window[2] * window[3] > cfg.max_pixels:
+        raise ValueError(f"{source}: the {window[2]}x{window[3]} output has {window[2] * window[3]:,} pixels, "
+                         f"more than max_pixels={cfg.max_pixels:,}; ask for a smaller size or raise --max_pixels")
+    return (height, width), window
+
+
+def onnx_model(cfg: SimpleNamespace, argv: list[str], weights: Path) -> OnnxModel:
+    """An exported .onnx file in ONNX Runtime; its model settings are adopted as a checkpoint's are."""
+    if cfg.amp != 'fp32':
+        raise ValueError(f"amp={cfg.amp!r}: an .onnx model runs in fp32 under ONNX Runtime")
+    model = OnnxModel(weights, threads=cfg.threads)
+    adopt_model_settings(cfg, argv, model.options, weights)
+    return model
 
 
 def main(argv: list[str]) -> list[Path]:
@@ -117,14 +138,22 @@ def main(argv: list[str]) -> list[Path]:
     jobs = [(source, target, checked_size(source, cfg)) for source, target in plan(cfg)]
     for folder in dict.fromkeys(target.parent for _, target, _ in jobs):
         check_writable(folder, 'output folder')
-    device = pick_device(cfg.device)
-    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device).eval()
-    check_amp(device, cfg.amp)
-    for source, target, size in jobs:
-        lr = image_to_tensor(read_image(source))[None].to(device)
-        sr = model.render(lr, size, chunk=cfg.chunk, amp=cfg.amp, progress=True)
+    weights = resolve_weights(cfg.weights)
+    if weights.suffix.lower() == '.onnx':
+        model, device = onnx_model(cfg, argv, weights), None
+    else:
+        device = pick_device(cfg.device)
+        model = checkpoint_model(cfg, argv, weights).to(device).eval()
+        check_amp(device, cfg.amp)
+    for source, target, (size, window) in jobs:
+        lr = image_to_tensor(read_image(source))[None]
+        if device is None:
+            sr = torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=True))
+        else:
+            sr = model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=True, window=window)
         write_image(target, quantize(sr, cfg.bits))
-        print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]})")
+        part = f" window {list(window)}" if cfg.window else ""
+        print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})")
     return [target for _, target, _ in jobs]
 
 

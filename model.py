@@ -27,8 +27,7 @@ import torch.nn.functional as F
 
 import precision
 import render as engine
-from imgproc import pixel_centres
-from render import MEMORY_BUDGET, Lookup, nearest_index, spans
+from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, real, spans
 
 BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
@@ -176,9 +175,11 @@ class SRModel(nn.Module):
         return engine.predict(self, lr, coord, cell, chunk, amp)
 
     def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
-        """The (B, 3, H, W) image of `size` (unclamped); see render.render."""
-        return engine.render(self, lr, size, chunk, amp, tile, memory_budget, progress)
+               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False,
+               window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """The (B, 3, H, W) image of `size` (unclamped), or its `window` = (top, left, height, width)
+        (B, 3, height, width); see render.render."""
+        return engine.render(self, lr, size, chunk, amp, tile, memory_budget, progress, window)
 
     def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
         return engine.auto_chunk(self, memory_budget)
@@ -202,7 +203,7 @@ def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.T
     centres = pixel_centres(n, c.device)
     index, rel = [], []
     for v in shifts:
-        i = nearest_index((c + (v / n + eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
+        i = nearest_index((c + (v / real(n) + eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
         index.append(i)
         rel.append((c - centres[i]) * n)
     return torch.stack(index), torch.stack(rel)
@@ -225,12 +226,10 @@ def member_inputs(iy, ix, ry, rx, row_stride: int, offset, rel_cell):
         return t.flatten(0, 1).movedim(0, -1)
 
     index = members_last(index)
-    inputs = index.new_empty(*index.shape, 2 if rel_cell is None else 4, dtype=ry.dtype)
-    inputs[..., 0] = members_last(rel_y)
-    inputs[..., 1] = members_last(rel_x)
-    if rel_cell is not None:
-        inputs[..., 2:] = rel_cell
-    return index, inputs, members_last(weight)
+    parts = [members_last(rel_y), members_last(rel_x)]
+    if rel_cell is not None:  # stacked, not assigned into slices: an exported graph keeps dynamic shapes
+        parts += [c.to(ry.dtype).expand_as(parts[0]) for c in rel_cell.unbind(-1)]
+    return index, torch.stack(parts, -1), members_last(weight)
 
 
 class LIIF(SRModel):
@@ -385,8 +384,9 @@ class MetaSR(SRModel):
     def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
         corner = c - cell / 2  # the top-left corner of the query's cell
         index = nearest_index((corner + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
-        pixel_corner = pixel_centres(n, c.device)[index] - (2 / n) / 2
-        return Lookup(index[None], ((corner - pixel_corner) * (n / 2))[None], cell * (n / 2))
+        pixel_corner = pixel_centres(n, c.device)[index] - (2 / real(n)) / 2
+        # * n / 2 (halving is exact) equals * (n / 2): the same float32 values, and a 0-d cell stays float32
+        return Lookup(index[None], ((corner - pixel_corner) * n / 2)[None], cell * n / 2)
 
     def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
         b, c = latent.shape[:2]

@@ -15,12 +15,12 @@ axis for the whole image, in the whole image's coordinates, and a tile only shif
 and untiled renders read the same latent codes and give the same values.
 """
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
-from imgproc import pixel_centres
 from precision import autocast
 
 # What render and predict aim to use beyond their input and output tensors, in bytes, when `chunk`
@@ -37,15 +37,67 @@ class Lookup(NamedTuple):
     cell: torch.Tensor | None
 
 
-def nearest_index(c: torch.Tensor, n: int) -> torch.Tensor:
+def real(n):
+    """An axis length as a float64 number for the coordinate formulas: a Python int as it is, a 0-d
+    int64 tensor (a dynamic length in an exported ONNX graph) as a float64 tensor. Both then round to
+    float32 at the same steps, so PyTorch and the exported graph compute the same coordinates."""
+    return n.double() if isinstance(n, torch.Tensor) else n
+
+
+def pixel_centres(n: int | torch.Tensor, device=None) -> torch.Tensor:
+    """Centres of n pixels on [-1, 1]: -1 + (2i + 1) / n, computed as the official make_coord does."""
+    r = 1 / real(n)
+    return -1 + r + 2 * r * torch.arange(n, device=device).float()
+
+
+def nearest_index(c: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
     """The pixel `grid_sample(mode='nearest', align_corners=False)` reads at coordinates c on an axis
     of n pixels (ties round half to even as it does), clamped to the axis (the official zero padding
     only acts at c = +-1 exactly)."""
     return torch.round(((c + 1) * n - 1) / 2).long().clamp_(0, n - 1)
 
 
-def spans(n: int, step: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + step)) for s in range(0, n, step)]
+def spans(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
+    return [(s, min(n, s + step)) for s in range(start, n, step)]
+
+
+def check_window(window, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`window` = (top, left, height, width) of an output of `size` = (H, W) as four ints, after
+    checking that it is a non-empty rectangle inside the output; None is the whole output."""
+    height, width = size
+    if window is None:
+        return 0, 0, height, width
+    given = tuple(window) if isinstance(window, (tuple, list)) else None
+    if given is None or len(given) != 4 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                                   for v in given):
+        problem = "it is not four integers"
+    else:
+        top, left, rows, cols = (int(v) for v in given)
+        if top < 0 or left < 0 or rows < 1 or cols < 1:
+            problem = "top and left must be >= 0, height and width >= 1"
+        elif top + rows > height or left + cols > width:
+            problem = f"it reaches row {top + rows} and column {left + cols}"
+        else:
+            return top, left, rows, cols
+    raise ValueError(f"window must be [top, left, height, width] inside the {height}x{width} output, "
+                     f"got {window!r}: {problem}")
+
+
+def window_lookups(model, size, window, lr_size, device=None) -> tuple[Lookup, Lookup]:
+    """The row and column look-ups of the output pixels in `window` = (top, left, height, width) of a
+    `size` = (H, W) render from an LR image of `lr_size` = (h, w). The numbers are ints, or 0-d int64
+    tensors in an exported graph; the centres are those of the whole output, sliced."""
+    (height, width), (top, left, rows, cols) = size, window
+    # the cell (2/H, 2/W) in float32, as coord_cell makes it
+    cell = [(torch.full((), 2.0, dtype=torch.float64, device=device) / real(n)).float() for n in (height, width)]
+    return (model.lookup(pixel_centres(height, device)[top:top + rows], lr_size[0], cell[0]),
+            model.lookup(pixel_centres(width, device)[left:left + cols], lr_size[1], cell[1]))
+
+
+def lr_region(index: torch.Tensor, k: int, margin: int, n) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LR rows [start, stop) (0-d tensors) to encode so that the latent indices `index` (k latent
+    pixels per LR pixel) and `margin` LR pixels of context around them are inside it; n: the LR rows."""
+    return (index.min() // k - margin).clamp(min=0), ((index.max() + k) // k + margin).clamp(max=n)
 
 
 def query(model, latent: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, lr_size: tuple[int, int]):
@@ -82,59 +134,69 @@ def predict(model, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, ch
     return out
 
 
-def _needed(index: torch.Tensor, k: int, margin: int, n: int) -> tuple[int, int]:
-    """The LR rows [start, stop) a tile must encode so that the latent indices `index` (k latent
-    pixels per LR pixel) and `margin` LR pixels of context around them are inside it."""
-    return max(0, int(index.min()) // k - margin), min(n, -(-(int(index.max()) + 1) // k) + margin)
+def encode_region(model, lr: torch.Tensor, rows: Lookup, cols: Lookup, lr_size) -> tuple[torch.Tensor, Lookup, Lookup]:
+    """The latent of the LR rectangle that the look-ups `rows` and `cols` read, plus the model's
+    margin, and the look-ups with indices into it. lr_size = (h, w): ints, or 0-d tensors in a graph."""
+    k, margin = model.latent_scale, model.tile_margin
+    (y0, y1), (x0, x1) = lr_region(rows.index, k, margin, lr_size[0]), lr_region(cols.index, k, margin, lr_size[1])
+    latent = model.encode(lr[:, :, y0:y1, x0:x1])
+    return latent, rows._replace(index=rows.index - k * y0), cols._replace(index=cols.index - k * x0)
+
+
+def decode_grid(model, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
+    """The (B, 3, rows, cols) output rectangle of every row look-up with every column look-up."""
+    return model.decode(latent, _along(rows, 0), _along(cols, 1)).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
 def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-           tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
-    """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w).
+           tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False,
+           window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w);
+    with `window` = (top, left, height, width), only that part of it: (B, 3, height, width).
 
     chunk: queries per decoder call over the batch (None: from memory_budget). amp: 'fp32', 'bf16'
     or 'fp16' (CUDA) autocast. tile: LR tile side for the encoder (None: tiles only when the
     encoding would exceed half of memory_budget; 0: never). Output pixels are rendered per LR tile
     holding their centres; each tile encodes the LR rectangle its look-ups read plus the model's
-    margin. Only the (B, 3, H, W) output is allocated at full size. progress: a tqdm bar of pixels.
+    margin, so the work follows the window, not the whole output. Only the output is allocated at
+    full size. progress: a tqdm bar of pixels.
     """
     height, width = (int(n) for n in size)
     if lr.dim() != 4 or lr.shape[1] != 3:
         raise ValueError(f"lr must be (B, 3, h, w), got {tuple(lr.shape)}")
     if height <= 0 or width <= 0:
         raise ValueError(f"output size must be positive, got {size}")
+    top, left, out_h, out_w = check_window(window, (height, width))
     b, _, h, w = lr.shape
     device = lr.device
     chunk = chunk or auto_chunk(model, memory_budget)
+    rows, cols = window_lookups(model, (height, width), (top, left, out_h, out_w), (h, w), device)
     if tile is None:
-        tile = auto_tile(model, lr.shape, memory_budget)
-    out = lr.new_empty(b, 3, height, width, dtype=torch.float32)
-    # the cell (2/H, 2/W) in float32, as coord_cell makes it
-    cell = torch.tensor([2 / height, 2 / width], device=device)
-    rows = model.lookup(pixel_centres(height, device), h, cell[0])
-    cols = model.lookup(pixel_centres(width, device), w, cell[1])
-    # output row i belongs to the LR tile holding its centre: LR row floor((2i + 1) h / 2H)
-    owner_y = (2 * torch.arange(height, device=device) + 1) * h // (2 * height)
-    owner_x = (2 * torch.arange(width, device=device) + 1) * w // (2 * width)
-    k, margin = model.latent_scale, model.tile_margin
-    bar = tqdm(total=b * height * width, unit='px', unit_scale=True, disable=not progress, leave=False,
+        k, margin = model.latent_scale, model.tile_margin
+        (y0, y1), (x0, x1) = lr_region(rows.index, k, margin, h), lr_region(cols.index, k, margin, w)
+        tile = auto_tile(model, (b, 3, int(y1 - y0), int(x1 - x0)), memory_budget)
+    out = lr.new_empty(b, 3, out_h, out_w, dtype=torch.float32)
+    bar = tqdm(total=b * out_h * out_w, unit='px', unit_scale=True, disable=not progress, leave=False,
                mininterval=1)
     with autocast(device, amp), bar:
-        for a0, a1 in spans(h, tile or h):
-            for c0, c1 in spans(w, tile or w):
-                i0, i1 = (int(v) for v in torch.searchsorted(owner_y, torch.tensor([a0, a1], device=device)))
-                j0, j1 = (int(v) for v in torch.searchsorted(owner_x, torch.tensor([c0, c1], device=device)))
-                if i0 == i1 or j0 == j1:
-                    continue
-                tile_rows, tile_cols = _slice(rows, i0, i1), _slice(cols, j0, j1)
-                y0, y1 = _needed(tile_rows.index, k, margin, h) if tile else (0, h)
-                x0, x1 = _needed(tile_cols.index, k, margin, w) if tile else (0, w)
-                latent = model.encode(lr[:, :, y0:y1, x0:x1])
-                tile_rows = tile_rows._replace(index=tile_rows.index - k * y0)
-                tile_cols = tile_cols._replace(index=tile_cols.index - k * x0)
+        for i0, i1 in _owned(top, out_h, height, h, tile):
+            for j0, j1 in _owned(left, out_w, width, w, tile):
+                latent, tile_rows, tile_cols = encode_region(model, lr, _slice(rows, i0, i1), _slice(cols, j0, j1),
+                                                             (h, w))
                 _render_rectangle(model, latent, tile_rows, tile_cols, chunk, out[:, :, i0:i1, j0:j1], bar)
     return out
+
+
+def _owned(start: int, count: int, n_out: int, n_lr: int, tile: int) -> list[tuple[int, int]]:
+    """Per LR tile of `tile` pixels (one tile when 0), the output pixels [i0, i1) of the window
+    [start, start + count) on an output axis of n_out pixels whose centres it holds (relative to
+    the window; empty ones left out). Output pixel i's centre is in LR pixel floor((2i + 1) n_lr / 2 n_out)."""
+    owner = (2 * torch.arange(start, start + count) + 1) * n_lr // (2 * n_out)
+    first, last = int(owner[0]), int(owner[-1]) + 1
+    edges = [first] + [e for _, e in spans(last, tile or last, first)]
+    cuts = torch.searchsorted(owner, torch.tensor(edges)).tolist()
+    return [(i0, i1) for i0, i1 in zip(cuts, cuts[1:]) if i0 < i1]
 
 
 def _slice(look: Lookup, start: int, stop: int) -> Lookup:
@@ -161,6 +223,5 @@ def _render_rectangle(model, latent, rows: Lookup, cols: Lookup, chunk: int, out
         rows_per_chunk, cols_per_chunk = 1, max(1, chunk // b)
     for r0, r1 in spans(n_rows, rows_per_chunk):
         for c0, c1 in spans(n_cols, cols_per_chunk):
-            rgb = model.decode(latent, _along(_slice(rows, r0, r1), 0), _along(_slice(cols, c0, c1), 1))
-            out[:, :, r0:r1, c0:c1] = rgb.permute(0, 3, 1, 2)
+            out[:, :, r0:r1, c0:c1] = decode_grid(model, latent, _slice(rows, r0, r1), _slice(cols, c0, c1))
             bar.update(b * (r1 - r0) * (c1 - c0))

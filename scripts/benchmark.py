@@ -5,11 +5,14 @@
     python scripts/benchmark.py --sizes=0 --test_py              # only time test.py, Set5 + Set14 x4
     python scripts/benchmark.py --sizes=0 --psnr                 # Set5 x4 PSNR, fp32 vs bf16
     python scripts/benchmark.py --sizes=0 --train --loader       # training steps/s and DataLoader patches/s
+    python scripts/benchmark.py --sizes=128,256 --scales=2,4 --onnx   # and the exported file under ONNX Runtime
 
 In one process, for each LR size and scale, the paths run alternately (reference fp32, fast fp32,
-fast bf16 where supported, fast fp16 on CUDA): `warmup` untimed rounds, then `repeats` timed rounds;
-the table gives the median. LR inputs are top-left crops of real Set14 images (random if the data is
-absent), weights the official EDSR-baseline-LIIF checkpoint (random if absent); the header says which.
+fast bf16 where supported, fast fp16 on CUDA; with --onnx, the model exported by onnx_model.export
+run by ONNX Runtime on the CPU in windows of --onnx_queries output pixels): `warmup` untimed rounds,
+then `repeats` timed rounds; the table gives the median. LR inputs are top-left crops of real Set14
+images (random if the data is absent), weights the official EDSR-baseline-LIIF checkpoint (random if
+absent); the header says which.
 
 Peak memory is the largest resident-set growth during a run on the CPU: /proc/self/clear_refs is
 written with 5 to reset the kernel's high-water mark (VmHWM), and the table gives VmHWM after the
@@ -28,6 +31,7 @@ patches/s). --json writes every row to a file as well.
 """
 import argparse
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -47,6 +51,7 @@ from dataset import TrainDataset  # noqa: E402
 from image_quality_assessment import psnr  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
+from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
 from precision import AMP_DTYPES  # noqa: E402
 from train import train_step, worker_count  # noqa: E402
 
@@ -134,13 +139,24 @@ def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> floa
     return lr_hw[0] * lr_hw[1] * per_lr_pixel + out_hw[0] * out_hw[1] * per_query
 
 
+def render_onnx(session: OnnxModel, lr: torch.Tensor, size: tuple[int, int], queries: int) -> torch.Tensor:
+    """ONNX Runtime's render of lr, as a tensor on lr's device."""
+    return torch.from_numpy(session.render(lr.cpu().numpy(), size, queries=queries)).to(lr.device)
+
+
 def run_grid(args, device: torch.device) -> None:
     model, weights = load_model(device)
-    variants = [('reference', False, 'fp32', False), ('fast', True, 'fp32', False)]
+    variants = [('reference', False, 'fp32', False)] * (not args.no_reference) + [('fast', True, 'fp32', False)]
     if bf16_supported(device):
         variants.append(('fast', True, 'bf16', False))
     if device.type == 'cuda':
         variants += [('fast', True, 'fp16', False), ('fast', True, 'bf16', True)]
+    if args.onnx:
+        variants.append(('onnx', True, 'fp32', False))
+        onnx_path = Path(args.out_dir) / 'liif.onnx'
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        export(model, onnx_path)
+        session = OnnxModel(onnx_path, threads=torch.get_num_threads())
     compiled_model = None
     if any(compiled for *_, compiled in variants):
         compiled_model = load_model(device)[0]
@@ -148,7 +164,7 @@ def run_grid(args, device: torch.device) -> None:
     print(f"# LIIF render benchmark on {machine_name(device)}, torch {torch.__version__}")
     print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
           f"TFLOP/s counts the fast path's work" + (f", % of a {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else '')
-          + "\n")
+          + (";\nx reference: against the fast fp32 row (--no_reference)" if args.no_reference else '') + "\n")
     print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % peak | peak MB | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -160,10 +176,14 @@ def run_grid(args, device: torch.device) -> None:
             outs = {}
             for round_ in range(args.warmup + args.repeats):
                 for variant in variants:
-                    _, fast, amp, compiled = variant
+                    name, fast, amp, compiled = variant
                     net = compiled_model if compiled else model
                     net.fast = fast
-                    seconds, peak, out = timed(lambda: net.render(lr, out_size, chunk=args.chunk, amp=amp), device)
+                    if name == 'onnx':
+                        run = functools.partial(render_onnx, session, lr, out_size, args.onnx_queries)
+                    else:
+                        run = functools.partial(net.render, lr, out_size, chunk=args.chunk, amp=amp)
+                    seconds, peak, out = timed(run, device)
                     outs[variant] = out
                     if round_ >= args.warmup:
                         times[variant].append(seconds)
@@ -343,6 +363,10 @@ def main() -> None:
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
     parser.add_argument('--out_dir', default='results/benchmark', help="where the test.py runs write")
+    parser.add_argument('--no_reference', action='store_true', help="leave out the (slow) reference path")
+    parser.add_argument('--onnx', action='store_true', help="also the exported ONNX file under ONNX Runtime (CPU)")
+    parser.add_argument('--onnx_queries', type=int, default=WINDOW_QUERIES,
+                        help=f"output pixels per ONNX Runtime run (default {WINDOW_QUERIES})")
     parser.add_argument('--peak_tflops', type=float, default=0, help="the device's bf16 matmul peak, for %% of peak")
     parser.add_argument('--train', action='store_true', help="also time training steps per mode")
     parser.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
@@ -358,8 +382,8 @@ def main() -> None:
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(',') if int(s) > 0]
     args.scales = [float(s) for s in args.scales.split(',')]
-    if args.repeats < 1 or args.warmup < 0 or any(s <= 0 for s in args.scales):
-        parser.error("repeats must be >= 1, warmup >= 0 and scales positive")
+    if args.repeats < 1 or args.warmup < 0 or any(s <= 0 for s in args.scales) or args.onnx_queries < 1:
+        parser.error("repeats must be >= 1, warmup >= 0, scales positive and onnx_queries >= 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else

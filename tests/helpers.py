@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import config
+from model import EDSR, LIIF, RDN, MetaSR, Upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 80  # side of the T91 crops of the `data` fixture: >= patch_size 16 x scale_max 4
@@ -72,3 +73,15 @@ def pixel_index(coord, n):
 def same_items(a, b):
     return a.keys() == b.keys() and all(
         torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def small(kind: str):
+    """Small random models of every kind: LIIF (fast and reference), MetaSR, the baselines."""
+    torch.manual_seed(3)
+    if kind.startswith('liif'):
+        return LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32],
+                    fast=kind == 'liif-fast').eval()
+    if kind == 'metasr':
+        return MetaSR(RDN(g0=8, n_blocks=2, n_layers=2, growth=8), 'rdn').eval()
+    scale = int(kind[-1])
+    return Upsample(EDSR(n_resblocks=2, n_feats=16, upsample_scale=scale), 'edsr-baseline', scale).eval()

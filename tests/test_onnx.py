@@ -1,0 +1,147 @@
+"""The exported ONNX file under ONNX Runtime against the PyTorch render: real images, one file for
+many sizes and windows, batches, every model, the official Set5 x4 score, and refused inputs."""
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import inference
+import onnx_model
+from dataset import BenchmarkDataset
+from helpers import small
+from image_quality_assessment import psnr
+from model import model_from_checkpoint
+from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
+from scripts.export_onnx import export_checked
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def exported(official_weights, tmp_path_factory) -> Path:
+    """The official EDSR-baseline-LIIF as one file, written (and self-checked) by the export script."""
+    path = tmp_path_factory.mktemp('onnx') / 'liif.onnx'
+    assert export_checked(official_weights, path) <= CHECK_TOL
+    return path
+
+
+def real_crops(benchmark_root: Path, rows: int, cols: int) -> np.ndarray:
+    """A batch of two RGB crops in [0, 1]: Set5 baby and Set14 baboon."""
+    crops = []
+    for name in ('Set5/HR/baby.png', 'Set14/HR/baboon.png'):
+        bgr = cv2.imread(str(benchmark_root / name))[100:100 + rows, 80:80 + cols, ::-1]
+        crops.append(np.ascontiguousarray(bgr.transpose(2, 0, 1)) / 255)
+    return np.stack(crops).astype(np.float32)
+
+
+def test_one_file_renders_any_size_and_window_as_pytorch(exported, official_weights, benchmark_root):
+    """Several (LR size, output size, window) triples through one session: the shapes are dynamic."""
+    model = model_from_checkpoint(official_weights).eval()
+    session = OnnxModel(exported)
+    assert session.options == model.options
+    assert exported.stat().st_size < 8 << 20  # the 1.57 M fp32 parameters, one file
+    cases = [((27, 21), (70, 61), None),  # x2.6 by x2.9, the whole output
+             ((27, 21), (70, 61), (69, 0, 1, 61)),  # the last row
+             ((32, 40), (96, 160), (10, 150, 86, 10)),  # x3 by x4: a strip at the right border
+             ((32, 40), (13, 11), (0, 0, 13, 11)),  # a down-scale
+             ((19, 30), (57, 45), (20, 20, 1, 1))]  # one pixel
+    for (rows, cols), size, window in cases:
+        lr = real_crops(benchmark_root, rows, cols)
+        expected = model.render(torch.from_numpy(lr), size, window=window).numpy()
+        for queries in (onnx_model.WINDOW_QUERIES, 500):  # one graph run, and many smaller windows
+            got = session.render(lr, size, window, queries=queries)
+            assert got.shape == expected.shape and expected.std() > 0.05
+            assert np.abs(got - expected).max() <= CHECK_TOL, (size, window, queries)
+
+
+@pytest.mark.parametrize('kind', ['liif-reference', 'metasr', 'upsample-2', 'upsample-3'])
+def test_every_model_exports(kind, tmp_path):
+    model = small(kind)
+    export(model, tmp_path / 'm.onnx')
+    assert OnnxModel(tmp_path / 'm.onnx').options == model.options
+    assert self_check(tmp_path / 'm.onnx', model) <= CHECK_TOL
+
+
+def test_set5_x4_through_onnx_runtime_gives_the_official_score(exported, benchmark_root):
+    session = OnnxModel(exported)
+    dataset = BenchmarkDataset(benchmark_root / 'Set5', 4)
+    scores = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        sr = session.render(item['lr'][None].numpy(), tuple(item['hr'].shape[-2:]))
+        scores.append(float(psnr(torch.from_numpy(sr).clamp_(0, 1), item['hr'][None], 4)))
+    assert round(sum(scores) / len(scores), 4) == 32.2394  # the official code's score with these weights
+
+
+def test_split_window_covers_the_window_once():
+    for height, width, queries in [(70, 61, 500), (1, 300, 64), (300, 1, 64), (5, 5, 1), (9, 9, 1000)]:
+        cover = np.zeros((height, width), int)
+        for top, left, h, w in split_window(height, width, queries):
+            assert 0 < h * w <= max(queries, 1)
+            cover[top:top + h, left:left + w] += 1
+        assert (cover == 1).all()
+
+
+def test_inference_runs_the_onnx_file(exported, official_weights, benchmark_root, tmp_path):
+    cv2.imwrite(str(tmp_path / 'lr.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'head.png'))[60:95, 70:99])
+    common = [f'--input={tmp_path / "lr.png"}', '--scale=2.3', '--window=[3,0,70,60]', '--chunk=900']
+    [onnx_out] = inference.main([f'--weights={exported}', f'--output={tmp_path / "onnx.png"}', *common])
+    [torch_out] = inference.main([f'--weights={official_weights}', f'--output={tmp_path / "torch.png"}', *common])
+    a, b = (cv2.imread(str(p)).astype(int) for p in (onnx_out, torch_out))
+    assert a.shape == (70, 60, 3)
+    # 1e-6 apart before rounding to 8 bits: a value on a rounding boundary may land one level apart
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
+
+
+def foreign_onnx(path: Path) -> None:
+    """A valid ONNX file of another model: y = x + 1."""
+    x = onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])
+    one = onnx.helper.make_tensor('one', onnx.TensorProto.FLOAT, [1], [1.0])
+    graph = onnx.helper.make_graph([onnx.helper.make_node('Add', ['x', 'one'], ['y'])], 'add', [x], [y], [one])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', 17)]), str(path))
+
+
+@pytest.mark.parametrize('setup, args, message', [
+    ('bytes', [], 'not a readable ONNX file'),
+    ('foreign', [], 'ONNX file of another model'),
+    ('liif', ['--window=[0,0,100,5]'], 'window must be'),
+    ('liif', ['--model=metasr'], "--model asks for model='metasr' but .* holds model='liif'"),
+    ('liif', ['--hidden_list=[256,256]'], 'hidden_list'),
+    ('liif', ['--amp=bf16'], 'runs in fp32'),
+])
+def test_bad_onnx_inputs_are_refused(exported, benchmark_root, tmp_path, setup, args, message):
+    cv2.imwrite(str(tmp_path / 'lr.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'bird.png'))[:20, :20])
+    weights = {'bytes': tmp_path / 'random.onnx', 'foreign': tmp_path / 'add.onnx', 'liif': exported}[setup]
+    if setup == 'bytes':
+        weights.write_bytes(np.random.default_rng(0).bytes(5000))
+    if setup == 'foreign':
+        foreign_onnx(weights)
+    before = sorted(tmp_path.rglob('*'))
+    with pytest.raises(ValueError, match=message):
+        inference.main([f'--input={tmp_path / "lr.png"}', f'--weights={weights}', '--scale=2',
+                        f'--output={tmp_path / "out.png"}', *args])
+    assert sorted(tmp_path.rglob('*')) == before
+
+
+def test_export_that_disagrees_is_removed(official_weights, tmp_path, monkeypatch):
+    import scripts.export_onnx as script
+    monkeypatch.setattr(script, 'self_check', lambda path, model: 2e-5)  # as if ONNX Runtime were off
+    with pytest.raises(ValueError, match='differs from PyTorch by 2.00e-05'):
+        export_checked(official_weights, tmp_path / 'bad.onnx')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_script_errors_are_one_line(tmp_path):
+    (tmp_path / 'text.pth').write_text('not a checkpoint')
+    for args in ([f'--weights={tmp_path / "text.pth"}', f'--output={tmp_path / "m.onnx"}'],
+                 [f'--weights={tmp_path / "text.pth"}', f'--output={tmp_path / "m.txt"}']):
+        done = subprocess.run([sys.executable, 'scripts/export_onnx.py', *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith('error: ') and done.stderr.count('\n') == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / 'text.pth']
