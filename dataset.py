@@ -72,6 +72,32 @@ def _count(name: str, value) -> None:
         raise ValueError(f"{name} must be a non-negative integer (0 = all), got {value!r}")
 
 
+def check_scale_range(scale_min: float, scale_max: float) -> None:
+    if scale_min > scale_max:
+        raise ValueError(f"scale_min ({scale_min}) is larger than scale_max ({scale_max})")
+
+
+def check_patch_queries(patch_size: int, scale_min: float, sample_q: int) -> None:
+    """Random-scale patches: sample_q distinct pixels must fit in the smallest HR crop."""
+    smallest_crop = round(patch_size * scale_min)
+    if sample_q > smallest_crop ** 2:
+        raise ValueError(f"sample_q ({sample_q}) exceeds the {smallest_crop}x{smallest_crop} pixels of "
+                         f"the smallest HR crop (patch_size {patch_size} x scale_min {scale_min})")
+
+
+def check_size_range(size_min: int, size_max: int) -> None:
+    if size_min > size_max:
+        raise ValueError(f"size_min ({size_min}) is larger than size_max ({size_max})")
+
+
+def check_varied_queries(sample_q: int, gt_resize: int, hr_sizes: list = ()) -> None:
+    """Ground truths of varying size batch only with a fixed number of queries: sample_q > 0, or all
+    pixels of ground truths resized to one square size (gt_resize of square HR images)."""
+    if not sample_q and (not gt_resize or any(h != w for h, w in hr_sizes)):
+        raise ValueError("sample_q = 0 (all pixels) needs gt_resize > 0 and square HR images, so that every "
+                         "item has as many queries to batch")
+
+
 def as_folders(root: str | Path | list) -> list:
     """One folder or a list of them, as a non-empty list."""
     folders = [root] if isinstance(root, (str, Path)) else list(root)
@@ -187,12 +213,8 @@ class TrainDataset(EpochSeeded):
             _positive(name, value, int)
         _positive('scale_min', scale_min)
         _positive('scale_max', scale_max)
-        if scale_min > scale_max:
-            raise ValueError(f"scale_min ({scale_min}) is larger than scale_max ({scale_max})")
-        smallest_crop = round(patch_size * scale_min)
-        if sample_q > smallest_crop ** 2:
-            raise ValueError(f"sample_q ({sample_q}) exceeds the {smallest_crop}x{smallest_crop} pixels of "
-                             f"the smallest HR crop (patch_size {patch_size} x scale_min {scale_min})")
+        check_scale_range(scale_min, scale_max)
+        check_patch_queries(patch_size, scale_min, sample_q)
         if first_k is not None:
             _positive('first_k', first_k, int)
         self.patch_size, self.scale_min, self.scale_max = patch_size, float(scale_min), float(scale_max)
@@ -382,8 +404,7 @@ class VariedDataset(PairedFolders):
                  in_memory: bool = True, seed: int = 0, first_k: int | None = None):
         _positive('size_min', size_min, int)
         _positive('size_max', size_max, int)
-        if size_min > size_max:
-            raise ValueError(f"size_min ({size_min}) is larger than size_max ({size_max})")
+        check_size_range(size_min, size_max)
         _count('gt_resize', gt_resize)
         _count('sample_q', sample_q)
         super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k)
@@ -394,10 +415,7 @@ class VariedDataset(PairedFolders):
             raise ValueError(f"sample_q ({sample_q}) exceeds the {smallest} pixels of the smallest ground truth "
                              f"({'gt_resize' if gt_resize else 'size_min'} squared)")
         self.require_equal(self.lr_sizes, 'LR image sizes', 'the LR images are used whole')
-        if not sample_q:
-            if not gt_resize or any(h != w for h, w in self.hr_sizes):
-                raise ValueError("sample_q = 0 (all pixels) needs gt_resize > 0 and square HR images, so that every "
-                                 "item has as many queries to batch")
+        check_varied_queries(sample_q, gt_resize, self.hr_sizes)
 
     def gt_side(self, index: int) -> int:
         """The shorter side of item `index`'s ground truth before gt_resize."""
@@ -414,6 +432,30 @@ class VariedDataset(PairedFolders):
             hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.gt_resize))
         return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng),
                 'scale': hr.shape[0] / lr.shape[0]}
+
+
+class PairedTestSet(PairedFolders):
+    """Whole (LR, HR) pairs of paired folders for evaluation, as the official test configs read them
+    (`paired-image-folders` + `sr-implicit-paired` without a crop size, e.g. celebA-HQ 32 -> 256): the LR
+    image whole; s = int(HR rows / LR rows) and the HR image cropped top-left to s x the LR size. Every
+    pair must have the same s. Items like BenchmarkDataset's, with 'scale' = s."""
+
+    def __init__(self, lr_root: str | Path, hr_root: str | Path):
+        super().__init__(lr_root, hr_root, in_memory=False)
+        scales = {int(hh / h + 1e-9) for (h, _), (hh, _) in zip(self.lr_sizes, self.hr_sizes)}
+        if len(scales) != 1 or min(scales) < 1:
+            raise ValueError(f"the pairs of {lr_root} and {hr_root} have HR / LR ratios {sorted(scales)}: "
+                             f"one integer scale >= 1 expected")
+        self.scale = scales.pop()
+        for lr_path, hr_path, (h, w), (hh, hw) in zip(self.lr_files, self.hr_files, self.lr_sizes, self.hr_sizes):
+            if w * self.scale > hw:
+                raise ValueError(f"LR {lr_path} ({h}x{w}) times {self.scale} is wider than HR {hr_path} ({hh}x{hw})")
+
+    def __getitem__(self, index: int) -> dict:
+        lr, hr = self.pair(index)
+        hr = hr[:lr.shape[0] * self.scale, :lr.shape[1] * self.scale]
+        return {'lr': image_to_tensor(lr), 'hr': image_to_tensor(hr), 'scale': float(self.scale),
+                'name': self.hr_files[index].stem}
 
 
 class BenchmarkDataset(Dataset):

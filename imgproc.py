@@ -7,10 +7,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from render import pixel_centres
+
 
 def make_coord(shape: tuple[int, ...], flatten: bool = True) -> torch.Tensor:
-    """Pixel-centre coordinates -1 + (2i + 1) / n per axis, row axis first: (H*W, 2) or (H, W, 2)."""
-    axes = [-1 + 1 / n + (2 / n) * torch.arange(n).float() for n in shape]
+    """Pixel-centre coordinates (render.pixel_centres) per axis, row axis first: (H*W, 2) or (H, W, 2)."""
+    axes = [pixel_centres(n) for n in shape]
     coord = torch.stack(torch.meshgrid(*axes, indexing='ij'), -1)
     return coord.view(-1, len(shape)) if flatten else coord
 
@@ -77,6 +79,16 @@ def pil_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC))
 
 
+SAMPLE_TYPES = {8: np.uint8, 16: np.uint16}  # integer sample type of each bit depth
+
+
+def to_integer(img: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Float samples in [0, 1] -> uint8 (uint16 with bits=16): clipped to [0, 1], then ROUNDED half up
+    (never truncated), in float64."""
+    dtype = SAMPLE_TYPES[bits]
+    return np.floor(np.clip(img.astype(np.float64), 0, 1) * np.iinfo(dtype).max + 0.5).astype(dtype)
+
+
 def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     """Write an HxWx3 RGB (or HxW gray, HxWx4 RGBA) image; the format follows the extension
     (PNG, JPEG, BMP, TIFF, ... whatever OpenCV writes). Float input is taken as [0, 1], clipped and
@@ -93,9 +105,7 @@ def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     if img.dtype.kind == 'f':
         if not np.isfinite(img).all():
             raise ValueError(f"cannot write {path}: the image has NaN or infinite values")
-        top = 65535 if bits == 16 else 255
-        img = np.floor(np.clip(img.astype(np.float64), 0, 1) * top + 0.5)
-        img = img.astype(np.uint16 if bits == 16 else np.uint8)
+        img = to_integer(img, bits)
     elif img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"cannot write {path}: unsupported sample type {img.dtype}")
     if img.dtype == np.uint16 and path.suffix.lower() not in ('.png', '.tif', '.tiff'):

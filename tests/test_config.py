@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import config
+from helpers import check_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +118,16 @@ def test_help_lists_the_scripts_settings_with_default_and_comment(script):
     assert short.returncode == 0 and short.stdout == text
 
 
+@pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
+def test_a_closed_pipe_ends_quietly(script):
+    """`python inference.py --help | head -3` where head has already gone: no traceback, status 1."""
+    proc = subprocess.Popen([sys.executable, f'{script}.py', '--help'], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # long before the script, still importing torch, prints anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and err == ''
+
+
 @pytest.mark.parametrize('script', ['make_lr', 'prepare_celebahq'])
 def test_helper_scripts_keep_their_own_help(script):
     """Scripts with their own argparse options (not config.py's) answer --help with those."""
@@ -202,13 +213,6 @@ def test_explicit_overrides_win_over_the_experiment_in_any_order():
 def test_unknown_experiment_lists_the_choices():
     with pytest.raises(ValueError, match='rdn-liif'):
         config.parse(['--experiment=edsr-liif'])
-
-
-def check_problems(argv: list[str], job: str) -> str:
-    cfg = config.parse(argv)
-    with pytest.raises(ValueError) as err:
-        config.check(cfg, job)
-    return str(err.value)
 
 
 def test_test_settings_are_checked(tmp_path, benchmark_root, official_weights):

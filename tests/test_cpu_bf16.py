@@ -9,60 +9,94 @@ import numpy as np
 import pytest
 import torch
 
-import render as engine
+import precision
 from imgproc import image_to_tensor, load_uint8, read_image, write_image
 from model import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fused_op_works() -> bool:
-    """Whether oneDNN's fused bf16 linear runs in this process (it fails without native bf16 support)."""
-    try:
-        x = torch.ones(2, 2, dtype=torch.bfloat16)
-        torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'none', [], '')
-        return True
-    except RuntimeError:
-        return False
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B14
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16
+bogomips\t: 5200.00
+
+processor\t: 1
+flags\t\t: fpu sse2
+"""
 
 
-@pytest.mark.parametrize('flags, isa, native', [
-    (set(), None, False),  # e.g. AVX2-only AMD EPYC
-    ({'avx512f', 'avx512_bf16'}, 'AVX2', False),  # oneDNN held below its bf16 instructions
-    ({'amx_bf16'}, 'avx512_core', False),
-    ({'amx_bf16', 'avx512_bf16'}, None, None),  # None: native exactly when the fused op works here
-    ({'avx512_bf16'}, 'AVX512_CORE_AMX', None),
+def test_cpu_flags_are_the_first_flags_line(tmp_path):
+    (tmp_path / 'cpuinfo').write_text(CPUINFO)
+    assert precision.cpu_flags(str(tmp_path / 'cpuinfo')) == {'fpu', 'sse2', 'avx2', 'avx512f', 'avx512_bf16'}
+    (tmp_path / 'arm').write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    assert precision.cpu_flags(str(tmp_path / 'arm')) == set()
+    assert precision.cpu_flags(str(tmp_path / 'missing')) == set()
+
+
+def fake_linear(calls: list, fails: bool):
+    """A stand-in for oneDNN's fused linear: records each call, raises like an ISA without bf16 when `fails`."""
+    def op(*args):
+        calls.append(args)
+        if fails:
+            raise RuntimeError("could not create a primitive descriptor")
+        return args[0]
+    return op
+
+
+@pytest.mark.parametrize('flags, isa, op_fails, native', [
+    (set(), None, False, False),  # e.g. AVX2-only AMD EPYC: the op is never tried
+    ({'avx512f', 'avx512_bf16'}, 'AVX2', False, False),  # oneDNN held below its bf16 instructions
+    ({'amx_bf16'}, 'avx512_core', False, False),
+    ({'amx_bf16', 'avx512_bf16'}, None, False, True),  # flags, no limit and a working op
+    ({'avx512_bf16'}, 'AVX512_CORE_AMX', False, True),
+    ({'avx512_bf16'}, 'avx512_core_bf16', True, False),  # the flags say yes, but the op fails here
 ])
-def test_native_bf16_needs_the_flag_the_isa_and_a_working_op(flags, isa, native, monkeypatch):
-    monkeypatch.setattr(engine, 'cpu_flags', lambda: flags)
-    monkeypatch.setattr(engine.platform, 'machine', lambda: 'x86_64')
+def test_native_bf16_needs_the_flag_the_isa_and_a_working_op(flags, isa, op_fails, native, monkeypatch):
+    monkeypatch.setattr(precision, 'cpu_flags', lambda: flags)
+    monkeypatch.setattr(precision.platform, 'machine', lambda: 'x86_64')
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', fake_linear(calls, op_fails))
     for name in ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA'):
         monkeypatch.delenv(name, raising=False)
     if isa:
         monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', isa)
-    engine.native_cpu_bf16.cache_clear()
+    precision.native_cpu_bf16.cache_clear()
     try:
-        assert engine.native_cpu_bf16() is (fused_op_works() if native is None else native)
+        assert precision.native_cpu_bf16() is native
+        assert len(calls) == (1 if native or op_fails else 0)  # the op is tried only once flags and ISA allow it
     finally:
-        engine.native_cpu_bf16.cache_clear()
+        precision.native_cpu_bf16.cache_clear()
 
 
-def test_cpu_flags_are_read_from_proc_cpuinfo():
-    if not Path('/proc/cpuinfo').is_file() or 'flags' not in Path('/proc/cpuinfo').read_text():
+def test_native_bf16_on_this_cpu_follows_its_flags(monkeypatch):
+    """The real check on this machine: native exactly when /proc/cpuinfo lists AVX-512-bf16 or AMX-bf16
+    and oneDNN is not limited below them (this oneDNN build runs its fused op on both); never once
+    ONEDNN_MAX_CPU_ISA says AVX2."""
+    flags = precision.cpu_flags()
+    if not flags or precision.platform.machine().lower() not in ('x86_64', 'amd64'):
         pytest.skip("no x86 /proc/cpuinfo here")
-    line = next(line for line in Path('/proc/cpuinfo').read_text().splitlines() if line.startswith('flags'))
-    assert engine.cpu_flags() == set(line.split(':', 1)[1].split())
+    limit = os.environ.get('ONEDNN_MAX_CPU_ISA', os.environ.get('DNNL_MAX_CPU_ISA', 'ALL')).upper()
+    precision.native_cpu_bf16.cache_clear()
+    try:  # oneDNN read its ISA limit when the process started: a limit below bf16 makes the real op fail
+        assert precision.native_cpu_bf16() is (bool({'avx512_bf16', 'amx_bf16'} & flags) and limit in precision.BF16_ISAS)
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+        precision.native_cpu_bf16.cache_clear()
+        assert precision.native_cpu_bf16() is False
+    finally:
+        precision.native_cpu_bf16.cache_clear()
 
 
 def test_public_op_branch_matches_fp32_and_warns_once(official_weights, benchmark_root, monkeypatch, capsys):
     """Without native bf16: the decoder uses addmm (the fused op is never called), and one stderr line
     per process says that fp32 is faster here, however many renders follow."""
-    monkeypatch.setattr(engine, 'native_cpu_bf16', lambda: False)
+    monkeypatch.setattr(precision, 'native_cpu_bf16', lambda: False)
 
     def refuse(*args):
         raise AssertionError("the private oneDNN op was called without native bf16")
     monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', refuse)
-    engine.warn_slow_bf16.cache_clear()
+    precision.warn_slow_bf16.cache_clear()
     model = model_from_checkpoint(official_weights).eval()
     lr = image_to_tensor(read_image(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / 'birdx4.png')[:20, :24])[None]
     fp32 = model.render(lr, (50, 60))
@@ -72,7 +106,7 @@ def test_public_op_branch_matches_fp32_and_warns_once(official_weights, benchmar
         assert (bf16 - fp32).abs().max() < 0.05 and (bf16 - fp32).abs().mean() < 0.005  # as in test_fast
     err = capsys.readouterr().err
     assert err.count('warning: this CPU has no native bf16') == 1 and 'fp32' in err
-    engine.warn_slow_bf16.cache_clear()
+    precision.warn_slow_bf16.cache_clear()
 
 
 def test_scripts_bf16_with_onednn_limited_to_avx2(official_weights, train_root, benchmark_root, tmp_path):

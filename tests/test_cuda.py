@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import precision
 import train
 from common import evaluate
 from dataset import BenchmarkDataset, TrainDataset
 from model import liif_edsr, model_from_checkpoint
 from train import train_step
-from test_train import assert_same_tensors, data, load, tiny  # noqa: F401 (data is a fixture)
+from helpers import assert_same_tensors, load, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get('LIIF_TEST_DEVICE') or ('cuda' if torch.cuda.is_available() else '')
@@ -88,9 +89,9 @@ def test_half_precision_renders_keep_set5_x4_psnr(model, set5_x4, device, amp):
     if amp == 'fp16':
         need_cuda(device, 'fp16 autocast')
     scores = {}
-    for precision in ('fp32', amp):
-        rows = evaluate(model, set5_x4, amp=precision, with_ssim=False)
-        scores[precision] = sum(r['psnr'] for r in rows) / len(rows)
+    for name in ('fp32', amp):
+        rows = evaluate(model, set5_x4, amp=name, with_ssim=False)
+        scores[name] = sum(r['psnr'] for r in rows) / len(rows)
     assert scores['fp32'] > 25  # a real super-resolution, not two equally broken renders
     assert abs(scores[amp] - scores['fp32']) <= 0.01, scores
 
@@ -127,9 +128,8 @@ def train_losses(amp: str, batch: dict, device: torch.device, steps: int) -> lis
     model = liif_edsr().to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
     tensors = [batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt')]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    autocast = precision.autocast(device, amp)
     return [train_step(model, optimizer, scaler, autocast, *tensors).item() for _ in range(steps)]
 
 

@@ -10,20 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dataset import BenchmarkDataset, TrainDataset, list_images
-
-# The 8 dihedral transforms as (row flip, column flip, transpose), written here independently.
-TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (False, True)]
-
-
-def transform(img, hflip, vflip, transpose):
-    if hflip:
-        img = np.flip(img, 0)
-    if vflip:
-        img = np.flip(img, 1)
-    if transpose:
-        img = np.swapaxes(img, 0, 1)
-    return np.ascontiguousarray(img)
-
+from helpers import TRANSFORMS, pixel_index, same_items, transform
 
 def save_png(path, img):
     """Write an HxWx3 RGB array (uint8 or uint16) with OpenCV."""
@@ -40,13 +27,6 @@ def position_image(height, width):
 
 def pil_bicubic(img, height, width):
     return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
-
-
-def pixel_index(coord, n):
-    """Pixel-centre coordinate -1 + (2i + 1) / n -> integer i, insisting it is a centre."""
-    i = ((coord + 1) * n - 1) / 2
-    assert np.allclose(i, np.round(i), atol=1e-3)
-    return np.round(i).astype(int)
 
 
 @pytest.fixture
@@ -146,11 +126,6 @@ def test_sampled_coords_are_the_official_grid_bit_for_bit(position_folder):
         cols = pixel_index(item['coord'][:, 1].numpy(), side)
         assert torch.equal(item['coord'], grid[torch.from_numpy(rows * side + cols)])
         assert (gt[:, 0] - rows == gt[0, 0] - rows[0]).all() and (gt[:, 1] - cols == gt[0, 1] - cols[0]).all()
-
-
-def same_items(a, b):
-    return a.keys() == b.keys() and all(
-        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
 def test_reproducible_by_seed_epoch_index(train_root):

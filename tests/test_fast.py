@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import render as engine
+import precision
 from imgproc import coord_cell, read_image
 from model import EDSR, LIIF, RDN, liif_edsr, model_from_checkpoint
 
@@ -156,9 +156,9 @@ def test_bf16_close_to_fp32(official, butterfly_lr, native, monkeypatch):
     """bf16 autocast on both decoder branches: oneDNN's fused op where the CPU has native bf16, public
     addmm elsewhere (forced here). bf16 keeps 8 significant bits (relative rounding 2^-9); through the
     encoder and a 4-layer decoder the [0, 1] output moves by a few 2^-8 on average, < 0.05 anywhere."""
-    if native and not engine.native_cpu_bf16():
+    if native and not precision.native_cpu_bf16():
         pytest.skip("this CPU (or ONEDNN_MAX_CPU_ISA) has no native bf16")
-    monkeypatch.setattr(engine, 'native_cpu_bf16', lambda: native)
+    monkeypatch.setattr(precision, 'native_cpu_bf16', lambda: native)
     fp32 = official.render(butterfly_lr, (54, 66))
     bf16 = official.render(butterfly_lr, (54, 66), amp='bf16')
     assert bf16.dtype == torch.float32

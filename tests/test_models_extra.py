@@ -20,7 +20,7 @@ import inference
 import train
 from dataset import BenchmarkDataset
 from model import EDSR, RDN, MetaSR, Upsample, build_model, load_weights, model_from_checkpoint, read_checkpoint
-from test_train import data, tiny  # noqa: F401 (the `data` fixture: T91 crops)
+from helpers import tiny
 
 _spec = importlib.util.spec_from_file_location('test_script', Path(__file__).resolve().parents[1] / 'test.py')
 test_script = importlib.util.module_from_spec(_spec)

@@ -13,11 +13,11 @@ import torch
 import inference
 import onnx_model
 from dataset import BenchmarkDataset
+from helpers import small
 from image_quality_assessment import psnr
 from model import model_from_checkpoint
 from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
 from scripts.export_onnx import export_checked
-from test_window import small
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import config
 import train
-from test_train import assert_same_tensors, data, load, tiny  # noqa: F401 (data is a fixture)
+from helpers import assert_same_tensors, load, tiny
 
 
 def cosine_lr(peak: float, warmup: int, total: int, t: int) -> float:

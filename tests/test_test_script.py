@@ -149,3 +149,65 @@ def test_model_settings_follow_the_checkpoint_and_threads_are_set(small_set, tmp
         torch.set_num_threads(threads)
     saved = json.loads((tmp_path / 'out' / 'test_config.json').read_text())
     assert saved['hidden_list'] == [16] and saved['threads'] == 3 and row['images'] == 2
+
+
+# ---- the celebA-HQ protocol on paired folders: every pair, the LR image whole, every HR pixel, RGB PSNR
+
+PAIRS = {'a.png': ((6, 5), (24, 20)), 'b.png': ((5, 7), (22, 29)), 'c.png': ((6, 6), (24, 24))}  # x4; b's HR is cropped
+
+
+@pytest.fixture(scope='module')
+def paired_folder(tmp_path_factory) -> Path:
+    """lr/ and hr/ with three random 8-bit pairs of scale 4 (b's HR 2 rows and 1 column larger than 4 x LR)."""
+    root = tmp_path_factory.mktemp('pairs')
+    rng = np.random.default_rng(0)
+    for name, (lr_size, hr_size) in PAIRS.items():
+        for kind, size in (('lr', lr_size), ('hr', hr_size)):
+            (root / kind).mkdir(exist_ok=True)
+            assert cv2.imwrite(str(root / kind / name), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return root
+
+
+def rgb_psnr_every_pixel(model, lr: np.ndarray, hr: np.ndarray) -> float:
+    """The official celebA-HQ test, written out: queries at the centres of every pixel of the HR image
+    cropped to 4 x the LR size, decoded by the model's reference path, clamped; PSNR over all RGB values."""
+    hr = hr[:4 * lr.shape[0], :4 * lr.shape[1]] / 255
+    height, width = hr.shape[:2]
+    rows, cols = (-1 + (2 * np.arange(n) + 1) / n for n in (height, width))
+    coord = np.stack(np.meshgrid(rows, cols, indexing='ij'), -1).reshape(1, -1, 2)
+    cell = np.broadcast_to([2 / height, 2 / width], coord.shape)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(lr.transpose(2, 0, 1) / np.float32(255))[None].float(),
+                     torch.from_numpy(coord).float(), torch.from_numpy(np.ascontiguousarray(cell)).float())
+    pred = np.clip(pred[0].double().numpy().reshape(height, width, 3), 0, 1)
+    return -10 * math.log10(((pred - hr) ** 2).mean())
+
+
+def test_celebahq_protocol_on_paired_folders(paired_folder, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(hidden_list=[16])
+    torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
+    [row] = test_script.main([f'--test_lr_dir={paired_folder / "lr"}', f'--test_dir={paired_folder / "hr"}',
+                              '--test_protocol=rgb', f'--weights={tmp_path / "small.pth"}', '--device=cpu',
+                              f'--out_dir={tmp_path / "out"}', '--test_root=nowhere', '--save_images=True'])
+    reference = model_from_checkpoint(tmp_path / 'small.pth', fast=False).eval()
+    read = {name: [cv2.imread(str(paired_folder / kind / name))[:, :, ::-1] for kind in ('lr', 'hr')] for name in PAIRS}
+    expected = {Path(name).stem: rgb_psnr_every_pixel(reference, lr, hr) for name, (lr, hr) in read.items()}
+    per_image = read_csv(tmp_path / 'out' / 'test_per_image.csv')
+    assert {r['name']: float(r['psnr']) for r in per_image} == pytest.approx(expected, abs=1e-4)
+    assert 'ssim' not in per_image[0] and 'ssim' not in row
+    assert (row['dataset'], row['scale'], row['images']) == ('pairs0/hr', 4.0, 3)
+    assert row['psnr'] == pytest.approx(sum(expected.values()) / 3, abs=1e-4)  # the mean over images
+    assert (tmp_path / 'out' / 'test_results.md').read_text().startswith('| PSNR (dB) | x4 |')
+    assert cv2.imread(str(tmp_path / 'out' / 'images' / 'pairs0' / 'hr' / 'x4' / 'b.png')).shape == (20, 28, 3)
+
+
+def test_celebahq_experiments_test_on_the_validation_pairs(paired_folder, tmp_path):
+    cfg = test_script.config.parse(['--experiment=celebAHQ-64-128-upsample'])
+    assert (cfg.test_lr_dir, cfg.test_dir, cfg.test_protocol) == ('data/celebAHQ/val/64', 'data/celebAHQ/val/128', 'rgb')
+    (tmp_path / 'lr').mkdir()
+    cv2.imwrite(str(tmp_path / 'lr' / 'a.png'), np.zeros((6, 5, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / 'lr' / 'b.png'), np.zeros((11, 10, 3), np.uint8))  # x2 beside x4
+    cv2.imwrite(str(tmp_path / 'lr' / 'c.png'), np.zeros((6, 6, 3), np.uint8))
+    with pytest.raises(ValueError, match=re.escape('HR / LR ratios [2, 4]')):
+        test_script.PairedTestSet(tmp_path / 'lr', paired_folder / 'hr')

@@ -14,53 +14,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from dataset import TrainDataset, list_images
+from dataset import TrainDataset
+from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny
 from imgproc import load_uint8, write_image
 from model import build_model, model_from_checkpoint, read_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-CROP = 80  # >= patch_size 16 x scale_max 4
-VALID_REPEAT = 10  # validation patches per image in these tiny runs (the official recipe uses 160)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory, train_root) -> Path:
-    """train/ with 8 and valid/ with 2 top-left crops of real T91 images, as PNG."""
-    folder = tmp_path_factory.mktemp('data')
-    big = [path for path in list_images(train_root / 'T91') if min(load_uint8(path).shape[:2]) >= CROP]
-    for i, path in enumerate(big[:10]):
-        write_image(folder / ('train' if i < 8 else 'valid') / path.name, load_uint8(path)[:CROP, :CROP])
-    return folder
-
-
-def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
-    return [f'--train_dir={data / "train"}', f'--valid_dir={data / "valid"}', f'--out_dir={out_dir}',
-            '--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
-            '--num_workers=0', '--valid_first=1', f'--valid_repeat={VALID_REPEAT}', '--save_every=1', *extra]
-
-
-STEPS_PER_EPOCH = 4  # 8 images, batch 2
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def assert_same_tensors(a, b, atol=1e-6):
-    """Equal nested dicts / lists of tensors and numbers."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same_tensors(a[k], b[k], atol)
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same_tensors(x, y, atol)
-    elif torch.is_tensor(a):
-        assert a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=0, atol=atol), (a - b).abs().max()
-    else:
-        assert a == b
-
 
 def reference_valid_psnr(state: dict, data: Path) -> float:
     """The official validation PSNR, written out here: PSNR = -10 log10(MSE) over each batch of 16
@@ -118,6 +75,7 @@ def test_run_writes_checkpoints_and_tensorboard(run_a, data):
     assert best['step'] == valid[max(range(2), key=lambda i: valid[i].value)].step
     images = acc.Tags()['images']
     assert len(images) == 2  # one sample per validation image
+    assert sorted(images) == [f'samples/{i} bicubic | EDSR-baseline-LIIF | GT' for i in range(2)]  # the model's name
     panel = acc.Images(images[0])[-1]
     assert (panel.height, panel.width) == (64, 3 * 64)  # bicubic | LIIF | ground truth at x4
 
@@ -137,12 +95,26 @@ def test_resume_continues_as_if_never_stopped(run_a, data, tmp_path, capsys):
     assert (b['epoch'], b['step'], b['best_psnr']) == (a['epoch'], a['step'], pytest.approx(a['best_psnr'], abs=1e-6))
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(run_a, data, tmp_path):
+# Every leg of the kill-and-resume test runs as its own train.py process with one thread: oneDNN's AVX2
+# kernels sum in another order under another thread count, and only identical conditions give identical bits.
+LEG_ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
+def train_leg(argv: list[str], log: Path) -> None:
+    with open(log, 'w') as out:
+        done = subprocess.run([sys.executable, 'train.py', *argv], cwd=ROOT, env=LEG_ENV, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=300)
+    assert done.returncode == 0, log.read_text()[-3000:]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path):
+    """SIGKILL at any moment, resume from last.pth: the weights and the optimiser state equal those of an
+    uninterrupted run of as many epochs, bit for bit."""
     out = tmp_path / 'killed'
     log = open(tmp_path / 'log.txt', 'w')
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'),
+    proc = subprocess.Popen([sys.executable, 'train.py',
                              *tiny(data, out, '--epochs=1000', '--valid_every=1000', '--save_every=1000')],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=LEG_ENV, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while not (out / 'last.pth').exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -155,15 +127,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(run_a, data, tmp_path):
         log.close()
     done = load(out / 'last.pth')['epoch']  # complete, whatever the moment of the kill
     assert done >= 1
-    resumed = train.main(tiny(data, out, f'--epochs={done + 1}', '--resume=auto'))
-    assert (resumed['epoch'], resumed['step']) == (done + 1, (done + 1) * STEPS_PER_EPOCH)
-    # the uninterrupted reference: run A (2 epochs) when the kill came in epoch 2, as it nearly always does
-    straight = run_a if done == 1 else tmp_path / 'straight'
-    if done > 1:
-        train.main(tiny(data, straight, f'--epochs={done + 1}'))
-    a, b = load(straight / 'last.pth'), load(out / 'last.pth')
-    assert_same_tensors(b['model'], a['model'])
-    assert_same_tensors(b['optimizer'], a['optimizer'])
+    train_leg(tiny(data, out, f'--epochs={done + 1}', '--resume=auto'), tmp_path / 'resumed.txt')
+    assert 'resuming' in (tmp_path / 'resumed.txt').read_text()
+    train_leg(tiny(data, tmp_path / 'straight', f'--epochs={done + 1}'), tmp_path / 'straight.txt')
+    a, b = load(tmp_path / 'straight' / 'last.pth'), load(out / 'last.pth')
+    assert (b['epoch'], b['step']) == (a['epoch'], a['step']) == (done + 1, (done + 1) * STEPS_PER_EPOCH)
+    assert_same_tensors(b['model'], a['model'], atol=0)
+    assert_same_tensors(b['optimizer'], a['optimizer'], atol=0)
 
 
 def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_weights):
@@ -353,3 +323,12 @@ def test_training_on_webp_equals_training_on_png(tmp_path, train_root):
         runs[kind] = (result, load(out / 'last.pth')['model'])
     assert runs['webp'][0] == runs['png'][0]
     assert_same_tensors(runs['webp'][1], runs['png'][1], atol=0)
+
+
+@pytest.mark.parametrize('options, name', [
+    ({'model': 'liif', 'encoder': 'edsr-baseline'}, 'EDSR-baseline-LIIF'),
+    ({'model': 'metasr', 'encoder': 'rdn'}, 'RDN-MetaSR'),
+    ({'model': 'upsample', 'encoder': 'edsr-baseline', 'upsample_scale': 4}, 'EDSR-baseline x4'),
+])
+def test_sample_panels_are_labelled_with_the_models_name(options, name):
+    assert train.model_name(options) == name

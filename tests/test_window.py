@@ -11,24 +11,13 @@ import pytest
 import torch
 
 import inference
-from model import EDSR, RDN, LIIF, MetaSR, Upsample, model_from_checkpoint
+from helpers import small
+from model import model_from_checkpoint
 from render import check_window
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-6  # the issue's bound; with the same look-ups and codes the values are normally identical
-
-
-def small(kind: str):
-    """Small random models of every kind: LIIF (fast and reference), MetaSR, the baselines."""
-    torch.manual_seed(3)
-    if kind.startswith('liif'):
-        return LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32],
-                    fast=kind == 'liif-fast').eval()
-    if kind == 'metasr':
-        return MetaSR(RDN(g0=8, n_blocks=2, n_layers=2, growth=8), 'rdn').eval()
-    scale = int(kind[-1])
-    return Upsample(EDSR(n_resblocks=2, n_feats=16, upsample_scale=scale), 'edsr-baseline', scale).eval()
 
 
 def windows(size: tuple[int, int], rng: random.Random) -> list[tuple[int, int, int, int]]:

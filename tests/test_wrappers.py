@@ -18,9 +18,7 @@ import train
 from dataset import PairedDataset, VariedDataset, list_images
 from imgproc import imresize, load_uint8, write_image
 from model import build_model
-from test_config import check_problems
-from test_dataset import TRANSFORMS, pixel_index, same_items, transform
-from test_train import ROOT, load
+from helpers import ROOT, TRANSFORMS, check_problems, load, pixel_index, same_items, transform
 
 
 def as_uint8(t: torch.Tensor) -> np.ndarray:
@@ -402,7 +400,6 @@ def test_experiments_are_the_official_recipes():
 
 # ---- training runs of the new experiments (tiny: folders made above, batch 2, a few steps)
 
-MODELS_READY = 'upsample_scale' in config.defaults()  # the 'upsample' model comes from branch issue11-models
 EXPERIMENTS = ['edsr-baseline-x2', 'rdn-x2', 'celebAHQ-32-256-liif', 'celebAHQ-32-256-upsample',
                'celebAHQ-64-128-liif', 'celebAHQ-64-128-upsample']
 
@@ -435,15 +432,12 @@ def test_experiment_trains(name, x2_folders, celeb_root, tmp_path):
     else:
         assert isinstance(data, PairedDataset) and (data.patch_size, data.sample_q, data.augment) == (8, 0, True)
         assert data.lr_files == list_images(x2_folders[0]) and data.files == list_images(x2_folders[1])
-    if name.endswith(('x2', 'upsample')) and not MODELS_READY:
-        pytest.skip("model='upsample' needs branch issue11-models merged")
     result = train.main(argv)
     assert result['step'] == 2 and math.isfinite(result['last_psnr'])
     ckpt = load(tmp_path / 'last.pth')
     assert ckpt['settings']['experiment'] == name and ckpt['step'] == 2
     assert all(v.isfinite().all() for v in ckpt['model'].values())
-    if MODELS_READY:
-        assert ckpt['settings']['model'] == ('liif' if name.endswith('liif') else 'upsample')
+    assert ckpt['settings']['model'] == ckpt['options']['model'] == ('liif' if name.endswith('liif') else 'upsample')
 
 
 def reference_paired_psnr(state: dict, x2_folders) -> float:

@@ -1,0 +1,87 @@
+"""Helpers that several test files share: tiny train.py settings, checkpoint comparison, settings
+checks and the dihedral transforms, each written once here (fixtures live in conftest.py)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import config
+from model import EDSR, LIIF, RDN, MetaSR, Upsample
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = 80  # side of the T91 crops of the `data` fixture: >= patch_size 16 x scale_max 4
+VALID_REPEAT = 10  # validation patches per image in tiny runs (the official recipe uses 160)
+STEPS_PER_EPOCH = 4  # tiny runs: 8 training images, batch 2
+
+# The 8 dihedral transforms as (row flip, column flip, transpose), written here independently.
+TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (False, True)]
+
+
+def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
+    """train.py on the `data` fixture: 16-px LR patches, 64 queries, batch 2, a [32] decoder."""
+    return [f'--train_dir={data / "train"}', f'--valid_dir={data / "valid"}', f'--out_dir={out_dir}',
+            '--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
+            '--num_workers=0', '--valid_first=1', f'--valid_repeat={VALID_REPEAT}', '--save_every=1', *extra]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_same_tensors(a, b, atol=1e-6):
+    """Equal nested dicts / lists of tensors and numbers."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_tensors(a[k], b[k], atol)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y, atol)
+    elif torch.is_tensor(a):
+        assert a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=0, atol=atol), (a - b).abs().max()
+    else:
+        assert a == b
+
+
+def check_problems(argv: list[str], job: str) -> str:
+    """The message with which config.check refuses argv's settings for `job`."""
+    cfg = config.parse(argv)
+    with pytest.raises(ValueError) as err:
+        config.check(cfg, job)
+    return str(err.value)
+
+
+def transform(img, hflip, vflip, transpose):
+    if hflip:
+        img = np.flip(img, 0)
+    if vflip:
+        img = np.flip(img, 1)
+    if transpose:
+        img = np.swapaxes(img, 0, 1)
+    return np.ascontiguousarray(img)
+
+
+def pixel_index(coord, n):
+    """Pixel-centre coordinate -1 + (2i + 1) / n -> integer i, insisting it is a centre."""
+    i = ((coord + 1) * n - 1) / 2
+    assert np.allclose(i, np.round(i), atol=1e-3)
+    return np.round(i).astype(int)
+
+
+def same_items(a, b):
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def small(kind: str):
+    """Small random models of every kind: LIIF (fast and reference), MetaSR, the baselines."""
+    torch.manual_seed(3)
+    if kind.startswith('liif'):
+        return LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32],
+                    fast=kind == 'liif-fast').eval()
+    if kind == 'metasr':
+        return MetaSR(RDN(g0=8, n_blocks=2, n_layers=2, growth=8), 'rdn').eval()
+    scale = int(kind[-1])
+    return Upsample(EDSR(n_resblocks=2, n_feats=16, upsample_scale=scale), 'edsr-baseline', scale).eval()
