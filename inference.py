@@ -29,7 +29,7 @@ from common import (adopt_model_settings, check_writable, checkpoint_model, down
 from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import SAMPLE_TYPES, image_to_tensor, read_image, to_integer, write_image
 from onnx_model import WINDOW_QUERIES, OnnxModel
-from precision import check_amp
+from precision import check_amp, use_tf32
 from render import check_window
 
 DEFAULT_WEIGHTS = config.weights
@@ -145,6 +145,7 @@ def main(argv: list[str]) -> list[Path]:
         device = pick_device(cfg.device)
         model = checkpoint_model(cfg, argv, weights).to(device).eval()
         check_amp(device, cfg.amp)
+        use_tf32(cfg.tf32)
     for source, target, (size, window) in jobs:
         lr = image_to_tensor(read_image(source))[None]
         if device is None:

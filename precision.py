@@ -24,6 +24,24 @@ def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> set[str]:
         return set()
 
 
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open(cpuinfo) as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                        platform.processor() or 'CPU')
+    except OSError:
+        return platform.processor() or 'CPU'
+
+
+def machine_name(device: torch.device) -> str:
+    """The device as timings name it: the GPU's name, or the CPU model, threads and bf16-related flags."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    flags = ', '.join(f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if f in cpu_flags())
+    return f"{cpu_model()}, {torch.get_num_threads()} threads" + (f" ({flags})" if flags else '')
+
+
 @functools.cache
 def native_cpu_bf16() -> bool:
     """Whether bf16 matrix products run natively here: the CPU has AVX-512-bf16 or AMX-bf16, oneDNN
@@ -61,6 +79,13 @@ def check_amp(device: torch.device, amp: str) -> None:
         raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' (on CPUs with native bf16) or 'fp32'")
     if amp == 'bf16' and device.type == 'cpu' and not native_cpu_bf16():
         warn_slow_bf16()
+
+
+def use_tf32(allowed: bool) -> None:
+    """fp32 on CUDA GPUs: TF32 tensor cores, or true fp32 (PyTorch lets cuDNN convolutions use TF32 by
+    default, which moves the official scores in their last printed digit)."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
 
 
 def autocast(device: torch.device, amp: str):

@@ -19,7 +19,7 @@ import config
 from common import check_writable, checkpoint_model, evaluate, format_scale, pick_device, run_main, set_threads
 from dataset import BenchmarkDataset, PairedTestSet
 from imgproc import tensor_to_image, write_image
-from precision import check_amp
+from precision import check_amp, use_tf32
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -73,6 +73,7 @@ def main(argv: list[str]) -> list[dict]:
     device = pick_device(cfg.device)
     model = checkpoint_model(cfg, argv, cfg.weights).to(device)
     check_amp(device, cfg.amp)
+    use_tf32(cfg.tf32)
     datasets = datasets_to_score(cfg)
     out_dir = Path(cfg.out_dir)
     check_writable(out_dir, 'out_dir')

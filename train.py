@@ -518,6 +518,7 @@ def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
     precision.check_amp(device, cfg.amp)
+    precision.use_tf32(cfg.tf32)
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')

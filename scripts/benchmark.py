@@ -34,7 +34,6 @@ import ctypes
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,26 +51,12 @@ from image_quality_assessment import psnr  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
 from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
-from precision import AMP_DTYPES  # noqa: E402
+from precision import autocast as amp_context, machine_name, use_tf32  # noqa: E402
 from train import train_step, worker_count  # noqa: E402
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth', ROOT.parent / 'shared/weights/edsr-baseline-liif.pth']
 DATA = [ROOT / 'data/benchmark', ROOT.parent / 'shared/data/benchmark']
 TRAIN = [[ROOT / 'data/DIV2K/DIV2K_train_HR'], [ROOT.parent / f'shared/data/train/{s}' for s in ('T91', 'BSDS200')]]
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or 'CPU'
-    flags = ''
-    cpuinfo = Path('/proc/cpuinfo')
-    if cpuinfo.is_file():
-        text = cpuinfo.read_text()
-        names = [line.split(':', 1)[1].strip() for line in text.splitlines() if line.startswith('model name')]
-        cpu = names[0] if names else cpu
-        flags = ', '.join(f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if f' {f}' in text)
-    return f"{cpu}, {torch.get_num_threads()} threads" + (f" ({flags})" if flags else '')
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -298,7 +283,7 @@ def run_train(args, dataset: TrainDataset, device: torch.device) -> list[dict]:
         scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
         losses = []
 
-        autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != 'fp32')
+        autocast = amp_context(device, amp)
 
         def steps(n: int) -> None:
             for _ in range(n):
@@ -388,6 +373,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
                           'cpu' if args.device == 'auto' else args.device)
+    use_tf32(False)  # fp32 rows are true fp32, as in the three scripts by default
     if args.sizes:
         run_grid(args, device)
     if args.psnr:

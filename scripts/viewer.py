@@ -49,7 +49,8 @@ from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
 from inference import onnx_model, output_size, quantize, resolve_weights  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
-from render import AMP_DTYPES, check_amp, check_window  # noqa: E402
+from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
+from render import check_window  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -399,7 +400,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def print_view_times(viewer: Viewer, zooms: list[float]) -> None:
-    from scripts.benchmark import machine_name
     rows = time_views(viewer, zooms)
     engine = 'ONNX Runtime' if isinstance(viewer.model, OnnxModel) else f'torch {torch.__version__}, amp {viewer.amp}'
     print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(viewer.lr.device)}, {engine}\n")

@@ -64,7 +64,7 @@ def config_comments() -> dict[str, tuple[str, str]]:
     for line in (ROOT / 'config.py').read_text().splitlines():
         if line.startswith('# ----'):
             section = line[len('# ----'):].strip()
-        match = re.match(r"^([a-z_]+) = .*?  # (.*)$", line)
+        match = re.match(r"^([a-z_][a-z0-9_]*) = .*?  # (.*)$", line)
         if match and section and match[1] in config.defaults():
             found[match[1]] = (section, match[2])
     return found

@@ -24,7 +24,7 @@ import config
 import scripts.download_data as download_data
 from common import run_main
 from dataset import list_images
-from imgproc import imresize, load_uint8, write_image
+from imgproc import imresize, load_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,7 +242,7 @@ def test_default_root_and_source_then_train_and_test_on_the_default_layout(sets,
         assert status == 0, err
         assert sorted(server.log) == sorted((name, None, 200) for name in archives)  # each once, whole
     assert_laid_out(tmp_path / 'data', contents, archives)
-    assert f"benchmark: 16 images laid out under data\n" in out
+    assert "benchmark: 16 images laid out under data\n" in out
 
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     tiny = ['--patch_size=16', '--sample_q=64', '--batch_size=2', '--hidden_list=[32]', '--num_workers=0',

@@ -151,6 +151,23 @@ def test_model_settings_follow_the_checkpoint_and_threads_are_set(small_set, tmp
     assert saved['hidden_list'] == [16] and saved['threads'] == 3 and row['images'] == 2
 
 
+@pytest.mark.parametrize('tf32', [False, True])
+def test_tf32_setting_reaches_the_cuda_backends(small_set, tmp_path, tf32):
+    """fp32 is true fp32 on CUDA unless --tf32=True: PyTorch's own default lets cuDNN use TF32, which moves
+    the official scores in their last digit. The flags are process-wide, so they are set back after."""
+    torch.manual_seed(0)
+    model = build_model(hidden_list=[16])
+    torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+    try:
+        test_script.main([f'--test_root={small_set}', f'--weights={tmp_path / "small.pth"}', '--test_sets=Tiny',
+                          '--test_scales=[4]', f'--out_dir={tmp_path / "out"}', '--device=cpu', f'--tf32={tf32}'])
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 # ---- the celebA-HQ protocol on paired folders: every pair, the LR image whole, every HR pixel, RGB PSNR
 
 PAIRS = {'a.png': ((6, 5), (24, 20)), 'b.png': ((5, 7), (22, 29)), 'c.png': ((6, 6), (24, 24))}  # x4; b's HR is cropped
