@@ -11,9 +11,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import run_main  # noqa: E402
+from dataset import IMAGE_SUFFIXES  # noqa: E402
 from imgproc import imresize, load_image, write_image  # noqa: E402
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
 def parse_scales(text: str) -> list[int]:
