@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from imgproc import YCBCR_MATRIX, YCBCR_OFFSET
+from imgproc import YCBCR_MATRIX, YCBCR_OFFSET, to_integer
 
 PROTOCOLS = ('benchmark', 'div2k', 'rgb')
 # Y weights of the difference image used by the 'benchmark' protocol (MATLAB BT.601 luma / 256)
@@ -109,10 +109,11 @@ def _round_y(y):
 
 
 def _round_8bit(x):
-    """[0, 1] values (numpy or torch) -> 8-bit levels 0..255 (clamped, rounded half up) as float."""
+    """[0, 1] values (numpy or torch) -> 8-bit levels 0..255 (clamped, rounded half up) as float; the
+    torch branch is imgproc.to_integer's rule on tensors."""
     if torch.is_tensor(x):
         return torch.floor(x.clamp(0, 1) * 255 + 0.5)
-    return np.floor(np.clip(x, 0, 1) * 255 + 0.5)
+    return to_integer(x).astype(np.float64)
 
 
 def ssim(sr, hr, scale: float):
