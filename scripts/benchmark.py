@@ -54,9 +54,9 @@ from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
 from precision import autocast as amp_context, machine_name, use_tf32  # noqa: E402
 from train import train_step, worker_count  # noqa: E402
 
-WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth', ROOT.parent / 'shared/weights/edsr-baseline-liif.pth']
-DATA = [ROOT / 'data/benchmark', ROOT.parent / 'shared/data/benchmark']
-TRAIN = [[ROOT / 'data/DIV2K/DIV2K_train_HR'], [ROOT.parent / f'shared/data/train/{s}' for s in ('T91', 'BSDS200')]]
+WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth']
+DATA = [ROOT / 'data/benchmark', ROOT / 'tests/data/benchmark']  # the full sets, else the tests' copy of Set5/Set14
+TRAIN = [[ROOT / 'data/DIV2K/DIV2K_train_HR'], [ROOT / f'tests/data/train/{s}' for s in ('T91', 'BSDS200')]]
 
 
 def bf16_supported(device: torch.device) -> bool:

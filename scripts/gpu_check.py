@@ -198,8 +198,7 @@ def pack(stages: Stages, work: Path, out: Path, weights: Path | None) -> None:
 def checks(stages: Stages, sizes: dict, work: Path, mode: str, shared: Path, bench_json: Path) -> None:
     """The CUDA tests, the benchmarks, test.py with the official weights."""
     benchmark, train_dirs = shared / 'data/benchmark', training_folders(shared)
-    stages.run('CUDA tests', ['-m', 'pytest', '-q', '-rs', 'tests/test_cuda.py'], 120, work / 'tests.log',
-               env={'LIIF_SHARED': str(shared)})
+    stages.run('CUDA tests', ['-m', 'pytest', '-q', '-rs', 'tests/test_cuda.py'], 120, work / 'tests.log')
     stages.run('inference benchmark', ['scripts/benchmark.py', *sizes['bench_infer'],
                                        '--peak_tflops=989' if mode == 'gpu' else '--peak_tflops=0'],
                sizes['bench_limit_s'], work / 'bench_infer.md')

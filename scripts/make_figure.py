@@ -26,12 +26,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
-from common import check_writable, pick_device, run_main  # noqa: E402
-from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
-from inference import quantize, resolve_weights  # noqa: E402
+from common import check_writable, pick_device, resolve_weights, run_main  # noqa: E402
+from imgproc import image_to_tensor, load_uint8, quantize, read_image  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
-from scripts.viewer import (ArgumentParser, Viewer, bicubic_window, make_server, render_size,  # noqa: E402
-                            serve_in_thread)  # noqa: E402
+from render import output_size  # noqa: E402
+from scripts.viewer import ArgumentParser, Viewer, bicubic_window, make_server, serve_in_thread  # noqa: E402
 
 GAP = 6  # pixels between panels
 LABEL = 26  # height of the label strip above each panel
@@ -125,7 +124,7 @@ def region_renders(model, image8: np.ndarray, lr: torch.Tensor, box: tuple[int, 
     """(bicubic, LIIF) uint8 renders of the square box (top, left, side) of the input at `scale`:
     the windows of the whole image's renders that cover the box."""
     top, left, side = box
-    size = render_size(*image8.shape[:2], scale)
+    size = output_size(*image8.shape[:2], scale)
     y0, x0 = round(top * scale), round(left * scale)
     window = (y0, x0, round((top + side) * scale) - y0, round((left + side) * scale) - x0)
     liif = model.render(lr, size, amp=amp, window=window)

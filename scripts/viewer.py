@@ -44,13 +44,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
-from common import pick_device, run_main, set_threads  # noqa: E402
-from imgproc import image_to_tensor, load_uint8, read_image  # noqa: E402
-from inference import onnx_model, output_size, quantize, resolve_weights  # noqa: E402
+from common import load_onnx, pick_device, resolve_weights, run_main, set_threads  # noqa: E402
+from imgproc import image_to_tensor, load_uint8, quantize, read_image  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
 from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
-from render import check_window  # noqa: E402
+from render import check_window, output_size  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -108,11 +107,6 @@ class View:
         return self.top, self.left, self.height, self.width
 
 
-def render_size(height: int, width: int, zoom: float) -> tuple[int, int]:
-    """The size of the whole render at `zoom`: inference.py's output size for --scale=zoom."""
-    return output_size(height, width, SimpleNamespace(size=[], scale_hw=[], scale=zoom))
-
-
 def _number(params: dict, key: str, kind):
     text = params[key]
     try:
@@ -140,7 +134,7 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     if params['mode'] not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {params['mode']!r}")
     zoom = _number(params, 'zoom', float)
-    full = render_size(*image_hw, zoom) if 0 < zoom <= MAX_ZOOM else (0, 0)
+    full = output_size(*image_hw, zoom) if 0 < zoom <= MAX_ZOOM else (0, 0)
     if min(full) < 1:
         raise ValueError(f"zoom must be in (0, {MAX_ZOOM:g}] and give at least one pixel, got {zoom!r}")
     view = View(params['mode'], zoom, *(_number(params, k, int) for k in ('top', 'left', 'height', 'width')))
@@ -218,7 +212,7 @@ class Viewer:
 
     def render(self, view: View) -> np.ndarray:
         """The view's HxWx3 uint8 pixels; the model's views one at a time (Superseded when dropped)."""
-        size = render_size(*self.shape, view.zoom)
+        size = output_size(*self.shape, view.zoom)
         if view.mode == 'bicubic':
             return bicubic_window(self.image8, size, view.window)
         return self.queue.run(lambda: quantize(self.render_model(size, view.window), 8))
@@ -338,7 +332,7 @@ def time_views(viewer: Viewer, zooms: list[float], view: tuple[int, int] = (600,
     rows = []
     try:
         for zoom in zooms:
-            full = render_size(*viewer.shape, zoom)
+            full = output_size(*viewer.shape, zoom)
             height, width = min(view[0], full[0]), min(view[1], full[1])
             window = ((full[0] - height) // 2, (full[1] - width) // 2, height, width)
             query = 'mode=liif&' + '&'.join(f'{k}={v}' for k, v in zip(VIEW_KEYS[1:], (zoom, *window)))
@@ -417,7 +411,7 @@ def main(argv: list[str]) -> None:
     load_uint8(args.input)  # a bad image fails here, before the model loads
     weights = resolve_weights(args.weights)
     if weights.suffix.lower() == '.onnx':
-        model = onnx_model(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
+        model = load_onnx(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
     else:
         device = pick_device(args.device)
         check_amp(device, args.amp)

@@ -1,4 +1,6 @@
-"""Shared test fixtures: the real data and weights in ../shared (next to the repository)."""
+"""Shared test fixtures: the real images in tests/data (Set5, Set14 and a subset of the T91 + BSDS200
+training images, listed with their md5 and origin in tests/data/MANIFEST.tsv) and the official weights,
+fetched once by the project's own downloader."""
 import os
 import sys
 from pathlib import Path
@@ -8,36 +10,40 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from dataset import list_images  # noqa: E402 (the repository is on the path from here on)
+from common import OFFICIAL_WEIGHTS, SHA256, download_weights, sha256_of  # noqa: E402 (the repository is on the path from here on)
+from dataset import list_images  # noqa: E402
 from helpers import CROP  # noqa: E402
 from imgproc import load_uint8, write_image  # noqa: E402
 
-SHARED = Path(os.environ.get('LIIF_SHARED', ROOT.parent / 'shared'))
-DATA = SHARED / 'data'
-BENCHMARK = DATA / 'benchmark'
-WEIGHTS = SHARED / 'weights' / 'edsr-baseline-liif.pth'
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the tests need the shared data and weights "
-                    f"(set LIIF_SHARED to the folder that holds data/ and weights/)")
-    return path
+DATA = ROOT / 'tests' / 'data'
 
 
 @pytest.fixture(scope='session')
 def benchmark_root() -> Path:
-    return _need(BENCHMARK)
-
-
-@pytest.fixture(scope='session')
-def official_weights() -> Path:
-    return _need(WEIGHTS)
+    """Set5 and Set14 as test.py reads them: <set>/HR and <set>/LR_bicubic/X2, X3, X4."""
+    return DATA / 'benchmark'
 
 
 @pytest.fixture(scope='session')
 def train_root() -> Path:
-    return _need(DATA / 'train')
+    """T91/ (10 images) and BSDS200/ (6 images) of the training set, as lossless WebP."""
+    return DATA / 'train'
+
+
+@pytest.fixture(scope='session')
+def official_weights() -> Path:
+    """The official EDSR-baseline-LIIF checkpoint: the file LIIF_WEIGHTS names, else the one at
+    results/pretrained_models/, downloaded there on first use (sha256 checked either way)."""
+    given = os.environ.get('LIIF_WEIGHTS')
+    if given:
+        if not Path(given).is_file() or sha256_of(given) != SHA256:
+            pytest.exit(f"error: LIIF_WEIGHTS={given} is not the official edsr-baseline-liif.pth "
+                        f"(sha256 {SHA256[:8]}...)", returncode=2)
+        return Path(given)
+    try:
+        return download_weights(OFFICIAL_WEIGHTS)
+    except ValueError as e:
+        pytest.exit(f"error: {e}, or set LIIF_WEIGHTS=PATH to a copy", returncode=2)
 
 
 @pytest.fixture(scope='session')
@@ -46,7 +52,7 @@ def data(tmp_path_factory, train_root) -> Path:
     folder = tmp_path_factory.mktemp('data')
     big = [path for path in list_images(train_root / 'T91') if min(load_uint8(path).shape[:2]) >= CROP]
     for i, path in enumerate(big[:10]):
-        write_image(folder / ('train' if i < 8 else 'valid') / path.name, load_uint8(path)[:CROP, :CROP])
+        write_image(folder / ('train' if i < 8 else 'valid') / f'{path.stem}.png', load_uint8(path)[:CROP, :CROP])
     return folder
 
 

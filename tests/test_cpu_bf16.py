@@ -128,7 +128,7 @@ def test_scripts_bf16_with_onednn_limited_to_avx2(official_weights, train_root, 
     folder = tmp_path / 'data'
     images = sorted((train_root / 'T91').iterdir())[:6]
     for i, path in enumerate(images):
-        write_image(folder / ('train' if i < 4 else 'valid') / path.name, load_uint8(path)[:64, :64])
+        write_image(folder / ('train' if i < 4 else 'valid') / f'{path.stem}.png', load_uint8(path)[:64, :64])
     done = subprocess.run([sys.executable, 'train.py', f'--train_dir={folder / "train"}', f'--valid_dir={folder / "valid"}',
                            f'--out_dir={tmp_path / "run"}', '--patch_size=16', '--sample_q=64', '--batch_size=2',
                            '--repeat=1', '--hidden_list=[32]', '--num_workers=0', '--valid_repeat=2', '--max_steps=2',

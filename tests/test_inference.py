@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import inference
 from model import build_model, model_from_checkpoint
 
@@ -147,7 +148,7 @@ def test_missing_default_weights_are_fetched(crop, tmp_path, official_weights, m
         return Path(shutil.copy(official_weights, dest))
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(inference, 'download_weights', fake_download)
+    monkeypatch.setattr(common, 'download_weights', fake_download)
     inference.main([f'--input={crop}', '--scale=1', '--output=x.png'])
     assert Path('results/pretrained_models/edsr-baseline-liif.pth').is_file()
 

@@ -312,12 +312,17 @@ def test_epoch_numbers_agree_between_bar_log_and_summary(data, tmp_path, capsys)
 
 
 def test_training_on_webp_equals_training_on_png(tmp_path, train_root):
-    """The same images as lossless WebP (../shared/data/train-webp) train exactly as the PNGs do."""
-    valid = train_root / 'T91'
+    """A real image as lossless WebP trains exactly as its original PNG does."""
+    png = train_root.parent / 'train-png' / 'T91'
+    webp = tmp_path / 'webp'
+    webp.mkdir()
+    for path in png.iterdir():
+        shutil.copyfile(train_root / 'T91' / f'{path.stem}.webp', webp / f'{path.stem}.webp')
+    valid = png
     runs = {}
-    for kind, folder in (('png', train_root / 'T91'), ('webp', train_root.parent / 'train-webp' / 'T91')):
+    for kind, folder in (('png', png), ('webp', webp)):
         out = tmp_path / kind
-        args = ['--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=1', '--hidden_list=[32]',
+        args = ['--patch_size=16', '--sample_q=64', '--batch_size=2', '--repeat=4', '--hidden_list=[32]',
                 '--num_workers=0', '--valid_first=1', '--valid_repeat=2', '--max_steps=2', '--epochs=1']
         result = train.main([f'--train_dir={folder}', f'--valid_dir={valid}', f'--out_dir={out}', *args])
         runs[kind] = (result, load(out / 'last.pth')['model'])

@@ -20,8 +20,7 @@ from PIL import Image
 
 from common import run_main
 from conftest import butterfly_crop
-from imgproc import load_uint8, pil_resize
-from inference import quantize
+from imgproc import load_uint8, pil_resize, quantize
 from model import model_from_checkpoint
 from onnx_model import OnnxModel
 from scripts import make_figure, viewer as viewer_script
