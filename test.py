@@ -19,12 +19,12 @@ import config
 from common import (check_writable, checkpoint_model, evaluate, format_scale, pick_device, resolve_weights, run_main,
                     set_threads)
 from dataset import BenchmarkDataset, PairedTestSet
-from imgproc import tensor_to_image, write_image
+from imgproc import replacing, tensor_to_image, write_image
 from precision import check_amp, use_tf32
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, 'w', newline='') as f:
+    with replacing(path) as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -100,7 +100,8 @@ def main(argv: list[str]) -> list[dict]:
     table = markdown_table(summary)
     write_csv(out_dir / 'test_results.csv', summary)
     write_csv(out_dir / 'test_per_image.csv', per_image)
-    (out_dir / 'test_results.md').write_text(table)
+    with replacing(out_dir / 'test_results.md') as tmp:
+        tmp.write_text(table)
     print('\n' + table)
     print(f"{len(per_image)} images in {elapsed:.1f} s; results in {out_dir}")
     return summary

@@ -41,7 +41,7 @@ import precision
 from common import check_writable, evaluate, pick_device, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
-from imgproc import image_to_tensor, load_uint8, pil_resize
+from imgproc import image_to_tensor, load_uint8, pil_resize, replacing
 from model import build_model, checkpoint_options, load_file, load_weights, model_name
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
@@ -132,15 +132,13 @@ def set_rng_state(state: dict) -> None:
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary file, then rename: a killed run never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + '.tmp')
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def all_finite(module: torch.nn.Module) -> bool:

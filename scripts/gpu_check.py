@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
+from imgproc import replacing  # noqa: E402
 
 SHARED = ROOT.parent / 'shared'
 BUNDLE = ROOT / '.device'  # data/benchmark, data/train/{T91,BSDS200} (WebP), weights/
@@ -148,11 +149,11 @@ def save_weights(work: Path, checkpoint: Path, steps_before: int) -> Path:
     """The trained model state (fp32) and its total step count as work/edsr-baseline-liif-291-<sha256[:8]>.pth."""
     ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
     state = {'model': ckpt['model'], 'options': ckpt['options'], 'step': steps_before + ckpt['step']}
-    tmp = work / 'weights.tmp'
-    torch.save(state, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    with replacing(work / 'weights.pth') as tmp:
+        torch.save(state, tmp)
+    digest = hashlib.sha256((work / 'weights.pth').read_bytes()).hexdigest()
     path = work / f'edsr-baseline-liif-291-{digest[:8]}.pth'
-    os.replace(tmp, path)
+    os.replace(work / 'weights.pth', path)
     return path
 
 
