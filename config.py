@@ -36,6 +36,7 @@ feat_unfold = True  # LIIF: feed the 3x3-unfolded feature to the decoder
 local_ensemble = True  # LIIF: blend the 4 nearest latent codes by area
 cell_decode = True  # LIIF: give the decoder the query's cell size
 fast = True  # LIIF: folded first layer + batched ensemble (same function); False runs the official algorithm
+compile_decoder = False  # LIIF fast path: torch.compile the decoder for rendering (CUDA graphs on CUDA); off until measured faster
 
 # ---- data
 train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
@@ -143,7 +144,7 @@ MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold'
 # The settings each script reads: whole sections of this file, plus single settings from other
 # sections, minus the ones it ignores.
 SCRIPTS = {
-    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': []},
+    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': ['compile_decoder']},
     'test': {'sections': ['experiment', 'model', 'testing'], 'plus': ['amp'], 'minus': ['seed']},
     'inference': {'sections': ['experiment', 'model', 'inference'], 'plus': ['weights', 'chunk', 'amp'],
                   'minus': ['out_dir', 'seed']},

@@ -98,7 +98,7 @@ def main(argv: list[str]) -> list[Path]:
         model, device = load_onnx(cfg, argv, weights), None
     else:
         device = pick_device(cfg.device)
-        model = checkpoint_model(cfg, argv, weights).to(device).eval()
+        model = checkpoint_model(cfg, argv, weights, device).eval()
         check_amp(device, cfg.amp)
         use_tf32(cfg.tf32)
     for source, target, (size, window) in jobs:

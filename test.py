@@ -72,7 +72,7 @@ def main(argv: list[str]) -> list[dict]:
     config.check(cfg, 'test')
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
-    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights)).to(device)
+    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights), device)
     check_amp(device, cfg.amp)
     use_tf32(cfg.tf32)
     datasets = datasets_to_score(cfg)
