@@ -57,6 +57,7 @@ gt_resize = 0  # 'varied': resize each ground truth again to this shorter side (
 repeat = 20  # passes over the training images per epoch
 in_memory = True  # decode the training images once and keep them as uint8 when they fit
 num_workers = 8  # DataLoader worker processes
+device_data = False  # make the training patches on the device from the images held there ('downsampled', in_memory); the workers only draw
 
 # ---- training
 batch_size = 16  # patches per step (over all processes)
@@ -71,7 +72,7 @@ save_every = 100  # keep a numbered checkpoint every N epochs
 ema_decay = 0.0  # EMA of the weights, ema = d*ema + (1-d)*w; 0 disables it
 amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' (CUDA) autocast, in training, testing and inference
 channels_last = False  # channels_last memory format for the encoder (CUDA)
-compile = False  # torch.compile the model
+compile = False  # torch.compile the training step (forward, loss, backward; CUDA graphs on one GPU)
 resume = ''  # a run's checkpoint to continue ('' = start fresh; 'auto' = out_dir/last.pth if present)
 init_weights = ''  # checkpoint (official or ours) to start from for fine-tuning
 max_steps = 0  # stop after this many optimiser steps in total (0 = run all epochs); for short runs
@@ -368,6 +369,9 @@ def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
                         f"and {cfg.sample_q}")
     elif cfg.train_data == 'downsampled':
         problems.rule(check_patch_queries, cfg.patch_size, cfg.scale_min, cfg.sample_q)
+    if cfg.device_data and (cfg.train_data != 'downsampled' or not cfg.in_memory):
+        problems.append(f"device_data makes patches of train_data='downsampled' from images held in memory; got "
+                        f"train_data={cfg.train_data!r}, in_memory={cfg.in_memory}")
     if cfg.train_data == 'varied':
         problems.positive('size_min', 'size_max')
         problems.rule(check_size_range, cfg.size_min, cfg.size_max)
