@@ -16,9 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import precision
 import train
 from dataset import TrainDataset
-from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny
+from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny, tiny_liif
 from imgproc import load_uint8, write_image
-from model import EDSR, LIIF, build_model, model_from_checkpoint, read_checkpoint
+from model import build_model, model_from_checkpoint, read_checkpoint
 
 def reference_valid_psnr(state: dict, data: Path) -> float:
     """The official validation PSNR, written out here: PSNR = -10 log10(MSE) over each batch of 16
@@ -248,8 +248,7 @@ def test_compiled_step_equals_the_eager_step(data, train_root, monkeypatch):
     (a sign, a term) would move them by up to 2 lr."""
     steps, lr_ = 3, 1e-3
     cfg = train.config.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cpu'))
-    monkeypatch.setattr(train, 'make_model', lambda cfg: (torch.manual_seed(0), LIIF(
-        EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]))[1])
+    monkeypatch.setattr(train, 'make_model', lambda cfg: tiny_liif())
     patches = TrainDataset(train_root / 'BSDS200', patch_size=12, sample_q=64, first_k=4, warn=False)
     batch = [torch.utils.data.default_collate([patches[i] for i in range(4)])[k] for k in ('lr', 'coord', 'cell', 'gt')]
     results = []
