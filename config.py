@@ -82,7 +82,7 @@ weights = 'results/pretrained_models/edsr-baseline-liif.pth'  # checkpoint to ev
 test_root = 'data/benchmark'  # folder holding <set>/HR and optional <set>/LR_bicubic/X<s>
 test_sets = ['Set5', 'Set14']  # sub-folders of test_root to evaluate
 test_scales = [2, 3, 4, 6, 8]  # any positive reals; LR files are used where they exist
-chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from render.MEMORY_BUDGET)
+chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from the device's memory)
 save_images = False  # also write the SR images beside the results table
 test_dir = ''  # HR folder of (LR, HR) pairs to score instead of test_sets, e.g. celebA-HQ val/256 ('' = benchmark sets)
 test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images used whole (e.g. val/32)

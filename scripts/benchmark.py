@@ -438,7 +438,7 @@ def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: li
     return result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='128,256', help="LR sides, comma-separated; 0 skips the grid")
     parser.add_argument('--scales', default='2,4,12', help="scales, comma-separated")
@@ -480,6 +480,11 @@ def main() -> None:
     if (args.repeats < 1 or args.warmup < 0 or any(size <= 0 or scale <= 0 for size, scale in args.cases)
             or args.onnx_queries < 1):
         parser.error("repeats must be >= 1, warmup >= 0, sizes and scales positive and onnx_queries >= 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else

@@ -19,11 +19,13 @@ measured. The trained weights are saved as edsr-baseline-liif-291-<sha256[:8]>.p
 published under in results/pretrained_models/, where the next check's training starts from the
 longest-trained).
 
-Data: --shared=DIR holds data/benchmark/<Set>/{HR,LR_bicubic} and data/train (or data/train-webp) with
-T91/ and BSDS200/, and weights/edsr-baseline-liif.pth. To take the check to a machine without them,
-bundle them first (57 MB; .device/ is git-ignored and read by default when present):
+Data: --shared=DIR holds data/train (or data/train-webp) with T91/ and BSDS200/ and
+weights/edsr-baseline-liif.pth, and may hold data/benchmark/<Set>/{HR,LR_bicubic} (else the copy of Set5
+and Set14 in tests/data/benchmark serves). To take the check to a machine without them, bundle them first
+(48 MB; .device/ is git-ignored and read by default when present; with the repository's 18 MB it stays
+under the 64 MiB a working tree may carry to a GPU machine):
 
-    python scripts/gpu_check.py --bundle --shared=DIR  # DIR's data/ and weights/ -> .device/
+    python scripts/gpu_check.py --bundle --shared=DIR  # DIR's training images and weights -> .device/
 
 --pack=DIR copies the report and results into at most 8 files under DIR (the small files as one
 results.tar.gz, the weights, the training checkpoint in 15 MiB parts: `cat last.pth.part-* > last.pth`).
@@ -53,7 +55,7 @@ import config  # noqa: E402
 from imgproc import load_uint8, replacing, write_image  # noqa: E402
 
 SHARED = ROOT.parent / 'shared'
-BUNDLE = ROOT / '.device'  # data/benchmark, data/train/{T91,BSDS200} (WebP), weights/
+BUNDLE = ROOT / '.device'  # data/train/{T91,BSDS200} (WebP), weights/
 PRETRAINED = ROOT / 'results/pretrained_models'
 CHECKS = ROOT / 'results/gpu_check'  # <mode>/ for the whole check, <mode>-more/ for a --train_only run after it
 OFFICIAL = PRETRAINED / 'edsr-baseline-liif.pth'  # where test.py and the benchmark look by default
@@ -90,12 +92,12 @@ SIZES = {
 
 
 def bundle(shared: Path) -> None:
-    """Copy the data and weights the check reads from `shared` into .device/ (git-ignored)."""
+    """Copy the training images and weights the check reads from `shared` into .device/ (git-ignored)."""
     train = shared / 'data' / ('train-webp' if (shared / 'data/train-webp').is_dir() else 'train')
     weights = shared / 'weights' / 'edsr-baseline-liif.model-only.pth'
-    copies = [(shared / 'data/benchmark', BUNDLE / 'data/benchmark'), (train, BUNDLE / 'data/train'),
-              (weights if weights.is_file() else shared / 'weights/edsr-baseline-liif.pth',
-               BUNDLE / 'weights/edsr-baseline-liif.pth')]
+    copies = [(train / name, BUNDLE / 'data/train' / name) for name in ('T91', 'BSDS200')]
+    copies.append((weights if weights.is_file() else shared / 'weights/edsr-baseline-liif.pth',
+                   BUNDLE / 'weights/edsr-baseline-liif.pth'))
     for src, dst in copies:
         if dst.exists():
             continue
@@ -436,9 +438,10 @@ def main() -> None:
         bundle(Path(args.shared) if args.shared else SHARED)
         return
     shared = Path(args.shared) if args.shared else BUNDLE if BUNDLE.is_dir() else SHARED
-    if not (shared / 'data/benchmark').is_dir() or not (shared / 'weights/edsr-baseline-liif.pth').is_file():
-        print(f"error: {shared} lacks data/benchmark or weights/edsr-baseline-liif.pth (--shared=DIR, or --bundle)",
-              file=sys.stderr)
+    if not all(Path(p).is_dir() for p in training_folders(shared).split(',')) \
+            or not (shared / 'weights/edsr-baseline-liif.pth').is_file():
+        print(f"error: {shared} lacks data/train(-webp)/T91 and BSDS200 or weights/edsr-baseline-liif.pth "
+              f"(--shared=DIR, or --bundle)", file=sys.stderr)
         sys.exit(2)
     mode = 'dry_run' if args.dry_run else 'gpu'
     work = CHECKS / (mode + ('-more' if args.train_only else ''))
@@ -450,12 +453,10 @@ def main() -> None:
     PRETRAINED.mkdir(parents=True, exist_ok=True)
     if not OFFICIAL.exists():
         shutil.copyfile(shared / 'weights/edsr-baseline-liif.pth', OFFICIAL)
-    if not (ROOT / 'data/benchmark').exists():  # where benchmark.py looks for its Set5 / Set14 inputs
-        (ROOT / 'data').mkdir(exist_ok=True)
-        (ROOT / 'data/benchmark').symlink_to((shared / 'data/benchmark').resolve())
 
     first = CHECKS / mode  # the whole check's measurements, also for a --train_only run after it
-    benchmark = tiny_benchmark(shared / 'data/benchmark', work) if args.dry_run else shared / 'data/benchmark'
+    benchmark = shared / 'data/benchmark' if (shared / 'data/benchmark').is_dir() else ROOT / 'tests/data/benchmark'
+    benchmark = tiny_benchmark(benchmark, work) if args.dry_run else benchmark
     if not args.train_only:
         checks(stages, SIZES[mode], work, shared, benchmark)
     weights = train_and_test(stages, SIZES[mode], work, shared, benchmark, first / 'bench_train.json', args.steps)
