@@ -16,7 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from dataset import check_patch_queries, check_scale_range, check_size_range, check_varied_queries
-from model import MODELS, UPSAMPLE_SCALES
+from imgproc import replacing
+from model import option_problems
 from precision import check_amp_name
 
 # ---- experiment
@@ -324,18 +325,11 @@ def check(cfg: SimpleNamespace, job: str) -> None:
 
 def _check_model_and_device(problems: _Problems, cfg: SimpleNamespace) -> None:
     """The model section and the settings every script reads (amp, threads, chunk)."""
-    if cfg.model not in MODELS:
-        problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {cfg.model!r}")
-    if cfg.encoder not in UPSAMPLE_SCALES:
-        problems.append(f"encoder must be 'edsr-baseline' or 'rdn', got {cfg.encoder!r}")
-    elif cfg.model == 'upsample' and cfg.upsample_scale not in UPSAMPLE_SCALES[cfg.encoder]:
-        problems.append(f"upsample_scale must be one of {UPSAMPLE_SCALES[cfg.encoder]} for the {cfg.encoder} "
-                        f"up-sampler, got {cfg.upsample_scale!r}")
-    if not cfg.hidden_list or any(not isinstance(n, int) or n <= 0 for n in cfg.hidden_list):
-        problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
+    problems.extend(option_problems(model_options(cfg)))
     problems.rule(check_amp_name, cfg.amp)
-    if not isinstance(cfg.threads, int) or cfg.threads < 0:
-        problems.append(f"threads must be a non-negative int (0 = torch's default), got {cfg.threads!r}")
+    if not isinstance(cfg.threads, int) or not 0 <= cfg.threads <= MAX_THREADS:
+        problems.append(f"threads must be a non-negative int up to {MAX_THREADS} (0 = torch's default), "
+                        f"got {cfg.threads!r}")
     if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
         problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
 
