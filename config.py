@@ -429,7 +429,8 @@ def model_options(cfg: SimpleNamespace) -> dict:
 
 
 def save(cfg: SimpleNamespace, path: str | Path) -> None:
-    """Write the resolved settings of a run beside its outputs."""
+    """Write the resolved settings of a run beside its outputs (whole or not at all: imgproc.replacing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(vars(cfg), indent=2) + '\n')
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(vars(cfg), indent=2) + '\n')

@@ -1,7 +1,9 @@
 """Image processing: coordinates, image I/O (and the atomic file writes every output uses), colour
 conversion and resizing."""
+import errno
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,16 +104,38 @@ def quantize(img: torch.Tensor, bits: int = 8, rows: int = 256) -> np.ndarray:
     return out
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, the file-size limit
+
+
+class DiskFull(OSError):
+    """A write that found no room: the disk is full, or a quota or the file-size limit is reached."""
+
+
+def disk_full(path: str | Path, error: OSError, note: str = '') -> DiskFull:
+    """The error to raise for `error` (one of NO_SPACE) while writing `path`: it names the file."""
+    full = DiskFull(f"could not write {path}: the disk is full or a size limit is reached "
+                    f"({error.strerror or error}){note}")
+    full.errno = error.errno
+    return full
+
+
 @contextmanager
 def replacing(path: str | Path):
     """Yields a temporary path beside `path` (same suffix, so writers that go by it still work) that
     replaces `path` in one rename when the block ends without an error, and is removed otherwise: a
-    reader never sees a half-written file, and a failed write (a full disk) leaves the old file as it was."""
+    reader never sees a half-written file, and a failed write leaves the old file as it was. A full
+    disk (an OSError of NO_SPACE, also one that a writer such as torch.save wraps in a RuntimeError)
+    becomes a DiskFull error that names `path`."""
     path = Path(path)
     tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE and not isinstance(cause, DiskFull):
+            raise disk_full(path, cause, f"; nothing was written, {path.name} is left as it was") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -140,14 +164,15 @@ def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
         raise ValueError(f"cannot write {path}: 16-bit images need a .png or .tif file")
     if img.ndim == 3 and img.shape[2] >= 3:  # RGB(A) -> BGR(A)
         img = np.concatenate([img[:, :, 2::-1], img[:, :, 3:]], axis=2)
+    try:  # encoded in memory, written by Python: a full disk is an OSError with its reason (errno)
+        encoded, data = cv2.imencode(path.suffix, np.ascontiguousarray(img))
+    except cv2.error as e:
+        raise ValueError(f"could not write image {path}: {' '.join(str(e).split())}") from None
+    if not encoded:
+        raise ValueError(f"could not encode image {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        try:
-            written = cv2.imwrite(str(tmp), np.ascontiguousarray(img))
-        except cv2.error as e:
-            raise ValueError(f"could not write image {path}: {e}") from None
-        if not written:
-            raise ValueError(f"could not write image {path} (is the disk full?)")
+    with replacing(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
     return path
 
 

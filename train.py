@@ -132,9 +132,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves a half-written checkpoint."""
-    with replacing(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temporary file, then rename: a killed run never leaves a half-written checkpoint,
+    and a full disk leaves the previous one as it was. Written through a Python file, whose OSError
+    (and so the reason) torch's writer keeps as the context of its RuntimeError, for `replacing`."""
+    with replacing(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -430,7 +432,8 @@ def open_run_folder(cfg: SimpleNamespace, out_dir: Path, train_set) -> SummaryWr
     config.save(cfg, out_dir / 'train_config.json')
     if train_set.skipped:
         listing = out_dir / 'skipped_images.txt'
-        listing.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
+        with replacing(listing) as tmp:
+            tmp.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
         print(f"warning: {train_set.skipped_summary}; they are skipped (all listed in {listing})", file=sys.stderr)
     return SummaryWriter(str(out_dir / 'tensorboard'))
 
@@ -584,20 +587,20 @@ def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device
               f"{loader.num_workers} loader worker(s) per process; validation on {cfg.valid_dir}")
 
     total_steps = min(cfg.epochs * run.steps_per_epoch, cfg.max_steps or math.inf)
-    bar = tqdm(total=total_steps, initial=run.step, disable=not master, unit='step', dynamic_ncols=True)
-    autocast, log = precision.autocast(device, cfg.amp), LossLog(run, writer, bar)
     run.net.train()
     if resumed_rng is not None:
         set_rng_state(resumed_rng)  # last: setting up has drawn what it draws
     start = time.perf_counter()
-    while not run.finished():
-        train_set.set_epoch(run.epoch + 1)
-        sampler.set_epoch(run.epoch + 1, run.epoch_step)
-        bar.set_description(f"epoch {run.epoch + 1}/{cfg.epochs}")
-        train_epoch(run, loader, autocast, log, bar)
-        if master:
-            end_of_epoch(run, validation, writer, bar)
-    bar.close()
+    # closed on any error too, so that the error's line does not end the bar's
+    with tqdm(total=total_steps, initial=run.step, disable=not master, unit='step', dynamic_ncols=True) as bar:
+        autocast, log = precision.autocast(device, cfg.amp), LossLog(run, writer, bar)
+        while not run.finished():
+            train_set.set_epoch(run.epoch + 1)
+            sampler.set_epoch(run.epoch + 1, run.epoch_step)
+            bar.set_description(f"epoch {run.epoch + 1}/{cfg.epochs}")
+            train_epoch(run, loader, autocast, log, bar)
+            if master:
+                end_of_epoch(run, validation, writer, bar)
     if world_size > 1:
         dist.barrier()  # every process leaves after rank 0's last validation and save
     if master:
