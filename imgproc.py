@@ -33,14 +33,58 @@ class ImageError(ValueError):
     """A file that is missing or cannot be read as an image."""
 
 
+# The most pixels an image file may claim. read_image holds the file's samples and a float32 copy (up to
+# 18 bytes a pixel: 1.8 GB here), and 100 Mpx is 35 times DIV2K's largest image; it is also below Pillow's
+# own refusal (2 x Image.MAX_IMAGE_PIXELS = 179 Mpx), so every header within it is read whole.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def header_size(path: str | Path, whole: bool = False) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header (Pillow reads only the header), or None for a
+    format Pillow does not recognise. ImageError when the header claims more than MAX_IMAGE_PIXELS or
+    cannot be parsed. With `whole`, a PNG's chunk checksums and a JPEG's compressed data are read to
+    their end too (the JPEG decoded at 1/8 size), so that a truncated or damaged file is refused here
+    instead of being decoded in part (OpenCV fills a cut JPEG with grey and only warns)."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns from 89 Mpx on; MAX_IMAGE_PIXELS is the limit here
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                height, width = im.height, im.width
+                if whole and height * width <= MAX_IMAGE_PIXELS:
+                    _read_to_end(im)
+    except Image.UnidentifiedImageError:
+        return None
+    except Image.DecompressionBombError:  # twice Pillow's limit: beyond MAX_IMAGE_PIXELS too
+        height, width = None, None
+    except Exception as e:  # Pillow parsing untrusted bytes: any failure means a damaged file
+        reason = ' '.join(str(e).split())[:200]
+        raise ImageError(f"{path} is truncated or damaged ({type(e).__name__}: {reason})") from None
+    if height is None or height * width > MAX_IMAGE_PIXELS:
+        claim = f"{height}x{width}" if height else f"more than {2 * Image.MAX_IMAGE_PIXELS:,}"
+        raise ImageError(f"{path}: its header claims {claim} pixels, more than the {MAX_IMAGE_PIXELS:,} an image "
+                         f"may have (imgproc.MAX_IMAGE_PIXELS); it is not decoded")
+    return height, width
+
+
+def _read_to_end(im: Image.Image) -> None:
+    """Read a PNG's chunks (checking their CRCs) or a JPEG's scans (decoding at 1/8 size) to the end."""
+    if im.format == 'PNG':
+        im.verify()
+    elif im.format == 'JPEG':
+        im.draft(im.mode, (1, 1))
+        im.load()
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as stored: HxWx3 RGB, uint8 or uint16. Grayscale is replicated to 3 channels
-    (like the official PIL `convert('RGB')`) and an alpha channel is dropped."""
+    (like the official PIL `convert('RGB')`) and an alpha channel is dropped. The file is checked first
+    (header_size with `whole`): too large, truncated or damaged files are refused with ImageError."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image {path} does not exist")
     if not path.is_file():
         raise ImageError(f"image {path} is not a file")
+    header_size(path, whole=True)
     try:
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error:
