@@ -49,7 +49,7 @@ from imgproc import image_to_tensor, load_uint8, quantize, read_image  # noqa: E
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
 from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
-from render import check_window, output_size  # noqa: E402
+from render import check_size, check_window, output_size  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -138,7 +138,7 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     if min(full) < 1:
         raise ValueError(f"zoom must be in (0, {MAX_ZOOM:g}] and give at least one pixel, got {zoom!r}")
     view = View(params['mode'], zoom, *(_number(params, k, int) for k in ('top', 'left', 'height', 'width')))
-    check_window(view.window, full)
+    check_window(view.window, check_size(full))
     if view.height * view.width > MAX_VIEW_PIXELS:
         raise ValueError(f"the window has {view.height * view.width:,} pixels, more than {MAX_VIEW_PIXELS:,}")
     return view
