@@ -205,9 +205,11 @@ def run_main(main, argv: list[str]) -> int:
     """Run a script's main(argv); -h or --help prints the script's settings (config.help_text). A user
     error (bad setting, missing or unreadable file, unwritable output) prints one `error: ...` line
     on stderr and gives exit status 2 instead of a traceback; a closed output pipe (`| head`) ends
-    quietly with status 1."""
+    quietly with status 1. Out of memory (a render's RenderOutOfMemory, numpy's MemoryError) is one
+    `error:` line too."""
     script = Path(sys.modules[main.__module__].__file__).stem
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each
+    # warnings and the error: one line each, on a line of their own even while a progress bar is shown
+    warnings.showwarning = lambda message, *args, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
     try:
         if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
             print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
@@ -217,8 +219,8 @@ def run_main(main, argv: list[str]) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write to
         return 1
-    except (ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
+        tqdm.write(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
     return 0
 

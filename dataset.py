@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from imgproc import image_to_tensor, load_image, load_uint8, make_coord, pil_resize, to_float
+from imgproc import header_size, image_to_tensor, load_image, load_uint8, make_coord, pil_resize, to_float
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -35,12 +34,9 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return load_image(path).shape[:2]  # formats PIL cannot open; raises ImageError if unreadable
+    """(height, width) of an image file from its header, without decoding the pixels (imgproc.header_size:
+    too large or damaged headers raise ImageError); a format Pillow does not recognise is decoded."""
+    return header_size(path) or load_image(path).shape[:2]
 
 
 def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:

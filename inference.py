@@ -29,7 +29,7 @@ from dataset import IMAGE_SUFFIXES, list_images
 from imgproc import image_to_tensor, quantize, read_image, write_image
 from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
-from render import check_window, output_size
+from render import check_size, check_window, output_size
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
 
@@ -71,12 +71,11 @@ def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], t
     """The output size for the image at `source` and the window of it to write (cfg.window, else all
     of it), refused when empty, outside the output or beyond cfg.max_pixels."""
     lr = read_image(source)
-    height, width = output_size(lr.shape[0], lr.shape[1], cfg.scale_hw or cfg.scale, cfg.size)
-    if height < 1 or width < 1:
-        raise ValueError(f"{source}: {lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty "
-                         f"{height}x{width} output")
     try:
-        window = check_window(cfg.window or None, (height, width))
+        height, width = output_size(lr.shape[0], lr.shape[1], cfg.scale_hw or cfg.scale, cfg.size)
+        if height < 1 or width < 1:
+            raise ValueError(f"{lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty {height}x{width} output")
+        window = check_window(cfg.window or None, check_size((height, width)))
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     if window[2] * window[3] > cfg.max_pixels:

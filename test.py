@@ -24,7 +24,7 @@ from precision import check_amp, use_tf32
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with replacing(path) as tmp, open(tmp, 'w', newline='') as f:
+    with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -98,10 +98,13 @@ def main(argv: list[str]) -> list[dict]:
     elapsed = time.perf_counter() - start
 
     table = markdown_table(summary)
-    write_csv(out_dir / 'test_results.csv', summary)
-    write_csv(out_dir / 'test_per_image.csv', per_image)
-    with replacing(out_dir / 'test_results.md') as tmp:
-        tmp.write_text(table)
+    # the three tables replace the previous ones together, once all are written (none on a full disk)
+    with replacing(out_dir / 'test_results.csv') as results:
+        write_csv(results, summary)
+        with replacing(out_dir / 'test_per_image.csv') as rows:
+            write_csv(rows, per_image)
+            with replacing(out_dir / 'test_results.md') as markdown:
+                markdown.write_text(table)
     print('\n' + table)
     print(f"{len(per_image)} images in {elapsed:.1f} s; results in {out_dir}")
     return summary

@@ -16,7 +16,8 @@ The server is Python's standard threading HTTP server. It serves the page, its s
 input image and rendered views (GET /render?mode=liif|bicubic&zoom=Z&top=T&left=L&height=H&width=W),
 and nothing else. Every parameter is checked (400 with a one-line JSON message), unknown paths get
 404, the model renders one view at a time and a view request still waiting when a newer one comes
-is answered 409 (superseded), so zooming builds no backlog. A failed render answers 500.
+is answered 409 (superseded), so zooming builds no backlog. Malformed requests get http.server's
+status (400, 414, 431, 505; 405 for a method other than GET), also as JSON. A failed render answers 500.
 """
 import argparse
 import errno
@@ -49,7 +50,7 @@ from imgproc import image_to_tensor, load_uint8, quantize, read_image  # noqa: E
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
 from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
-from render import check_window, output_size  # noqa: E402
+from render import check_size, check_window, output_size  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -138,7 +139,7 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     if min(full) < 1:
         raise ValueError(f"zoom must be in (0, {MAX_ZOOM:g}] and give at least one pixel, got {zoom!r}")
     view = View(params['mode'], zoom, *(_number(params, k, int) for k in ('top', 'left', 'height', 'width')))
-    check_window(view.window, full)
+    check_window(view.window, check_size(full))
     if view.height * view.width > MAX_VIEW_PIXELS:
         raise ValueError(f"the window has {view.height * view.width:,} pixels, more than {MAX_VIEW_PIXELS:,}")
     return view
@@ -245,7 +246,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         viewer: Viewer = self.server.viewer
-        url = urlsplit(self.path)
+        try:
+            url = urlsplit(self.path)
+        except ValueError as e:  # e.g. 'http://[x': urlsplit takes it for a malformed IPv6 host
+            return self.send_error_json(HTTPStatus.BAD_REQUEST, f"malformed request path: {e}")
         host = self.headers.get('Host', '')
         if self.server.local_only and not LOCAL_HOST.fullmatch(host):
             # a page elsewhere whose name resolves to this machine (DNS rebinding) must not read the image
@@ -276,6 +280,14 @@ class Handler(BaseHTTPRequestHandler):
             traceback.print_exc(limit=-3)
             return self.send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"render failed: {type(e).__name__}: {e}")
         self.send(HTTPStatus.OK, 'image/png', encode_png(pixels))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header, a method other than GET) as
+        JSON like the others; a method it has no handler for is 405 (only GET is served), not 501."""
+        self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"only GET is served, not {self.command!r}"
+        self.send_error_json(HTTPStatus(code), message or HTTPStatus(code).phrase)
 
     def send_error_json(self, status: HTTPStatus, message: str) -> None:
         self.send(status, 'application/json', json.dumps({'error': ' '.join(message.split())}).encode())
