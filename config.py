@@ -95,6 +95,7 @@ size = []  # exact output [height, width]; overrides scale and scale_hw
 window = []  # [top, left, height, width]: write only this part of the output ([] = all of it)
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
 bits = 8  # output PNG bit depth: 8 or 16
+overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
              'valid_lr_dir': 'data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'sample_q': 0}
