@@ -1,5 +1,7 @@
 """Helpers that several test files share: tiny train.py settings, checkpoint comparison, settings
-checks and the dihedral transforms, each written once here (fixtures live in conftest.py)."""
+checks, the dihedral transforms and test.py as a module, each written once here (fixtures live in
+conftest.py)."""
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,14 @@ STEPS_PER_EPOCH = 4  # tiny runs: 8 training images, batch 2
 
 # The 8 dihedral transforms as (row flip, column flip, transpose), written here independently.
 TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (False, True)]
+
+
+def load_test_script():
+    """test.py as a module, loaded by path: `import test` could find the standard library's `test` package."""
+    spec = importlib.util.spec_from_file_location('test_script', ROOT / 'test.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
