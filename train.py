@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,10 +175,11 @@ def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.
     return total / count
 
 
-def training_set(cfg) -> TrainDataset | PairedDataset | VariedDataset:
+def training_set(cfg, cache_dir: Path | None = None) -> TrainDataset | PairedDataset | VariedDataset:
     """The training items train_data asks for: patches made from HR images at random scales, patches of
-    paired LR / HR folders, or paired images with ground truths of varying size."""
-    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed)
+    paired LR / HR folders, or paired images with ground truths of varying size; with cache_dir, their
+    decoded images come from the shared file there (dataset.shared_images)."""
+    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed, cache_dir=cache_dir)
     # too-small images are reported by train() once the run folder exists, not warned about here
     if cfg.train_data == 'paired':
         return PairedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.patch_size, cfg.sample_q, warn=False, **common)
@@ -462,8 +464,14 @@ def end_of_epoch(run: Run, validation: Validation, writer: SummaryWriter, bar: t
 
 def training_data(cfg: SimpleNamespace, team: Team):
     """(dataset, sampler, loader) of this process: the same patches for a given (seed, epoch, index)
-    however many processes and workers."""
-    train_set = training_set(cfg)
+    however many processes and workers. Under torchrun with in_memory and node_cache, the node's first
+    process decodes the images into cache_dir (once: later runs on the same files reuse it) while the
+    node's others wait, and every process maps that one file."""
+    if team.world_size > 1 and cfg.in_memory and cfg.node_cache:
+        folder = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.gettempdir()) / 'liif-cache'
+        train_set = team.first_on_node(lambda: training_set(cfg, folder))
+    else:
+        train_set = training_set(cfg)
     batch_size = cfg.batch_size // team.world_size
     sampler = ResumableSampler(train_set, team.world_size, team.rank, cfg.seed, batch_size)
     workers = worker_count(cfg.num_workers, team.world_size)
