@@ -419,6 +419,10 @@ def join(device_name: str, objects_only: bool = False) -> Team:
     if not under_torchrun():
         return Team(device)
     if device.type == 'cuda':
+        per_node = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+        if per_node > torch.cuda.device_count():  # every process of the node says so: its first reports
+            raise ValueError(f"torchrun started {per_node} processes on this node, which has "
+                             f"{torch.cuda.device_count()} GPU(s): one process per GPU (or --device=cpu)")
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
         torch.cuda.set_device(device)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
