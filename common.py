@@ -318,12 +318,20 @@ class Team:
         self.device, self.rank, self.world_size, self.prefix = device, rank, world_size, prefix
         self.store = open_store() if world_size > 1 else None
 
+    def add(self, name: str, value: int) -> int:
+        """Add `value` to the run's counter `name` in the store; returns the sum."""
+        try:
+            return self.store.add(self.prefix + name, value)
+        except RuntimeError:  # DistNetworkError: the agent that served the store has ended with its node
+            raise ValueError("torchrun's store is gone (the node that served it has ended); run the command "
+                             "again to finish the work") from None
+
     def failed(self) -> bool:
-        return self.store is not None and self.store.add(self.prefix + 'failed', 0) > 0
+        return self.store is not None and self.add('failed', 0) > 0
 
     def claim_failure(self) -> bool:
         """Raise the failure flag; True for the first process that raises it (the one that reports)."""
-        return self.store.add(self.prefix + 'failed', 1) == 1
+        return self.add('failed', 1) == 1
 
     def check(self) -> None:
         """Stop, quietly, when another process has failed."""
@@ -333,7 +341,7 @@ class Team:
     def finished_one(self) -> None:
         """Count one finished item (rank 0's progress bar)."""
         if self.store is not None:
-            self.store.add(self.prefix + 'done', 1)
+            self.add('done', 1)
 
     def decide(self, choose):
         """choose() run by rank 0 alone and its value handed to every process (a plan, a split)."""
@@ -369,12 +377,12 @@ class Team:
         there: the first prepares what the node shares (a file), the others find it ready."""
         if self.world_size == 1:
             return make()
-        key = f"{self.prefix}ready/{os.environ.get('GROUP_RANK', socket.gethostname())}"
+        key = f"ready/{os.environ.get('GROUP_RANK', socket.gethostname())}"
         if int(os.environ.get('LOCAL_RANK', 0)) == 0:
             value = make()
-            self.store.set(key, '1')
+            self.add(key, 1)
             return value
-        while not self.store.check([key]):
+        while not self.add(key, 0):
             self.check()
             time.sleep(POLL)
         return make()
@@ -391,7 +399,10 @@ class Team:
         def show() -> None:
             with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as bar:
                 while True:
-                    bar.update(store.add(self.prefix + 'done', 0) - bar.n)
+                    try:
+                        bar.update(store.add(self.prefix + 'done', 0) - bar.n)
+                    except RuntimeError:  # the store is gone: the main thread learns it too
+                        return
                     if bar.n >= total or stop.is_set():
                         return
                     stop.wait(0.5)
@@ -444,7 +455,7 @@ def reports_error() -> bool:
         return os.environ.get('LOCAL_RANK', '0') == '0'
     try:
         return _team.claim_failure()
-    except RuntimeError:  # the store is gone with the process that served it: report anyway
+    except ValueError:  # the store is gone: report anyway
         return True
 
 
