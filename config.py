@@ -56,6 +56,8 @@ size_max = 256  # 'varied': the largest ground truth's shorter side
 gt_resize = 0  # 'varied': resize each ground truth again to this shorter side (0 = off)
 repeat = 20  # passes over the training images per epoch
 in_memory = True  # decode the training images once and keep them as uint8 when they fit
+node_cache = True  # torchrun + in_memory: decode them once per node into one read-only memory-mapped file that every process shares (False: a copy per process)
+cache_dir = ''  # node_cache's folder, on a local disk with room for the decoded images ('' = <system temp folder>/liif-cache)
 num_workers = 8  # DataLoader worker processes
 
 # ---- training
@@ -96,6 +98,7 @@ size = []  # exact output [height, width]; overrides scale and scale_hw
 window = []  # [top, left, height, width]: write only this part of the output ([] = all of it)
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
 bits = 8  # output PNG bit depth: 8 or 16
+overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
              'valid_lr_dir': 'data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'sample_q': 0}
@@ -368,6 +371,8 @@ def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
         problems.existing('valid_lr_dir')
     problems.positive('repeat', 'valid_repeat', 'valid_scale', 'scale_min', 'scale_max', 'valid_first')
     problems.count('patch_size', 'sample_q', 'gt_resize', 'num_workers')
+    if cfg.cache_dir and found(cfg.cache_dir) and not found(cfg.cache_dir, Path.is_dir):
+        problems.append(f"cache_dir: {cfg.cache_dir!r} is a file, not a folder")
     problems.rule(check_scale_range, cfg.scale_min, cfg.scale_max)
     # downsampled patches (training, or validation on a folder of HR images) have random scales
     downsampled_valid = not cfg.valid_lr_dir and not found(Path(cfg.valid_dir) / 'HR', Path.is_dir)

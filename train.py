@@ -23,6 +23,7 @@ import random
 import reprlib
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 import config
 import precision
-from common import check_writable, evaluate, pick_device, run_main, seed_everything, set_threads
+from common import Team, check_writable, evaluate, join, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize, replacing
@@ -87,20 +88,6 @@ class EMA:
                 ema.mul_(self.decay).add_(w, alpha=1 - self.decay)
             else:
                 ema.copy_(w)
-
-
-def setup_distributed(cfg) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun (RANK in the environment) joins the process group:
-    nccl with one GPU per process on CUDA, gloo on the CPU; otherwise a plain single process."""
-    device = pick_device(cfg.device)
-    if 'RANK' not in os.environ:
-        return 0, 1, device
-    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
-    if device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
-        torch.cuda.set_device(device)
-    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return rank, world_size, device
 
 
 def worker_count(requested: int, world_size: int) -> int:
@@ -191,10 +178,11 @@ def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.
     return total / count
 
 
-def training_set(cfg) -> TrainDataset | PairedDataset | VariedDataset:
+def training_set(cfg, cache_dir: Path | None = None) -> TrainDataset | PairedDataset | VariedDataset:
     """The training items train_data asks for: patches made from HR images at random scales, patches of
-    paired LR / HR folders, or paired images with ground truths of varying size."""
-    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed)
+    paired LR / HR folders, or paired images with ground truths of varying size; with cache_dir, their
+    decoded images come from the shared file there (dataset.shared_images)."""
+    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed, cache_dir=cache_dir)
     # too-small images are reported by train() once the run folder exists, not warned about here
     if cfg.train_data == 'paired':
         return PairedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.patch_size, cfg.sample_q, warn=False, **common)
@@ -528,15 +516,21 @@ def end_of_epoch(run: Run, validation: Validation, writer: SummaryWriter, bar: t
     writer.flush()
 
 
-def training_data(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device):
+def training_data(cfg: SimpleNamespace, team: Team):
     """(dataset, sampler, loader) of this process: the same patches for a given (seed, epoch, index)
-    however many processes and workers."""
-    train_set = training_set(cfg)
-    batch_size = cfg.batch_size // world_size
-    sampler = ResumableSampler(train_set, world_size, rank, cfg.seed, batch_size)
-    workers = worker_count(cfg.num_workers, world_size)
+    however many processes and workers. Under torchrun with in_memory and node_cache, the node's first
+    process decodes the images into cache_dir (once: later runs on the same files reuse it) while the
+    node's others wait, and every process maps that one file."""
+    if team.world_size > 1 and cfg.in_memory and cfg.node_cache:
+        folder = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.gettempdir()) / 'liif-cache'
+        train_set = team.first_on_node(lambda: training_set(cfg, folder))
+    else:
+        train_set = training_set(cfg)
+    batch_size = cfg.batch_size // team.world_size
+    sampler = ResumableSampler(train_set, team.world_size, team.rank, cfg.seed, batch_size)
+    workers = worker_count(cfg.num_workers, team.world_size)
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+                        pin_memory=team.device.type == 'cuda', persistent_workers=workers > 0)
     return train_set, sampler, loader
 
 
@@ -556,16 +550,12 @@ def main(argv: list[str]) -> dict:
     cfg = config.parse(argv, 'train')
     config.check(cfg, 'train')
     set_threads(cfg.threads)
-    rank, world_size, device = setup_distributed(cfg)
-    try:
-        return train(cfg, rank, world_size, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return train(cfg, join(cfg.device))  # run_main leaves the process group
 
 
-def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device) -> dict:
+def train(cfg: SimpleNamespace, team: Team) -> dict:
     """The training loop of one process (rank 0 validates, saves and logs)."""
+    rank, world_size, device = team.rank, team.world_size, team.device
     master = rank == 0
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
@@ -574,7 +564,7 @@ def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')
-    train_set, sampler, loader = training_data(cfg, rank, world_size, device)
+    train_set, sampler, loader = training_data(cfg, team)
     run = build_run(cfg, device, world_size, math.ceil(len(sampler.shuffle) / sampler.batch_size))
     resumed_rng = resume_if_asked(run, master)
     wrap(run)
