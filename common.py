@@ -1,6 +1,7 @@
 """The scripts' shared plumbing: choosing the device and threads, refusing unwritable output folders,
 loading the checkpoint a script runs (and fetching the official one), seeding, the command-line
-wrapper (help, one-line errors, quiet closed pipes) and the evaluation loop of train.py and test.py.
+wrapper (help, one-line errors, quiet closed pipes), the evaluation loop of train.py and test.py, and
+the processes of a torchrun launch (Team: joining, shares of the work, progress, failure).
 
 What does not belong here: settings and their checks (config.py), models and checkpoint formats
 (model.py), rendering (render.py), precision (precision.py), data (dataset.py), image maths and files
@@ -9,16 +10,24 @@ What does not belong here: settings and their checks (config.py), models and che
 import hashlib
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
 import warnings
 import zipfile
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import config
@@ -214,9 +223,11 @@ def run_main(main, argv: list[str]) -> int:
     """Run a script's main(argv); -h or --help prints the script's settings (config.help_text). A user
     error (bad setting, missing or unreadable file, unwritable output) prints one `error: ...` line
     on stderr and gives exit status 2 instead of a traceback; a closed output pipe (`| head`) ends
-    quietly with status 1."""
+    quietly with status 1. Out of memory (a render's RenderOutOfMemory, numpy's MemoryError) is one
+    `error:` line too."""
     script = Path(sys.modules[main.__module__].__file__).stem
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line each
+    # warnings and the error: one line each, on a line of their own even while a progress bar is shown
+    warnings.showwarning = lambda message, *args, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
     try:
         if ('-h' in argv or '--help' in argv) and script in config.SCRIPTS:  # other scripts use argparse's help
             print(sys.modules[main.__module__].__doc__.strip() + '\n\n' + config.help_text(script))
@@ -226,30 +237,36 @@ def run_main(main, argv: list[str]) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write to
         return 1
-    except (ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
+        if reports_error():  # under torchrun, only the first process to fail
+            over_bar = '\r\x1b[K' if under_torchrun() and sys.stderr.isatty() else ''  # rank 0's progress bar
+            tqdm.write(f"{over_bar}error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
+    finally:
+        leave()  # after reporting: the others learn of a failure from the flag before the group closes
     return 0
 
 
 def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 'fp32',
              protocol: str = 'benchmark', with_ssim: bool = True, border: bool = True, on_image=None,
-             desc: str = 'evaluate') -> list[dict]:
+             desc: str = 'evaluate', progress: bool = True) -> list[dict]:
     """Super-resolve every item of `dataset` (dicts with 'lr' (3,h,w), 'hr' (3,H,W), 'scale', 'name')
     to its HR size with `model.render` (`chunk` queries per decoder call, `amp` autocast) and score
     it: PSNR (image_quality_assessment `protocol`, shaving the scale's border unless `border` is
     False) and SSIM on the clamped SR.
 
     Returns one row per image: {'name', 'scale', 'psnr'[, 'ssim']}. `on_image(item, sr)`, when
-    given, receives each clamped SR as a (1, 3, H, W) tensor (e.g. to save it). Runs on the
-    model's device with the model in eval mode, and restores its train/eval mode afterwards.
+    given, receives each clamped SR as a (1, 3, H, W) tensor (e.g. to save it); `progress` shows a
+    bar named `desc`. Runs on the model's device with the model in eval mode, and restores its
+    train/eval mode afterwards.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     rows = []
     try:
-        for i in tqdm(range(len(dataset)), desc=desc, unit='img', leave=False, dynamic_ncols=True):
+        for i in tqdm(range(len(dataset)), desc=desc, unit='img', leave=False, dynamic_ncols=True,
+                      disable=not progress):
             item = dataset[i]
             lr, hr = item['lr'].unsqueeze(0).to(device), item['hr'].unsqueeze(0).to(device)
             sr = model.render(lr, tuple(hr.shape[-2:]), chunk=chunk, amp=amp).clamp_(0, 1)
@@ -263,3 +280,199 @@ def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 
     finally:
         model.train(was_training)
     return rows
+
+
+# ---- several processes: torchrun
+
+TEAM_TIMEOUT = timedelta(hours=24)  # inference.py / test.py: how long a collective waits for the slowest process
+POLL = 0.2  # seconds between looks at the store while waiting for another process
+
+
+def under_torchrun() -> bool:
+    """torchrun started this process: RANK and WORLD_SIZE are in its environment."""
+    return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+
+
+def shares(costs: list[float], world_size: int) -> list[list[int]]:
+    """The indices of items with these costs split into world_size shares of about equal total cost:
+    the costliest first, each to the share with the least so far (ties: the lower rank); each share in
+    item order. The same on every process; with more processes than items some shares are empty."""
+    loads, split = [0.0] * world_size, [[] for _ in range(world_size)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[rank] += costs[i]
+        split[rank].append(i)
+    return [sorted(share) for share in split]
+
+
+class Stopped(ValueError):
+    """Another process of the run failed and reports it; this one stops without a word."""
+
+
+def open_store() -> dist.TCPStore:
+    """A client of the launch's key-value store: torchrun's rendezvous store, served by its agent (or,
+    where the agent keeps it to itself, by rank 0 once the process group exists) at MASTER_ADDR:MASTER_PORT."""
+    return dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,
+                         timeout=timedelta(minutes=5))
+
+
+class Team:
+    """The processes that run one command: a process alone (rank 0 of 1), or those of a torchrun launch.
+
+    Under torchrun they split the work (rank 0 `decide`s, the others receive its choice) and keep in
+    touch through the launch's own store: a count of finished items, which rank 0 shows as one progress
+    bar, and a failure flag, raised by the first process that fails, which stops the others between
+    items and keeps them from reporting the same error again. Keys start with a prefix rank 0 draws, so
+    runs never share keys. Alone, each method does what one process needs."""
+
+    def __init__(self, device: torch.device, rank: int = 0, world_size: int = 1, prefix: str = ''):
+        self.device, self.rank, self.world_size, self.prefix = device, rank, world_size, prefix
+        self.store = open_store() if world_size > 1 else None
+
+    def add(self, name: str, value: int) -> int:
+        """Add `value` to the run's counter `name` in the store; returns the sum."""
+        try:
+            return self.store.add(self.prefix + name, value)
+        except RuntimeError:  # DistNetworkError: the agent that served the store has ended with its node
+            raise ValueError("torchrun's store is gone (the node that served it has ended); run the command "
+                             "again to finish the work") from None
+
+    def failed(self) -> bool:
+        return self.store is not None and self.add('failed', 0) > 0
+
+    def claim_failure(self) -> bool:
+        """Raise the failure flag; True for the first process that raises it (the one that reports)."""
+        return self.add('failed', 1) == 1
+
+    def check(self) -> None:
+        """Stop, quietly, when another process has failed."""
+        if self.failed():
+            raise Stopped('another process of this run failed')
+
+    def finished_one(self) -> None:
+        """Count one finished item (rank 0's progress bar)."""
+        if self.store is not None:
+            self.add('done', 1)
+
+    def decide(self, choose):
+        """choose() run by rank 0 alone and its value handed to every process (a plan, a split)."""
+        if self.world_size == 1:
+            return choose()
+        value = [choose() if self.rank == 0 else None]
+        self._collective(dist.broadcast_object_list, value, 0)
+        return value[0]
+
+    def gather(self, value) -> list | None:
+        """Every process's value in rank order, at rank 0 (None at the others)."""
+        if self.world_size == 1:
+            return [value]
+        values = [None] * self.world_size if self.rank == 0 else None
+        self._collective(dist.gather_object, value, values, 0)
+        return values
+
+    def wait(self) -> None:
+        """Return once every process has come here."""
+        if self.world_size > 1:
+            self._collective(dist.barrier)
+
+    def _collective(self, op, *args) -> None:
+        try:
+            op(*args)
+        except RuntimeError:  # DistBackendError: a process of the run has ended
+            self.check()
+            raise ValueError("a process of this run ended before finishing its share (killed?); run the "
+                             "command again to finish the work") from None
+
+    def first_on_node(self, make):
+        """make() in the node's first process (LOCAL_RANK 0), then in the node's others once it returned
+        there: the first prepares what the node shares (a file), the others find it ready."""
+        if self.world_size == 1:
+            return make()
+        key = f"ready/{os.environ.get('GROUP_RANK', socket.gethostname())}"
+        if int(os.environ.get('LOCAL_RANK', 0)) == 0:
+            value = make()
+            self.add(key, 1)
+            return value
+        while not self.add(key, 0):
+            self.check()
+            time.sleep(POLL)
+        return make()
+
+    @contextmanager
+    def progress(self, total: int, desc: str):
+        """Rank 0 of several: one bar of the items all processes have finished, read from the store by a
+        thread (with a connection of its own) while the work goes on."""
+        if self.world_size == 1 or self.rank != 0:
+            yield
+            return
+        stop, store = threading.Event(), open_store()
+
+        def show() -> None:
+            with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as bar:
+                while True:
+                    try:
+                        bar.update(store.add(self.prefix + 'done', 0) - bar.n)
+                    except RuntimeError:  # the store is gone: the main thread learns it too
+                        return
+                    if bar.n >= total or stop.is_set():
+                        return
+                    stop.wait(0.5)
+        thread = threading.Thread(target=show, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+_team: Team | None = None  # this process's Team under torchrun: run_main asks it who reports an error
+
+
+def join(device_name: str, objects_only: bool = False) -> Team:
+    """This process's Team. Alone (no torchrun): the device `device_name` picks; torch.distributed is
+    never touched. Under torchrun: joins the process group, one GPU per process (LOCAL_RANK) on CUDA;
+    nccl there for training's tensors, gloo on the CPU and where the processes exchange only Python
+    objects (`objects_only`: inference.py, test.py), whose collectives then wait as long as the slowest
+    process works (TEAM_TIMEOUT) yet fail at once when a process dies. SIGTERM, by which torchrun stops
+    the others when a process fails, becomes SystemExit, so that temporary files are removed."""
+    global _team
+    device = pick_device(device_name)
+    if not under_torchrun():
+        return Team(device)
+    if device.type == 'cuda':
+        per_node = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+        if per_node > torch.cuda.device_count():  # every process of the node says so: its first reports
+            raise ValueError(f"torchrun started {per_node} processes on this node, which has "
+                             f"{torch.cuda.device_count()} GPU(s): one process per GPU (or --device=cpu)")
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        torch.cuda.set_device(device)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if objects_only or device.type == 'cpu':
+        dist.init_process_group('gloo', timeout=TEAM_TIMEOUT if objects_only else None)
+    else:
+        dist.init_process_group('nccl')
+    prefix = [f'liif/{uuid.uuid4().hex}/']
+    dist.broadcast_object_list(prefix, 0)
+    _team = Team(device, dist.get_rank(), dist.get_world_size(), prefix[0])
+    return _team
+
+
+def reports_error() -> bool:
+    """Whether this process prints its error: alone, always; under torchrun, the first process of the
+    run to fail (it raises the failure flag: the others' failures follow from its own), or, before the
+    processes have met (the settings, the same for all), the first process of each node."""
+    if _team is None or _team.store is None:
+        return os.environ.get('LOCAL_RANK', '0') == '0'
+    try:
+        return _team.claim_failure()
+    except ValueError:  # the store is gone: report anyway
+        return True
+
+
+def leave() -> None:
+    """Leave the process group, if this process joined one."""
+    global _team
+    _team = None
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from dataset import check_patch_queries, check_scale_range, check_size_range, check_varied_queries
-from model import MODELS, UPSAMPLE_SCALES
+from imgproc import replacing
+from model import option_problems
 from precision import check_amp_name
 
 # ---- experiment
@@ -56,6 +57,8 @@ size_max = 256  # 'varied': the largest ground truth's shorter side
 gt_resize = 0  # 'varied': resize each ground truth again to this shorter side (0 = off)
 repeat = 20  # passes over the training images per epoch
 in_memory = True  # decode the training images once and keep them as uint8 when they fit
+node_cache = True  # torchrun + in_memory: decode them once per node into one read-only memory-mapped file that every process shares (False: a copy per process)
+cache_dir = ''  # node_cache's folder, on a local disk with room for the decoded images ('' = <system temp folder>/liif-cache)
 num_workers = 8  # DataLoader worker processes
 device_data = False  # make the training patches on the device from the images held there ('downsampled', in_memory); the workers only draw
 
@@ -97,6 +100,7 @@ size = []  # exact output [height, width]; overrides scale and scale_hw
 window = []  # [top, left, height, width]: write only this part of the output ([] = all of it)
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
 bits = 8  # output PNG bit depth: 8 or 16
+overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
              'valid_lr_dir': 'data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'sample_q': 0}
@@ -139,6 +143,8 @@ EXPERIMENTS = {
     'edsr-baseline-liif-short': {'batch_size': 32, 'lr': 2e-4, 'schedule': 'cosine', 'warmup_steps': 200,
                                  'amp': 'bf16'},
 }
+
+MAX_THREADS = 1024  # more than any CPU has cores; torch takes up to 2**31 - 1 and would start that many threads
 
 MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode']
 
@@ -225,24 +231,29 @@ def given(argv: list[str]) -> set[str]:
 
 
 def _convert(name: str, text: str, default):
-    """Parse a command-line value and insist that it has the default's type."""
+    """Parse a command-line value and insist that it has the default's type (a list of names holds names)."""
     if isinstance(default, str):
         return text
-    if isinstance(default, list) and default and all(isinstance(v, str) for v in default) and not text.startswith('['):
+    names = isinstance(default, list) and default and all(isinstance(v, str) for v in default)
+    if names and not text.startswith('['):
         return text.split(',') if text else []  # --test_sets=Set5,Set14
+    shown = f"--{name}={text if len(text) <= 60 else text[:57] + '...'}"
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # {[]: 1}; ((((...)))) nested deep
         if isinstance(default, bool) and text.lower() in ('true', 'false'):
             return text.lower() == 'true'
-        raise ValueError(f"--{name}={text}: cannot read this as a {type(default).__name__}") from None
+        raise ValueError(f"{shown}: cannot read this as a {type(default).__name__}") from None
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError(f"{shown}: the number is too large for a float") from None
     if isinstance(default, list) and isinstance(value, (tuple, int, float)) and not isinstance(value, bool):
         value = list(value) if isinstance(value, tuple) else [value]  # --test_scales=2,3,4 or --test_scales=4
-    if type(value) is not type(default):
-        raise ValueError(f"--{name}={text}: expected a {type(default).__name__} like {default!r}, "
-                         f"got a {type(value).__name__}")
+    if type(value) is not type(default) or (names and not all(isinstance(v, str) for v in value)):
+        raise ValueError(f"{shown}: expected a {type(default).__name__} like {default!r}, "
+                         f"got a {type(value).__name__}{' holding other things than names' if names else ''}")
     return value
 
 
@@ -273,6 +284,15 @@ def parse(argv: list[str], script: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(**settings)
 
 
+def found(path: str | Path, test=Path.exists) -> bool:
+    """test(Path(path)) (exists, is_dir or is_file); False for a name the system cannot look up (too long,
+    a NUL character), which then counts as missing."""
+    try:
+        return test(Path(path))
+    except (OSError, ValueError):
+        return False
+
+
 class _Problems(list):
     """What is wrong with a script's settings, collected so that one error names every problem."""
 
@@ -283,7 +303,7 @@ class _Problems(list):
     def positive(self, *names: str) -> None:
         for name in names:
             value = getattr(self.cfg, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):  # no float(): ints of any size
                 self.append(f"{name} must be a positive number, got {value!r}")
 
     def count(self, *names: str) -> None:
@@ -293,12 +313,12 @@ class _Problems(list):
 
     def existing(self, name: str, kind: str = 'folder', value: str | None = None) -> None:
         value = getattr(self.cfg, name) if value is None else value
-        found = {'folder': Path.is_dir, 'checkpoint': Path.is_file}.get(kind, Path.exists)
+        test = {'folder': Path.is_dir, 'checkpoint': Path.is_file}.get(kind, Path.exists)
         if not value:  # Path('') is the current folder: never what an empty setting means
             self.append(f"{name} is empty: give a {kind}")
-        elif kind == 'checkpoint' and Path(value).is_dir():
+        elif kind == 'checkpoint' and found(value, Path.is_dir):
             self.append(f"{name}: {value!r} is a folder, not a checkpoint file")
-        elif not found(Path(value)):
+        elif not found(value, test):
             self.append(f"{name}: {kind} {value!r} does not exist")
 
     def rule(self, check, *args) -> None:
@@ -326,18 +346,11 @@ def check(cfg: SimpleNamespace, job: str) -> None:
 
 def _check_model_and_device(problems: _Problems, cfg: SimpleNamespace) -> None:
     """The model section and the settings every script reads (amp, threads, chunk)."""
-    if cfg.model not in MODELS:
-        problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {cfg.model!r}")
-    if cfg.encoder not in UPSAMPLE_SCALES:
-        problems.append(f"encoder must be 'edsr-baseline' or 'rdn', got {cfg.encoder!r}")
-    elif cfg.model == 'upsample' and cfg.upsample_scale not in UPSAMPLE_SCALES[cfg.encoder]:
-        problems.append(f"upsample_scale must be one of {UPSAMPLE_SCALES[cfg.encoder]} for the {cfg.encoder} "
-                        f"up-sampler, got {cfg.upsample_scale!r}")
-    if not cfg.hidden_list or any(not isinstance(n, int) or n <= 0 for n in cfg.hidden_list):
-        problems.append(f"hidden_list must be a non-empty list of positive ints, got {cfg.hidden_list!r}")
+    problems.extend(option_problems(model_options(cfg)))
     problems.rule(check_amp_name, cfg.amp)
-    if not isinstance(cfg.threads, int) or cfg.threads < 0:
-        problems.append(f"threads must be a non-negative int (0 = torch's default), got {cfg.threads!r}")
+    if not isinstance(cfg.threads, int) or not 0 <= cfg.threads <= MAX_THREADS:
+        problems.append(f"threads must be a non-negative int up to {MAX_THREADS} (0 = torch's default), "
+                        f"got {cfg.threads!r}")
     if not isinstance(cfg.chunk, int) or cfg.chunk < 0:
         problems.append(f"chunk must be a positive int (or 0 for automatic), got {cfg.chunk!r}")
 
@@ -360,9 +373,11 @@ def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
         problems.existing('valid_lr_dir')
     problems.positive('repeat', 'valid_repeat', 'valid_scale', 'scale_min', 'scale_max', 'valid_first')
     problems.count('patch_size', 'sample_q', 'gt_resize', 'num_workers')
+    if cfg.cache_dir and found(cfg.cache_dir) and not found(cfg.cache_dir, Path.is_dir):
+        problems.append(f"cache_dir: {cfg.cache_dir!r} is a file, not a folder")
     problems.rule(check_scale_range, cfg.scale_min, cfg.scale_max)
     # downsampled patches (training, or validation on a folder of HR images) have random scales
-    downsampled_valid = not cfg.valid_lr_dir and not (Path(cfg.valid_dir) / 'HR').is_dir()
+    downsampled_valid = not cfg.valid_lr_dir and not found(Path(cfg.valid_dir) / 'HR', Path.is_dir)
     if (cfg.train_data == 'downsampled' or downsampled_valid) and not (cfg.patch_size > 0 and cfg.sample_q > 0):
         problems.append(f"patch_size and sample_q must be > 0 for patches made from HR images (training with "
                         f"train_data='downsampled' or validation without valid_lr_dir), got {cfg.patch_size} "
@@ -379,10 +394,12 @@ def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
 
 
 def _check_training(problems: _Problems, cfg: SimpleNamespace) -> None:
-    """The training section: batch, optimiser, schedule, EMA and the checkpoints to start from."""
+    """The training section: batch, optimiser, schedule, EMA and the checkpoints to start from; the seed."""
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2 ** 32:
+        problems.append(f"seed must be an int in [0, 2**32) (NumPy's seeds), got {cfg.seed!r}")
     problems.positive('batch_size', 'lr', 'epochs', 'valid_every', 'save_every', 'gamma')
     problems.count('max_steps')
-    if any(not isinstance(m, int) or m <= 0 for m in cfg.milestones):
+    if any(type(m) is not int or m <= 0 for m in cfg.milestones):
         problems.append(f"milestones must be positive epoch numbers, got {cfg.milestones!r}")
     if cfg.schedule not in ('multistep', 'cosine'):
         problems.append(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
@@ -395,7 +412,7 @@ def _check_training(problems: _Problems, cfg: SimpleNamespace) -> None:
 
 
 def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
-    if cfg.weights and not Path(cfg.weights).exists():
+    if cfg.weights and not found(cfg.weights):
         if cfg.weights != weights:  # the default file is fetched when missing
             problems.append(f"weights: checkpoint {cfg.weights!r} does not exist "
                             f"(`python scripts/download_weights.py` fetches the official one)")
@@ -411,22 +428,22 @@ def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
     if not cfg.test_sets or not cfg.test_scales:
         problems.append(f"test_sets and test_scales must not be empty, got {cfg.test_sets!r} and {cfg.test_scales!r}")
     for s in cfg.test_scales:
-        if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+        if not (type(s) in (int, float) and 0 < s < math.inf):
             problems.append(f"test_scales must hold positive numbers, got {s!r}")
     for name in cfg.test_sets:
-        if not (Path(cfg.test_root) / name / 'HR').is_dir():
+        if not found(Path(cfg.test_root) / name / 'HR', Path.is_dir):
             problems.append(f"test_sets: {Path(cfg.test_root) / name / 'HR'} does not exist")
 
 
 def _check_inference(problems: _Problems, cfg: SimpleNamespace) -> None:
     problems.existing('input', 'file or folder')
-    if not cfg.weights or Path(cfg.weights).is_dir():  # a missing default file is fetched later
+    if not cfg.weights or found(cfg.weights, Path.is_dir):  # a missing default file is fetched later
         problems.existing('weights', 'checkpoint')
     if cfg.size:
-        if len(cfg.size) != 2 or any(not isinstance(n, int) or n <= 0 for n in cfg.size):
+        if len(cfg.size) != 2 or any(type(n) is not int or n <= 0 for n in cfg.size):
             problems.append(f"size must be [height, width] in positive ints, got {cfg.size!r}")
     elif cfg.scale_hw:
-        if len(cfg.scale_hw) != 2 or any(not isinstance(s, (int, float)) or not s > 0 for s in cfg.scale_hw):
+        if len(cfg.scale_hw) != 2 or any(type(s) not in (int, float) or not 0 < s < math.inf for s in cfg.scale_hw):
             problems.append(f"scale_hw must be [height factor, width factor] > 0, got {cfg.scale_hw!r}")
     else:
         problems.positive('scale')
@@ -440,7 +457,8 @@ def model_options(cfg: SimpleNamespace) -> dict:
 
 
 def save(cfg: SimpleNamespace, path: str | Path) -> None:
-    """Write the resolved settings of a run beside its outputs."""
+    """Write the resolved settings of a run beside its outputs (whole or not at all: imgproc.replacing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(vars(cfg), indent=2) + '\n')
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(vars(cfg), indent=2) + '\n')

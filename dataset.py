@@ -5,28 +5,32 @@ The pipeline is 8-bit like the official one: images are kept as uint8 and LR ima
 bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257).
 """
 import functools
+import hashlib
+import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from imgproc import (bicubic_taps, image_to_tensor, load_image, load_uint8, make_coord, pil_resample_torch, pil_resize,
-                     to_float)
+from imgproc import (bicubic_taps, header_size, image_to_tensor, load_image, load_uint8, make_coord, pil_resample_torch,
+                     pil_resize, replacing, to_float)
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files of a folder in sorted name order; other files are skipped with a warning."""
+    """The image files of a folder in sorted name order; other files are skipped with a warning, hidden
+    ones (.name: a write that a killed run left behind, imgproc.replacing) silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.'))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
@@ -37,12 +41,9 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return load_image(path).shape[:2]  # formats PIL cannot open; raises ImageError if unreadable
+    """(height, width) of an image file from its header, without decoding the pixels (imgproc.header_size:
+    too large or damaged headers raise ImageError); a format Pillow does not recognise is decoded."""
+    return header_size(path) or load_image(path).shape[:2]
 
 
 def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
@@ -108,10 +109,69 @@ def as_folders(root: str | Path | list) -> list:
     return folders
 
 
-def read_all(files: list[Path], in_memory: bool) -> tuple[list[np.ndarray] | None, list[tuple[int, int]]]:
-    """(the decoded uint8 images or None, their (height, width)): decoded once when in_memory,
-    otherwise only their sizes, from the file headers."""
-    images = [load_uint8(path) for path in files] if in_memory else None
+CACHE_FORMAT = 'liif-uint8-v1'  # what a cache file holds (load_uint8's pixels, one image after the other)
+
+
+def cache_key(files: list[Path]) -> str:
+    """The name of the decoded images of `files` in this order: a hash of their absolute paths, sizes and
+    modification times, so that a changed, added or removed file gives another name."""
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f'{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+    return digest.hexdigest()[:20]
+
+
+def write_cache(files: list[Path], data: Path, index: Path) -> None:
+    """Decode `files` one by one into `data` and list their shapes in `index` (written last: a cache is
+    whole once its index exists); both atomically. Refused, before any work, without room for it."""
+    needed = sum(3 * h * w for h, w in (image_size(path) for path in files))
+    free = shutil.disk_usage(data.parent).free
+    if needed > free:
+        raise ValueError(f"cache_dir {data.parent}: the {len(files)} decoded training images need "
+                         f"{needed / 1e9:.2f} GB ({needed:,} bytes) but {free / 1e9:.2f} GB are free there; set "
+                         f"--cache_dir to a folder with room (or --node_cache=False: a copy in each process)")
+    shapes = []
+    with replacing(data) as tmp, open(tmp, 'wb') as out:
+        for path in tqdm(files, desc=f'decoding the training images into {data}', unit='img', dynamic_ncols=True):
+            img = load_uint8(path)
+            out.write(img.tobytes())
+            shapes.append(img.shape)
+    with replacing(index) as tmp:
+        tmp.write_text(json.dumps({'format': CACHE_FORMAT, 'files': [str(path) for path in files], 'shapes': shapes}))
+
+
+def open_cache(data: Path, index: Path) -> list[np.ndarray]:
+    """A cache's images as read-only views of its memory-mapped file."""
+    pixels = np.memmap(data, dtype=np.uint8, mode='r')
+    images, offset = [], 0
+    for shape in json.loads(index.read_text())['shapes']:
+        images.append(pixels[offset:offset + math.prod(shape)].reshape(shape))
+        offset += math.prod(shape)
+    return images
+
+
+def shared_images(files: list[Path], folder: str | Path) -> list[np.ndarray]:
+    """The decoded uint8 images of `files` as read-only views of one memory-mapped file in `folder`, named
+    by cache_key: decoded and written by the first process that asks for them, mapped by every one after
+    it. The processes that map it (and their DataLoader workers) read the same pages: one copy in memory."""
+    folder = Path(folder)
+    key = cache_key(files)
+    data, index = folder / f'{key}.u8', folder / f'{key}.json'
+    if not (index.is_file() and data.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_cache(files, data, index)
+    return open_cache(data, index)
+
+
+def read_all(files: list[Path], in_memory: bool,
+             cache_dir: str | Path | None = None) -> tuple[list[np.ndarray] | None, list[tuple[int, int]]]:
+    """(the decoded uint8 images or None, their (height, width)): decoded once when in_memory (from the
+    shared file in cache_dir when given: shared_images), otherwise only their sizes, from the file headers."""
+    if in_memory and cache_dir is not None:
+        images = shared_images(files, cache_dir)
+    else:
+        images = [load_uint8(path) for path in files] if in_memory else None
     sizes = [img.shape[:2] for img in images] if in_memory else [image_size(path) for path in files]
     return images, sizes
 
@@ -208,14 +268,15 @@ class TrainDataset(EpochSeeded):
     order); first_k keeps the first k of these files. Images smaller than the largest crop,
     round(patch_size * scale_max), on either side are skipped (`skipped`: {path: (h, w)};
     `skipped_summary`: one line calling them `role` images), with a warning when `warn` (T91 has many);
-    an error when none is left. Images are decoded once and kept as uint8 when in_memory, otherwise
-    read per item (their sizes are checked from the file headers up front).
+    an error when none is left. Images are decoded once and kept as uint8 when in_memory (in the shared
+    file of cache_dir when given: read_all), otherwise read per item (their sizes are checked from the
+    file headers up front).
     """
 
     def __init__(self, root: str | Path | list, patch_size: int = 48, scale_min: float = 1.0,
                  scale_max: float = 4.0, sample_q: int = 2304, repeat: int = 1, augment: bool = True,
                  in_memory: bool = True, seed: int = 0, first_k: int | None = None, role: str = 'training',
-                 warn: bool = True):
+                 warn: bool = True, cache_dir: str | Path | None = None):
         super().__init__(seed)
         for name, value in (('patch_size', patch_size), ('sample_q', sample_q), ('repeat', repeat)):
             _positive(name, value, int)
@@ -229,7 +290,7 @@ class TrainDataset(EpochSeeded):
         self.sample_q, self.repeat, self.augment = sample_q, repeat, augment
 
         files = [path for folder in as_folders(root) for path in list_images(folder)][:first_k]
-        images, sizes = read_all(files, in_memory)
+        images, sizes = read_all(files, in_memory, cache_dir)
         largest_crop = round(patch_size * scale_max)
         keep, self.skipped, self.skipped_summary = large_enough(
             files, sizes, largest_crop, f"{role} images are smaller than the {largest_crop}x{largest_crop} HR crop "
@@ -354,10 +415,12 @@ class PairedFolders(EpochSeeded):
     """(LR, HR) image pairs from LR and HR folders matched by sorted file order (official
     `paired-image-folders`): lr_root[k] pairs with hr_root[k] (each a folder or a list of folders), the
     j-th image of one with the j-th of the other; first_k keeps the first k pairs; `repeat` passes per
-    epoch. Images are kept as uint8 when in_memory (else read per item). Subclasses make the items."""
+    epoch. Images are kept as uint8 when in_memory (in the shared file of cache_dir when given: read_all;
+    else read per item). Subclasses make the items."""
 
     def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, repeat: int = 1,
-                 in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+                 in_memory: bool = True, seed: int = 0, first_k: int | None = None,
+                 cache_dir: str | Path | None = None):
         super().__init__(seed)
         _positive('repeat', repeat, int)
         if first_k is not None:
@@ -377,8 +440,8 @@ class PairedFolders(EpochSeeded):
         self.lr_files, self.hr_files = self.lr_files[:first_k], self.hr_files[:first_k]
         self.repeat = repeat
         self.skipped, self.skipped_summary = {}, ''  # pairs left out as too small: {path: (h, w)}, one line
-        self.lr_images, self.lr_sizes = read_all(self.lr_files, in_memory)
-        self.hr_images, self.hr_sizes = read_all(self.hr_files, in_memory)
+        self.lr_images, self.lr_sizes = read_all(self.lr_files, in_memory, cache_dir)
+        self.hr_images, self.hr_sizes = read_all(self.hr_files, in_memory, cache_dir)
 
     @property
     def files(self) -> list[Path]:
@@ -422,10 +485,11 @@ class PairedDataset(PairedFolders):
 
     def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, patch_size: int = 48,
                  sample_q: int = 0, repeat: int = 1, augment: bool = True, in_memory: bool = True,
-                 seed: int = 0, first_k: int | None = None, role: str = 'training', warn: bool = True):
+                 seed: int = 0, first_k: int | None = None, role: str = 'training', warn: bool = True,
+                 cache_dir: str | Path | None = None):
         _count('patch_size', patch_size)
         _count('sample_q', sample_q)
-        super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k)
+        super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k, cache_dir)
         self.patch_size, self.sample_q, self.augment = patch_size, sample_q, augment
         self.scales = []
         for lr_path, hr_path, (h, w), (hh, hw) in zip(self.lr_files, self.hr_files, self.lr_sizes, self.hr_sizes):
@@ -504,13 +568,14 @@ class VariedDataset(PairedFolders):
 
     def __init__(self, lr_root: str | Path | list, hr_root: str | Path | list, size_min: int, size_max: int,
                  gt_resize: int = 0, sample_q: int = 1024, repeat: int = 1, augment: bool = True,
-                 in_memory: bool = True, seed: int = 0, first_k: int | None = None):
+                 in_memory: bool = True, seed: int = 0, first_k: int | None = None,
+                 cache_dir: str | Path | None = None):
         _positive('size_min', size_min, int)
         _positive('size_max', size_max, int)
         check_size_range(size_min, size_max)
         _count('gt_resize', gt_resize)
         _count('sample_q', sample_q)
-        super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k)
+        super().__init__(lr_root, hr_root, repeat, in_memory, seed, first_k, cache_dir)
         self.size_min, self.size_max, self.gt_resize = size_min, size_max, gt_resize
         self.sample_q, self.augment = sample_q, augment
         smallest = (gt_resize or size_min) ** 2

@@ -53,6 +53,13 @@ def _shave(x, shave: int):
     return x[..., shave:x.shape[-2] - shave, shave:x.shape[-1] - shave] if shave else x
 
 
+def _image_means(x: torch.Tensor) -> torch.Tensor:
+    """The (B,) means of a (B, ...) float64 tensor, summed by numpy (pairwise, in one thread): torch's
+    sum order follows its thread count, which would move the last digits of a score with the number
+    of threads, and so with the number of processes that share the work."""
+    return torch.from_numpy(x.flatten(1).cpu().numpy().mean(axis=1)).to(x.device)
+
+
 def psnr(sr, hr, scale: float, protocol: str = 'benchmark'):
     """PSNR in dB of the prediction `sr` (clamped to [0, 1]) against `hr`, both in [0, 1] units
     (uint8 numpy images are divided by 255), with the official LIIF protocols:
@@ -74,7 +81,7 @@ def psnr(sr, hr, scale: float, protocol: str = 'benchmark'):
     diff = _shave(diff, shave)
     if diff.shape[-1] < 1 or diff.shape[-2] < 1:
         raise ValueError(f"psnr: images {tuple(sr.shape[-2:])} are too small to shave {shave} pixels")
-    mse = diff.pow(2).flatten(1).mean(dim=1)
+    mse = _image_means(diff.pow(2))
     value = -10 * torch.log10(mse)
     if is_numpy:
         return float(value[0])
@@ -178,4 +185,4 @@ def _ssim_torch(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> torch.Tensor:
         maps = filtered
     mu1, mu2, e11, e22, e12 = maps
     ssim_map = _ssim_from_moments(mu1, mu2, e11, e22, e12)
-    return ssim_map.flatten(1).mean(dim=1)
+    return _image_means(ssim_map)

@@ -1,7 +1,9 @@
 """Image processing: coordinates, image I/O (and the atomic file writes every output uses), colour
 conversion and resizing."""
+import errno
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,14 +33,58 @@ class ImageError(ValueError):
     """A file that is missing or cannot be read as an image."""
 
 
+# The most pixels an image file may claim. read_image holds the file's samples and a float32 copy (up to
+# 18 bytes a pixel: 1.8 GB here), and 100 Mpx is 35 times DIV2K's largest image; it is also below Pillow's
+# own refusal (2 x Image.MAX_IMAGE_PIXELS = 179 Mpx), so every header within it is read whole.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def header_size(path: str | Path, whole: bool = False) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header (Pillow reads only the header), or None for a
+    format Pillow does not recognise. ImageError when the header claims more than MAX_IMAGE_PIXELS or
+    cannot be parsed. With `whole`, a PNG's chunk checksums and a JPEG's compressed data are read to
+    their end too (the JPEG decoded at 1/8 size), so that a truncated or damaged file is refused here
+    instead of being decoded in part (OpenCV fills a cut JPEG with grey and only warns)."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns from 89 Mpx on; MAX_IMAGE_PIXELS is the limit here
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                height, width = im.height, im.width
+                if whole and height * width <= MAX_IMAGE_PIXELS:
+                    _read_to_end(im)
+    except Image.UnidentifiedImageError:
+        return None
+    except Image.DecompressionBombError:  # twice Pillow's limit: beyond MAX_IMAGE_PIXELS too
+        height, width = None, None
+    except Exception as e:  # Pillow parsing untrusted bytes: any failure means a damaged file
+        reason = ' '.join(str(e).split())[:200]
+        raise ImageError(f"{path} is truncated or damaged ({type(e).__name__}: {reason})") from None
+    if height is None or height * width > MAX_IMAGE_PIXELS:
+        claim = f"{height}x{width}" if height else f"more than {2 * Image.MAX_IMAGE_PIXELS:,}"
+        raise ImageError(f"{path}: its header claims {claim} pixels, more than the {MAX_IMAGE_PIXELS:,} an image "
+                         f"may have (imgproc.MAX_IMAGE_PIXELS); it is not decoded")
+    return height, width
+
+
+def _read_to_end(im: Image.Image) -> None:
+    """Read a PNG's chunks (checking their CRCs) or a JPEG's scans (decoding at 1/8 size) to the end."""
+    if im.format == 'PNG':
+        im.verify()
+    elif im.format == 'JPEG':
+        im.draft(im.mode, (1, 1))
+        im.load()
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as stored: HxWx3 RGB, uint8 or uint16. Grayscale is replicated to 3 channels
-    (like the official PIL `convert('RGB')`) and an alpha channel is dropped."""
+    (like the official PIL `convert('RGB')`) and an alpha channel is dropped. The file is checked first
+    (header_size with `whole`): too large, truncated or damaged files are refused with ImageError."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image {path} does not exist")
     if not path.is_file():
         raise ImageError(f"image {path} is not a file")
+    header_size(path, whole=True)
     try:
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -148,16 +194,38 @@ def quantize(img: torch.Tensor, bits: int = 8, rows: int = 256) -> np.ndarray:
     return out
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, the file-size limit
+
+
+class DiskFull(OSError):
+    """A write that found no room: the disk is full, or a quota or the file-size limit is reached."""
+
+
+def disk_full(path: str | Path, error: OSError, note: str = '') -> DiskFull:
+    """The error to raise for `error` (one of NO_SPACE) while writing `path`: it names the file."""
+    full = DiskFull(f"could not write {path}: the disk is full or a size limit is reached "
+                    f"({error.strerror or error}){note}")
+    full.errno = error.errno
+    return full
+
+
 @contextmanager
 def replacing(path: str | Path):
     """Yields a temporary path beside `path` (same suffix, so writers that go by it still work) that
     replaces `path` in one rename when the block ends without an error, and is removed otherwise: a
-    reader never sees a half-written file, and a failed write (a full disk) leaves the old file as it was."""
+    reader never sees a half-written file, and a failed write leaves the old file as it was. A full
+    disk (an OSError of NO_SPACE, also one that a writer such as torch.save wraps in a RuntimeError)
+    becomes a DiskFull error that names `path`."""
     path = Path(path)
     tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE and not isinstance(cause, DiskFull):
+            raise disk_full(path, cause, f"; nothing was written, {path.name} is left as it was") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -186,14 +254,15 @@ def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
         raise ValueError(f"cannot write {path}: 16-bit images need a .png or .tif file")
     if img.ndim == 3 and img.shape[2] >= 3:  # RGB(A) -> BGR(A)
         img = np.concatenate([img[:, :, 2::-1], img[:, :, 3:]], axis=2)
+    try:  # encoded in memory, written by Python: a full disk is an OSError with its reason (errno)
+        encoded, data = cv2.imencode(path.suffix, np.ascontiguousarray(img))
+    except cv2.error as e:
+        raise ValueError(f"could not write image {path}: {' '.join(str(e).split())}") from None
+    if not encoded:
+        raise ValueError(f"could not encode image {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        try:
-            written = cv2.imwrite(str(tmp), np.ascontiguousarray(img))
-        except cv2.error as e:
-            raise ValueError(f"could not write image {path}: {e}") from None
-        if not written:
-            raise ValueError(f"could not write image {path} (is the disk full?)")
+    with replacing(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
     return path
 
 

@@ -14,22 +14,29 @@ results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png
 Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, in
 windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
-part alone.
+part alone. For a folder, outputs already there are skipped (an interrupted run finishes where it
+stopped) unless --overwrite=True; one image is always written.
+
+    torchrun --standalone --nproc_per_node=4 inference.py --input=frames/ --output=out/   # 4 GPUs (or CPU processes)
+
+Under torchrun each process takes a share of the images, balanced by output pixels, on its own GPU
+(LOCAL_RANK) or the CPU; the outputs are the same bytes as one process writes (docs/distributed.md).
 """
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 import config
-from common import (check_writable, checkpoint_model, format_scale, load_onnx, pick_device, resolve_weights,
-                    run_main, set_threads)
-from dataset import IMAGE_SUFFIXES, list_images
+from common import (Team, check_writable, checkpoint_model, format_scale, join, load_onnx, resolve_weights,
+                    run_main, set_threads, shares)
+from dataset import IMAGE_SUFFIXES, image_size, list_images
 from imgproc import image_to_tensor, quantize, read_image, write_image
 from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
-from render import check_window, output_size
+from render import check_size, check_window, output_size
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
 
@@ -67,16 +74,17 @@ def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
     return [(source, Path(cfg.output))]
 
 
-def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+def checked_size(source: Path, cfg: SimpleNamespace,
+                 lr_size: tuple[int, int] | None = None) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """The output size for the image at `source` and the window of it to write (cfg.window, else all
-    of it), refused when empty, outside the output or beyond cfg.max_pixels."""
-    lr = read_image(source)
-    height, width = output_size(lr.shape[0], lr.shape[1], cfg.scale_hw or cfg.scale, cfg.size)
-    if height < 1 or width < 1:
-        raise ValueError(f"{source}: {lr.shape[0]}x{lr.shape[1]} at {size_tag(cfg)} gives an empty "
-                         f"{height}x{width} output")
+    of it), refused when empty, outside the output or beyond cfg.max_pixels. lr_size: the image's
+    (height, width) when known (from its header); else the image is read."""
+    lr_h, lr_w = lr_size or read_image(source).shape[:2]
     try:
-        window = check_window(cfg.window or None, (height, width))
+        height, width = output_size(lr_h, lr_w, cfg.scale_hw or cfg.scale, cfg.size)
+        if height < 1 or width < 1:
+            raise ValueError(f"{lr_h}x{lr_w} at {size_tag(cfg)} gives an empty {height}x{width} output")
+        window = check_window(cfg.window or None, check_size((height, width)))
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     if window[2] * window[3] > cfg.max_pixels:
@@ -85,32 +93,92 @@ def checked_size(source: Path, cfg: SimpleNamespace) -> tuple[tuple[int, int], t
     return (height, width), window
 
 
+def still_to_do(pairs: list[tuple[Path, Path]], cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
+    """The (input, output) pairs to work on: for a folder input, those whose output is not there yet
+    (all with cfg.overwrite), saying in one line how many are skipped; one image is always written."""
+    if cfg.overwrite or not Path(cfg.input).is_dir():
+        return pairs
+    todo = [(source, target) for source, target in pairs if not target.is_file()]
+    if len(todo) < len(pairs):
+        print(f"skipping {len(pairs) - len(todo)} of {len(pairs)} images: their outputs are already in "
+              f"{pairs[0][1].parent} (--overwrite=True writes them again)")
+    return todo
+
+
+def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.device):
+    """The model `weights` hold, on `device` in eval mode; an .onnx file runs in ONNX Runtime."""
+    if weights.suffix.lower() == '.onnx':
+        return load_onnx(cfg, argv, weights)
+    model = checkpoint_model(cfg, argv, weights, device).eval()
+    check_amp(device, cfg.amp)
+    use_tf32(cfg.tf32)
+    return model
+
+
+def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
+    """Render the image at `source` and write it to `target`; returns the line that says so."""
+    lr = image_to_tensor(read_image(source))[None]
+    size, window = checked_size(source, cfg, lr.shape[2:])
+    if not isinstance(model, torch.nn.Module):  # ONNX Runtime, on the CPU
+        sr = torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
+    else:
+        sr = model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
+    write_image(target, quantize(sr, cfg.bits))
+    part = f" window {list(window)}" if cfg.window else ""
+    return f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})"
+
+
 def main(argv: list[str]) -> list[Path]:
-    """Run inference; returns the written output paths. Every input is checked before any work."""
+    """Run inference; returns the output paths this process wrote. Alone, every input is checked before
+    any work; under torchrun, see run_share."""
     cfg = config.parse(argv, 'inference')
     config.check(cfg, 'inference')
     set_threads(cfg.threads)
-    jobs = [(source, target, checked_size(source, cfg)) for source, target in plan(cfg)]
-    for folder in dict.fromkeys(target.parent for _, target, _ in jobs):
+    team = join(cfg.device, objects_only=True)
+    if team.world_size > 1:
+        return run_share(cfg, argv, team)
+    jobs = still_to_do(plan(cfg), cfg)
+    for source, _ in jobs:
+        checked_size(source, cfg)
+    for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
-    weights = resolve_weights(cfg.weights)
-    if weights.suffix.lower() == '.onnx':
-        model, device = load_onnx(cfg, argv, weights), None
-    else:
-        device = pick_device(cfg.device)
-        model = checkpoint_model(cfg, argv, weights, device).eval()
-        check_amp(device, cfg.amp)
-        use_tf32(cfg.tf32)
-    for source, target, (size, window) in jobs:
-        lr = image_to_tensor(read_image(source))[None]
-        if device is None:
-            sr = torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=True))
-        else:
-            sr = model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=True, window=window)
-        write_image(target, quantize(sr, cfg.bits))
-        part = f" window {list(window)}" if cfg.window else ""
-        print(f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})")
-    return [target for _, target, _ in jobs]
+    model = load(cfg, argv, resolve_weights(cfg.weights), team.device) if jobs else None
+    for source, target in jobs:
+        print(upscale(model, team.device, source, target, cfg, progress=True))
+    return [target for _, target in jobs]
+
+
+def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple[Path, Path]]]:
+    """Rank 0's plan under torchrun: the images still to do, checked from their headers, in world_size
+    shares balanced by output pixels."""
+    jobs = still_to_do(plan(cfg), cfg)
+    windows = [checked_size(source, cfg, image_size(source))[1] for source, _ in jobs]
+    for folder in dict.fromkeys(target.parent for _, target in jobs):
+        check_writable(folder, 'output folder')
+    return [[jobs[i] for i in share] for share in shares([h * w for _, _, h, w in windows], world_size)]
+
+
+def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:
+    """One process of a torchrun launch: its share of rank 0's split, with one progress bar (rank 0)
+    of every process's images. A process that fails raises the run's failure flag and reports; the
+    others stop before their next image. Images are read (and an unreadable one found) when rendered."""
+    split = team.decide(lambda: split_work(cfg, team.world_size))
+    targets = [target for share in split for _, target in share]
+    if not targets:
+        return []
+    weights = team.first_on_node(lambda: resolve_weights(cfg.weights))  # fetched once per node when missing
+    model = load(cfg, argv, weights, team.device) if split[team.rank] else None
+    start = time.perf_counter()
+    with team.progress(len(targets), 'inference'):
+        for source, target in split[team.rank]:
+            team.check()
+            upscale(model, team.device, source, target, cfg, progress=False)
+            team.finished_one()
+        team.wait()
+    if team.rank == 0:
+        print(f"{len(targets)} image(s) written into {targets[0].parent} by {team.world_size} processes in "
+              f"{time.perf_counter() - start:.1f} s")
+    return [target for _, target in split[team.rank]]
 
 
 if __name__ == '__main__':

@@ -19,6 +19,8 @@ LIIF has two paths computing the same function (`model.fast`, config setting `fa
   terms are added before the ReLU. The four ensemble members are decoded in one call, in
   cache-sized blocks.
 """
+import reprlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -465,24 +467,45 @@ class Upsample(SRModel):
 
 ENCODERS = {'edsr-baseline': EDSR, 'rdn': RDN}
 MODELS = ('liif', 'metasr', 'upsample')
+LIIF_SWITCHES = ('feat_unfold', 'local_ensemble', 'cell_decode')
+
+
+def option_problems(options: dict) -> list[str]:
+    """What keeps build_model from building `options` (the model settings, or a checkpoint's options),
+    one phrase per problem; [] when they are fine. Values are checked by type before `in` compares them
+    (a tensor cannot be compared), and shown shortened (reprlib)."""
+    model = options.get('model') if isinstance(options.get('model'), str) else None
+    encoder = options.get('encoder') if isinstance(options.get('encoder'), str) else None
+    hidden, scale = options.get('hidden_list', [256]), options.get('upsample_scale')
+    problems = [f"unknown model option {reprlib.repr(key)}" for key in options
+                if key not in ('model', 'encoder', 'upsample_scale', 'hidden_list', *LIIF_SWITCHES)]
+    if model not in MODELS:
+        problems.append(f"model must be one of {', '.join(map(repr, MODELS))}, got {reprlib.repr(options.get('model'))}")
+    if encoder not in ENCODERS:
+        problems.append(f"encoder must be 'edsr-baseline' or 'rdn', got {reprlib.repr(options.get('encoder'))}")
+    elif model == 'upsample' and (type(scale) is not int or scale not in UPSAMPLE_SCALES[encoder]):
+        problems.append(f"upsample_scale must be one of {UPSAMPLE_SCALES[encoder]} for the {encoder} up-sampler, "
+                        f"got {reprlib.repr(scale)}")
+    if not isinstance(hidden, (list, tuple)) or not hidden or any(type(n) is not int or n <= 0 for n in hidden):
+        problems.append(f"hidden_list must be a non-empty list of positive ints, got {reprlib.repr(hidden)}")
+    problems += [f"{key} must be True or False, got {reprlib.repr(options[key])}" for key in LIIF_SWITCHES
+                 if key in options and not isinstance(options[key], bool)]
+    return problems
 
 
 def build_model(model: str = 'liif', encoder: str = 'edsr-baseline', upsample_scale: int = 2, fast: bool = True,
                 **liif_options) -> SRModel:
     """Any model: 'liif' (liif_options: hidden_list, feat_unfold, local_ensemble, cell_decode; fast),
     'metasr', or 'upsample' (the encoder's own up-sampler at upsample_scale). Options that do not
-    concern the chosen model are ignored."""
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+    concern the chosen model are ignored; those option_problems finds fault with are refused."""
+    problems = option_problems(dict(model=model, encoder=encoder, upsample_scale=upsample_scale, **liif_options))
+    if problems:
+        raise ValueError("cannot build the model: " + "; ".join(problems))
     if model == 'liif':
         return LIIF(ENCODERS[encoder](), encoder, fast=fast, **liif_options)
     if model == 'metasr':
         return MetaSR(ENCODERS[encoder](), encoder)
-    if model == 'upsample':
-        if upsample_scale not in UPSAMPLE_SCALES[encoder]:
-            raise ValueError(f"the {encoder} up-sampler has scales {UPSAMPLE_SCALES[encoder]}, not {upsample_scale!r}")
-        return Upsample(ENCODERS[encoder](upsample_scale=upsample_scale), encoder, upsample_scale)
-    raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}")
+    return Upsample(ENCODERS[encoder](upsample_scale=upsample_scale), encoder, upsample_scale)
 
 
 def liif_edsr(**options) -> LIIF:
@@ -522,7 +545,9 @@ def load_file(path: str | Path):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a file it then refuses, or torch's own
+            warnings.simplefilter('ignore')
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # keep torch's reason, not its advice to load untrusted pickles
         reason = str(e).split('WeightsUnpickler error:')[-1].split('Check the documentation')[0].strip()
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another format): "
@@ -544,11 +569,12 @@ def model_name(options: dict) -> str:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """(options, state dict) from an official LIIF / MetaSR / baseline checkpoint or one of ours."""
+    """(options, state dict) from an official LIIF / MetaSR / baseline checkpoint or one of ours; ValueError
+    for anything else, and for options build_model refuses or a state dict that is not names -> tensors."""
     ckpt = load_file(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'sd' in ckpt['model']:
         name = ckpt['model'].get('name')
-        if name not in ('liif', 'metasr'):
+        if not isinstance(name, str) or name not in ('liif', 'metasr'):
             raise ValueError(f"{path} holds a {name!r} model, not LIIF, MetaSR or a LIIF-wrapped baseline")
         try:
             options = official_options(ckpt['model'])
@@ -557,19 +583,26 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
                              f"(no {e})") from None
         except ValueError as e:
             raise ValueError(f"{path} is not a model this project builds: {e}") from None
-        # EDSR's mean shifts are in the official state dict but unused (the calls are commented out)
-        state = {k: v for k, v in ckpt['model']['sd'].items()
-                 if not k.startswith(('encoder.sub_mean', 'encoder.add_mean'))}
-        return options, state
-    if isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
+        state = ckpt['model']['sd']
+        if isinstance(state, dict):  # EDSR's mean shifts are in the official state dict but unused
+            state = {k: v for k, v in state.items() if not str(k).startswith(('encoder.sub_mean', 'encoder.add_mean'))}
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get('options'), dict) and isinstance(ckpt.get('model'), dict):
         # a run with an EMA validated (and chose best.pth by) the averaged weights: use those
-        return checkpoint_options(ckpt), ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
-    raise ValueError(f"{path} is not a model checkpoint (neither the official format nor this project's)")
+        options, state = checkpoint_options(ckpt), ckpt['ema'] if isinstance(ckpt.get('ema'), dict) else ckpt['model']
+    else:
+        raise ValueError(f"{path} is not a model checkpoint (neither the official format nor this project's)")
+    problems = option_problems(options)
+    if problems:
+        raise ValueError(f"{path} describes a model this project cannot build: {'; '.join(problems)}")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) and v.layout == torch.strided
+                                              and v.device.type == 'cpu' and v.is_floating_point()
+                                              for k, v in state.items()):
+        raise ValueError(f"{path} holds a state dict that is not parameter names -> floating-point tensors")
+    return options, state
 
 
-def load_weights(model: SRModel, path: str | Path) -> SRModel:
-    """Load an official or project checkpoint into `model`; refuse anything that does not fit exactly."""
-    options, state = read_checkpoint(path)
+def check_fit(model: SRModel, options: dict, state: dict, path: str | Path) -> None:
+    """Refuse a checkpoint's `options` and `state` that do not fit `model` exactly (options, names, shapes)."""
     if options['model'] != model.options['model']:
         differ = [f"model: file {options['model']!r}, model {model.options['model']!r}"]
     else:
@@ -583,11 +616,22 @@ def load_weights(model: SRModel, path: str | Path) -> SRModel:
     if missing or unexpected or shapes:
         raise ValueError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                          f"shape mismatches {shapes[:5]}")
+
+
+def load_weights(model: SRModel, path: str | Path) -> SRModel:
+    """Load an official or project checkpoint into `model`; refuse anything that does not fit exactly."""
+    options, state = read_checkpoint(path)
+    check_fit(model, options, state, path)
     model.load_state_dict(state)
     return model
 
 
 def model_from_checkpoint(path: str | Path, **overrides) -> SRModel:
-    """Build the model a checkpoint describes and load it (overrides: e.g. fast=False)."""
-    options, _ = read_checkpoint(path)
-    return load_weights(build_model(**options, **overrides), path)
+    """Build the model a checkpoint describes and load it (overrides: e.g. fast=False). The fit is checked
+    first on a twin on the meta device (shapes, no memory): a file that does not fit allocates nothing."""
+    options, state = read_checkpoint(path)
+    with torch.device('meta'):
+        check_fit(build_model(**options, **overrides), options, state, path)
+    model = build_model(**options, **overrides)
+    model.load_state_dict(state)
+    return model

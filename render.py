@@ -12,10 +12,13 @@ A model plugs in through a small interface (model.SRModel):
   `bytes_per_lr_pixel` (for `auto_chunk` / `auto_tile`).
 Every look-up is separable (row and column look-ups only), so a render computes them once per
 axis for the whole image, in the whole image's coordinates, and a tile only shifts indices: tiled
-and untiled renders read the same latent codes and give the same values.
+and untiled renders read the same latent codes and give the same values. That is also why a render
+that runs out of memory can go on in smaller pieces (half the chunk, then half the LR tile) and give
+the same image.
 """
 import math
 import numbers
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -36,6 +39,10 @@ CUDA_FREE_SHARE = 0.5
 # keep an H200 busy, 1 GiB of fp32 activations.
 CPU_BLOCK_ROWS = 4096
 GPU_FIXED_BLOCK_ROWS = 1 << 20
+# The fewest queries per decoder call, for auto_chunk and for out-of-memory retries: 256 queries take a few
+# MB (256 x bytes_per_query: 5.5 MB for the reference LIIF, 0.1 MB for the fast one), about what the encoder
+# needs for a 64x64 LR tile (6 MB for EDSR-baseline), so smaller chunks free next to nothing.
+MIN_CHUNK = 256
 
 
 class Lookup(NamedTuple):
@@ -53,10 +60,11 @@ def real(n):
     return n.double() if isinstance(n, torch.Tensor) else n
 
 
-def pixel_centres(n: int | torch.Tensor, device=None) -> torch.Tensor:
-    """Centres of n pixels on [-1, 1]: -1 + (2i + 1) / n, computed as the official make_coord does."""
+def pixel_centres(n: int | torch.Tensor, device=None, start=0, stop=None) -> torch.Tensor:
+    """Centres of pixels [start, stop) (all n by default) of n pixels on [-1, 1]: -1 + (2i + 1) / n,
+    computed as the official make_coord does (the same values for a part as for the whole)."""
     r = 1 / real(n)
-    return -1 + r + 2 * r * torch.arange(n, device=device).float()
+    return -1 + r + 2 * r * torch.arange(start, n if stop is None else stop, device=device).float()
 
 
 def nearest_index(c: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
@@ -70,6 +78,19 @@ def spans(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(start, n, step)]
 
 
+# The longest output side: pixel centres are computed in float32, which tells neighbouring pixels apart
+# only up to 2**24 pixels a side.
+MAX_SIDE = 1 << 24
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """`size` = (H, W) as two ints, after checking that both are in 1..MAX_SIDE."""
+    height, width = (int(n) for n in size)
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise ValueError(f"output size must be positive and at most {MAX_SIDE} pixels a side, got {height}x{width}")
+    return height, width
+
+
 def output_size(height: int, width: int, scale: float | list[float] = 4.0,
                 size: list[int] | tuple[int, int] | None = None) -> tuple[int, int]:
     """The (H, W) render of an h x w image: `size` when given, else round(side * factor) with one
@@ -77,6 +98,8 @@ def output_size(height: int, width: int, scale: float | list[float] = 4.0,
     if size:
         return int(size[0]), int(size[1])
     scale_h, scale_w = scale if isinstance(scale, (list, tuple)) else (scale, scale)
+    if not math.isfinite(height * scale_h) or not math.isfinite(width * scale_w):  # 1e308 x 9: no size at all
+        raise ValueError(f"a {height}x{width} image at x{scale_h:g} by x{scale_w:g} has no representable size")
     return round(height * scale_h), round(width * scale_w)
 
 
@@ -105,12 +128,12 @@ def check_window(window, size: tuple[int, int]) -> tuple[int, int, int, int]:
 def window_lookups(model, size, window, lr_size, device=None) -> tuple[Lookup, Lookup]:
     """The row and column look-ups of the output pixels in `window` = (top, left, height, width) of a
     `size` = (H, W) render from an LR image of `lr_size` = (h, w). The numbers are ints, or 0-d int64
-    tensors in an exported graph; the centres are those of the whole output, sliced."""
+    tensors in an exported graph; the centres are those of the whole output, computed for the window only."""
     (height, width), (top, left, rows, cols) = size, window
     # the cell (2/H, 2/W) in float32, as coord_cell makes it
     cell = [(torch.full((), 2.0, dtype=torch.float64, device=device) / real(n)).float() for n in (height, width)]
-    return (model.lookup(pixel_centres(height, device)[top:top + rows], lr_size[0], cell[0]),
-            model.lookup(pixel_centres(width, device)[left:left + cols], lr_size[1], cell[1]))
+    return (model.lookup(pixel_centres(height, device, top, top + rows), lr_size[0], cell[0]),
+            model.lookup(pixel_centres(width, device, left, left + cols), lr_size[1], cell[1]))
 
 
 def lr_region(index: torch.Tensor, k: int, margin: int, n) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +168,7 @@ def decoder_rows(device: torch.device, fixed: bool = False) -> int | None:
 
 def auto_chunk(model, memory_budget: int, device: torch.device) -> int:
     """Queries per chunk (over the batch) that keep the per-chunk tensors on `device` within budget / 8."""
-    return max(256, memory_budget // 8 // model.bytes_per_query(device))
+    return max(MIN_CHUNK, memory_budget // 8 // model.bytes_per_query(device))
 
 
 def auto_tile(model, lr_shape: tuple[int, ...], memory_budget: int) -> int:
@@ -197,13 +220,12 @@ def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = N
     which follows the device). Output pixels are rendered per LR tile holding their centres; each
     tile encodes the LR rectangle its look-ups read plus the model's margin, so the work follows the
     window, not the whole output. Only the output is allocated at full size. progress: a tqdm bar of
-    pixels.
+    pixels. Out of memory (CUDA's, or the CPU's), a render goes on in smaller pieces with one warning
+    and gives the same image (see Pieces).
     """
-    height, width = (int(n) for n in size)
     if lr.dim() != 4 or lr.shape[1] != 3:
         raise ValueError(f"lr must be (B, 3, h, w), got {tuple(lr.shape)}")
-    if height <= 0 or width <= 0:
-        raise ValueError(f"output size must be positive, got {size}")
+    height, width = check_size(size)
     top, left, out_h, out_w = check_window(window, (height, width))
     b, _, h, w = lr.shape
     device = lr.device
@@ -215,24 +237,115 @@ def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = N
         (y0, y1), (x0, x1) = lr_region(rows.index, k, margin, h), lr_region(cols.index, k, margin, w)
         tile = auto_tile(model, (b, 3, int(y1 - y0), int(x1 - x0)), memory_budget)
     out = lr.new_empty(b, 3, out_h, out_w, dtype=torch.float32)
+    pieces = Pieces(model, chunk, tile or max(h, w), (height, width), device)  # one tile of max(h, w): untiled
     bar = tqdm(total=b * out_h * out_w, unit='px', unit_scale=True, disable=not progress, leave=False,
                mininterval=1)
     with autocast(device, amp), bar:
-        for i0, i1 in _owned(top, out_h, height, h, tile):
-            for j0, j1 in _owned(left, out_w, width, w, tile):
-                latent, tile_rows, tile_cols = encode_region(model, lr, _slice(rows, i0, i1), _slice(cols, j0, j1),
-                                                             (h, w))
-                _render_rectangle(model, latent, tile_rows, tile_cols, chunk, out[:, :, i0:i1, j0:j1], bar)
+        _render_tiles(model, lr, rows, cols, (top, left), out, bar, pieces)
     return out
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: CUDA's OutOfMemoryError, MemoryError, or torch's CPU allocator (whose
+    failure is a plain RuntimeError)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+class RenderOutOfMemory(MemoryError):
+    """Out of memory even at MIN_CHUNK queries per chunk and the smallest LR tile."""
+
+
+class Pieces:
+    """The chunk and the LR tile of one render. After an out-of-memory error the piece that failed is
+    rendered again with half the chunk or, at MIN_CHUNK, with half the tile; the rest of the render keeps
+    the smaller size. The tile stops at the model's margin (a smaller tile is mostly margin: halving it
+    again barely shrinks the LR rectangle encoded), where RenderOutOfMemory ends the render. The first
+    retry warns (one line); cached CUDA memory is freed before each retry."""
+
+    def __init__(self, model, chunk: int, tile: int, size: tuple[int, int], device: torch.device):
+        self.chunk, self.tile, self.size, self.device = chunk, tile, size, device
+        self.min_tile = max(1, model.tile_margin)
+        self.warned = self.retrying = False
+
+    def halve_chunk(self, error: BaseException) -> bool:
+        """Halve the chunk after `error`; False when it is at MIN_CHUNK already (the tile is next)."""
+        if self.chunk <= MIN_CHUNK:
+            return False
+        self._retry(error)
+        self.chunk = max(MIN_CHUNK, self.chunk // 2)
+        return True
+
+    def halve_tile(self, error: BaseException) -> None:
+        """Halve the LR tile after `error`; RenderOutOfMemory when it is at the model's margin already."""
+        if self.tile <= self.min_tile:
+            raise RenderOutOfMemory(
+                f"out of memory rendering a {self.size[0]}x{self.size[1]} image even with {self.chunk} queries per "
+                f"chunk and LR tiles of {self.tile} pixels ({_first_line(error)}): render a smaller size or "
+                f"window, or free memory") from None
+        self._retry(error)
+        self.tile = max(self.min_tile, self.tile // 2)
+
+    def _retry(self, error: BaseException) -> None:
+        if not self.warned:
+            warnings.warn(f"out of memory while rendering a {self.size[0]}x{self.size[1]} image "
+                          f"({_first_line(error)}): going on in smaller pieces (half the chunk, then half the LR "
+                          f"tile, as needed); the image is the same", stacklevel=2)
+            self.warned = True
+        self.retrying = True
+
+    def before_attempt(self) -> None:
+        """Free cached CUDA memory after a failed attempt, once the failed call's tensors are gone."""
+        if self.retrying and self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+        self.retrying = False
+
+
+def _first_line(error: BaseException) -> str:
+    """'OutOfMemoryError: CUDA out of memory. Tried to allocate ...' (its first line), or the type alone."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def _render_tiles(model, lr, rows: Lookup, cols: Lookup, corner: tuple[int, int], out: torch.Tensor, bar,
+                  pieces: Pieces) -> None:
+    """Render `out` (B, 3, n, m): the part of the whole render whose top-left pixel is `corner` = (row,
+    column) and whose pixels have the look-ups `rows` (n) and `cols` (m), LR tile by LR tile of pieces.tile
+    pixels. A tile that runs out of memory, and every later one once the tile has shrunk, is rendered
+    from tiles of the smaller size."""
+    (top, left), (height, width), (h, w), tile = corner, pieces.size, lr.shape[-2:], pieces.tile
+    for i0, i1 in _owned(top, out.shape[2], height, h, tile):
+        for j0, j1 in _owned(left, out.shape[3], width, w, tile):
+            part_rows, part_cols, part = _slice(rows, i0, i1), _slice(cols, j0, j1), out[:, :, i0:i1, j0:j1]
+            if pieces.tile == tile and _render_tile(model, lr, part_rows, part_cols, part, bar, pieces):
+                continue
+            _render_tiles(model, lr, part_rows, part_cols, (top + i0, left + j0), part, bar, pieces)
+
+
+def _render_tile(model, lr, rows: Lookup, cols: Lookup, out: torch.Tensor, bar, pieces: Pieces) -> bool:
+    """Encode the LR rectangle that `rows` and `cols` read (plus the margin) and decode `out` from it; False,
+    with the tile halved, when that runs out of memory."""
+    counted = bar.n
+    pieces.before_attempt()
+    try:
+        latent, tile_rows, tile_cols = encode_region(model, lr, rows, cols, lr.shape[-2:])
+        _render_rectangle(model, latent, tile_rows, tile_cols, out, bar, pieces)
+        return True
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        pieces.halve_tile(e)
+    bar.update(counted - bar.n)  # the part it had counted is rendered again
+    return False
+
+
 def _owned(start: int, count: int, n_out: int, n_lr: int, tile: int) -> list[tuple[int, int]]:
-    """Per LR tile of `tile` pixels (one tile when 0), the output pixels [i0, i1) of the window
-    [start, start + count) on an output axis of n_out pixels whose centres it holds (relative to
-    the window; empty ones left out). Output pixel i's centre is in LR pixel floor((2i + 1) n_lr / 2 n_out)."""
+    """Per LR tile of `tile` pixels, the output pixels [i0, i1) of the window [start, start + count) on
+    an output axis of n_out pixels whose centres it holds (relative to the window; empty ones left out).
+    Output pixel i's centre is in LR pixel floor((2i + 1) n_lr / 2 n_out)."""
     owner = (2 * torch.arange(start, start + count) + 1) * n_lr // (2 * n_out)
     first, last = int(owner[0]), int(owner[-1]) + 1
-    edges = [first] + [e for _, e in spans(last, tile or last, first)]
+    edges = [first] + [e for _, e in spans(last, tile, first)]
     cuts = torch.searchsorted(owner, torch.tensor(edges)).tolist()
     return [(i0, i1) for i0, i1 in zip(cuts, cuts[1:]) if i0 < i1]
 
@@ -250,16 +363,26 @@ def _along(look: Lookup, axis: int) -> Lookup:
     return Lookup(shape(look.index), None if look.rel is None else shape(look.rel), look.cell)
 
 
-def _render_rectangle(model, latent, rows: Lookup, cols: Lookup, chunk: int, out: torch.Tensor, bar) -> None:
-    """Decode the output rectangle `out` (B, 3, n_rows, n_cols) in chunks of whole rows (or of parts
-    of one row)."""
-    b = out.shape[0]
-    n_rows, n_cols = out.shape[-2:]
-    if b * n_cols <= chunk:
-        rows_per_chunk, cols_per_chunk = chunk // (b * n_cols), n_cols
-    else:
-        rows_per_chunk, cols_per_chunk = 1, max(1, chunk // b)
-    for r0, r1 in spans(n_rows, rows_per_chunk):
-        for c0, c1 in spans(n_cols, cols_per_chunk):
-            out[:, :, r0:r1, c0:c1] = decode_grid(model, latent, _slice(rows, r0, r1), _slice(cols, c0, c1))
-            bar.update(b * (r1 - r0) * (c1 - c0))
+def _render_rectangle(model, latent, rows: Lookup, cols: Lookup, out: torch.Tensor, bar, pieces: Pieces) -> None:
+    """Decode the output rectangle `out` (B, 3, n_rows, n_cols) in chunks of whole rows (or of parts of
+    one row) of at most pieces.chunk queries. A band of rows that runs out of memory is decoded again in
+    chunks half as big; at MIN_CHUNK the error goes on to the tile (_render_tile)."""
+    b, n_rows, n_cols = out.shape[0], *out.shape[-2:]
+    r0 = 0
+    while r0 < n_rows:
+        pieces.before_attempt()
+        chunk = pieces.chunk
+        if b * n_cols <= chunk:
+            rows_per_chunk, cols_per_chunk = chunk // (b * n_cols), n_cols
+        else:
+            rows_per_chunk, cols_per_chunk = 1, max(1, chunk // b)
+        r1 = min(n_rows, r0 + rows_per_chunk)
+        try:
+            for c0, c1 in spans(n_cols, cols_per_chunk):
+                out[:, :, r0:r1, c0:c1] = decode_grid(model, latent, _slice(rows, r0, r1), _slice(cols, c0, c1))
+        except Exception as e:
+            if not (out_of_memory(e) and pieces.halve_chunk(e)):
+                raise
+            continue  # the band again, once the failed call's tensors are freed
+        bar.update(b * (r1 - r0) * n_cols)
+        r0 = r1

@@ -7,24 +7,29 @@ every pixel of the whole ground truth, averaged per image).
     python test.py --experiment=celebAHQ-32-256-liif --weights=results/celebAHQ-32-256-liif/best.pth
     python test.py --test_lr_dir=val/32 --test_dir=val/256 --test_protocol=rgb --weights=path/to/ckpt.pth
 
+    torchrun --standalone --nproc_per_node=4 test.py --weights=path/to/ckpt.pth   # 4 GPUs (or CPU processes)
+
 Writes to out_dir: test_results.csv / .md (dataset x scale), test_per_image.csv, test_config.json and,
-with save_images, images/<set>/x<scale>/<name>.png.
+with save_images, images/<set>/x<scale>/<name>.png. Under torchrun each process scores a share of the
+images (balanced by pixels) and rank 0 writes the tables, the same to every digit as one process's.
 """
 import csv
 import sys
 import time
 from pathlib import Path
 
+from torch.utils.data import Subset
+
 import config
-from common import (check_writable, checkpoint_model, evaluate, format_scale, pick_device, resolve_weights, run_main,
-                    set_threads)
-from dataset import BenchmarkDataset, PairedTestSet
+from common import (Team, check_writable, checkpoint_model, evaluate, format_scale, join, resolve_weights, run_main,
+                    set_threads, shares)
+from dataset import BenchmarkDataset, PairedTestSet, image_size
 from imgproc import replacing, tensor_to_image, write_image
 from precision import check_amp, use_tf32
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with replacing(path) as tmp, open(tmp, 'w', newline='') as f:
+    with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -65,43 +70,100 @@ def datasets_to_score(cfg) -> dict[tuple[str, float], BenchmarkDataset | PairedT
             for set_name in cfg.test_sets for scale in cfg.test_scales}
 
 
+def split_items(datasets: dict, world_size: int) -> list[list[tuple[int, int]]]:
+    """(dataset number, image index) of every image, in world_size shares balanced by HR pixels."""
+    sets = list(datasets.values())
+    items = [(k, i) for k, dataset in enumerate(sets) for i in range(len(dataset))]
+    costs = [h * w for h, w in (image_size(sets[k].hr_files[i]) for k, i in items)]
+    return [[items[j] for j in share] for share in shares(costs, world_size)]
+
+
+def counted(save, team: Team):
+    """An on_image for evaluate that saves (when `save`), counts the image for the progress bar and
+    stops this process when another one has failed."""
+    def on_image(item: dict, sr) -> None:
+        if save is not None:
+            save(item, sr)
+        team.finished_one()
+        team.check()
+    return on_image
+
+
+def scored(model, datasets: dict, cfg, team: Team, out_dir: Path):
+    """((set, scale), rows) of each dataset in order, rows as evaluate gives them: alone, each dataset as
+    it is done; under torchrun, each process scores its share and rank 0 yields them all, in the
+    single-process order, once every process is done (the others yield nothing)."""
+    benchmark = cfg.test_protocol == 'benchmark'  # 'rgb': RGB PSNR over every pixel, no SSIM
+    settings = dict(chunk=cfg.chunk, amp=cfg.amp, protocol=cfg.test_protocol, with_ssim=benchmark, border=benchmark)
+
+    def saver(set_name: str, scale: float):
+        return image_saver(out_dir / 'images' / set_name / f'x{format_scale(scale)}') if cfg.save_images else None
+    if team.world_size == 1:
+        for (set_name, scale), dataset in datasets.items():
+            yield (set_name, scale), evaluate(model, dataset, on_image=saver(set_name, scale),
+                                              desc=f'{set_name} x{format_scale(scale)}', **settings)
+        return
+    split = team.decide(lambda: split_items(datasets, team.world_size))
+    rows = []
+    with team.progress(sum(map(len, split)), 'test'):
+        for k, ((set_name, scale), dataset) in enumerate(datasets.items()):
+            indices = [i for j, i in split[team.rank] if j == k]
+            got = evaluate(model, Subset(dataset, indices), on_image=counted(saver(set_name, scale), team),
+                           progress=False, **settings)
+            rows += [((k, i), row) for i, row in zip(indices, got)]
+        gathered = team.gather(rows)
+    if gathered is not None:
+        by_item = dict(pair for share in gathered for pair in share)
+        for k, (key, dataset) in enumerate(datasets.items()):
+            yield key, [by_item[k, i] for i in range(len(dataset))]
+
+
+def open_out_dir(cfg, out_dir: Path) -> None:
+    check_writable(out_dir, 'out_dir')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, out_dir / 'test_config.json')
+
+
 def main(argv: list[str]) -> list[dict]:
-    """Run the evaluation; returns the summary rows {'dataset', 'scale', 'psnr', 'ssim', 'images'}.
-    Every input (settings, checkpoint, data) is checked before anything is written."""
+    """Run the evaluation; returns the summary rows {'dataset', 'scale', 'psnr', 'ssim', 'images'} (under
+    torchrun, at rank 0; [] at the others). Every input (settings, checkpoint, data) is checked before
+    anything is written."""
     cfg = config.parse(argv, 'test')
     config.check(cfg, 'test')
     set_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    model = checkpoint_model(cfg, argv, resolve_weights(cfg.weights), device)
+    team = join(cfg.device, objects_only=True)
+    device = team.device
+    weights = team.first_on_node(lambda: resolve_weights(cfg.weights))  # fetched once per node when missing
+    model = checkpoint_model(cfg, argv, weights, device)
     check_amp(device, cfg.amp)
     use_tf32(cfg.tf32)
     datasets = datasets_to_score(cfg)
     out_dir = Path(cfg.out_dir)
-    check_writable(out_dir, 'out_dir')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, out_dir / 'test_config.json')
-    print(f"evaluating {cfg.weights} on {device} ({cfg.amp})")
+    team.decide(lambda: open_out_dir(cfg, out_dir))  # rank 0; the others wait for it
+    if team.rank == 0:
+        processes = f" x {team.world_size} processes" if team.world_size > 1 else ''
+        print(f"evaluating {cfg.weights} on {device}{processes} ({cfg.amp})")
 
     start = time.perf_counter()
     per_image, summary = [], []
-    for (set_name, scale), dataset in datasets.items():
-        label = f'x{format_scale(scale)}'
-        saver = image_saver(out_dir / 'images' / set_name / label) if cfg.save_images else None
-        benchmark = cfg.test_protocol == 'benchmark'  # 'rgb': RGB PSNR over every pixel, no SSIM
-        rows = evaluate(model, dataset, chunk=cfg.chunk, amp=cfg.amp, protocol=cfg.test_protocol,
-                        with_ssim=benchmark, border=benchmark, on_image=saver, desc=f'{set_name} {label}')
+    for (set_name, scale), rows in scored(model, datasets, cfg, team, out_dir):
         per_image += [{'dataset': set_name, **row} for row in rows]
         mean = {k: sum(row[k] for row in rows) / len(rows) for k in ('psnr', 'ssim') if k in rows[0]}
         summary.append({'dataset': set_name, 'scale': float(scale), **mean, 'images': len(rows)})
         ssim = f", SSIM {mean['ssim']:.4f}" if 'ssim' in mean else ''
-        print(f"{set_name} {label}: PSNR {mean['psnr']:.4f} dB{ssim} ({len(rows)} images)")
+        print(f"{set_name} x{format_scale(scale)}: PSNR {mean['psnr']:.4f} dB{ssim} ({len(rows)} images)")
+    if team.rank != 0:
+        return []
     elapsed = time.perf_counter() - start
 
     table = markdown_table(summary)
-    write_csv(out_dir / 'test_results.csv', summary)
-    write_csv(out_dir / 'test_per_image.csv', per_image)
-    with replacing(out_dir / 'test_results.md') as tmp:
-        tmp.write_text(table)
+    # the three tables replace the previous ones together, once all are written (none on a full disk)
+    with replacing(out_dir / 'test_results.csv') as results:
+        write_csv(results, summary)
+        with replacing(out_dir / 'test_per_image.csv') as rows:
+            write_csv(rows, per_image)
+            with replacing(out_dir / 'test_results.md') as markdown:
+                markdown.write_text(table)
     print('\n' + table)
     print(f"{len(per_image)} images in {elapsed:.1f} s; results in {out_dir}")
     return summary

@@ -20,8 +20,10 @@ import itertools
 import math
 import os
 import random
+import reprlib
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +40,11 @@ from tqdm import tqdm
 
 import config
 import precision
-from common import check_writable, evaluate, pick_device, run_main, seed_everything, set_threads
+from common import Team, check_writable, evaluate, join, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, DevicePatches, Draws, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize, replacing
-from model import build_model, checkpoint_options, load_file, load_weights, model_name
+from model import build_model, checkpoint_options, load_file, load_weights, model_name, option_problems
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -105,20 +107,6 @@ class Objective(torch.nn.Module):
         return F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
 
 
-def setup_distributed(cfg) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun (RANK in the environment) joins the process group:
-    nccl with one GPU per process on CUDA, gloo on the CPU; otherwise a plain single process."""
-    device = pick_device(cfg.device)
-    if 'RANK' not in os.environ:
-        return 0, 1, device
-    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
-    if device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
-        torch.cuda.set_device(device)
-    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return rank, world_size, device
-
-
 def worker_count(requested: int, world_size: int) -> int:
     """DataLoader workers per process: as requested, but leaving a core per training process."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
@@ -148,9 +136,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves a half-written checkpoint."""
-    with replacing(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temporary file, then rename: a killed run never leaves a half-written checkpoint,
+    and a full disk leaves the previous one as it was. Written through a Python file, whose OSError
+    (and so the reason) torch's writer keeps as the context of its RuntimeError, for `replacing`."""
+    with replacing(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -205,10 +195,11 @@ def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.
     return total / count
 
 
-def training_set(cfg) -> TrainDataset | PairedDataset | VariedDataset:
+def training_set(cfg, cache_dir: Path | None = None) -> TrainDataset | PairedDataset | VariedDataset:
     """The training items train_data asks for: patches made from HR images at random scales, patches of
-    paired LR / HR folders, or paired images with ground truths of varying size."""
-    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed)
+    paired LR / HR folders, or paired images with ground truths of varying size; with cache_dir, their
+    decoded images come from the shared file there (dataset.shared_images)."""
+    common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed, cache_dir=cache_dir)
     # too-small images are reported by train() once the run folder exists, not warned about here
     if cfg.train_data == 'paired':
         return PairedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.patch_size, cfg.sample_q, warn=False, **common)
@@ -285,7 +276,7 @@ class Run:
     last_psnr: float | None = None  # the latest validation's (not saved)
 
     def finished(self) -> bool:
-        return self.epoch == self.cfg.epochs or self.out_of_steps()
+        return self.epoch >= self.cfg.epochs or self.out_of_steps()
 
     def out_of_steps(self) -> bool:
         return bool(self.cfg.max_steps and self.step >= self.cfg.max_steps)
@@ -320,26 +311,89 @@ def build_run(cfg: SimpleNamespace, device: torch.device, world_size: int, steps
                torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16'), ema)
 
 
+def same_layout(saved, fresh) -> bool:
+    """Whether `saved` is laid out like `fresh`, all the way down: records (dicts with str keys) with the
+    same keys, lists and tuples of the same lengths, tensors of the same shapes and dtypes, other values of
+    the same types; a dict with other keys (MultiStepLR's milestones) holds keys and values of its types."""
+    if isinstance(fresh, dict) and all(isinstance(k, str) for k in fresh):
+        return isinstance(saved, dict) and saved.keys() == fresh.keys() and all(
+            same_layout(saved[k], v) for k, v in fresh.items())
+    if isinstance(fresh, dict):
+        kinds = {(type(k), type(v)) for k, v in fresh.items()}
+        return isinstance(saved, dict) and all((type(k), type(v)) in kinds for k, v in saved.items())
+    if isinstance(fresh, (list, tuple)):
+        return type(saved) is type(fresh) and len(saved) == len(fresh) and all(map(same_layout, saved, fresh))
+    if torch.is_tensor(fresh):
+        return torch.is_tensor(saved) and saved.shape == fresh.shape and saved.dtype == fresh.dtype
+    return type(saved) is type(fresh)
+
+
+OPTIMIZER_KERNEL = ('fused', 'foreach')  # how Adam runs, not what it computes: the run's own choice, not the checkpoint's
+
+
+def without_kernel(groups):
+    """Optimiser param groups without the settings of how they run (OPTIMIZER_KERNEL), to compare layouts."""
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return groups
+    return [{k: v for k, v in g.items() if k not in OPTIMIZER_KERNEL} for g in groups]
+
+
+def resumable_problems(run: Run, ckpt: dict) -> list[str]:
+    """The parts of a train.py checkpoint that `run` could not continue from: a layout other than its own
+    (same_layout: the model, EMA, schedule, counters, optimiser groups) or optimiser state of other shapes."""
+    own = run.checkpoint()
+    parts = ['model', 'scheduler', 'epoch', 'epoch_step', 'step', 'best_psnr'] + (['ema'] if run.ema else [])
+    problems = [k for k in parts if not (k == 'ema' and ckpt.get(k) is None) and not same_layout(ckpt.get(k), own[k])]
+    if 'epoch_step' not in problems and not 0 <= ckpt['epoch_step'] < run.steps_per_epoch:
+        problems.append(f"epoch_step (step {ckpt['epoch_step']} of an epoch of {run.steps_per_epoch} steps now)")
+    problems += [k for k in ('epoch', 'step') if k not in problems and ckpt[k] < 0]
+    optimizer, params = ckpt['optimizer'], list(run.model.parameters())
+    if not isinstance(optimizer, dict) or not same_layout(without_kernel(optimizer.get('param_groups')),
+                                                          without_kernel(own['optimizer']['param_groups'])):
+        return problems + ['optimizer']
+    state = optimizer.get('state')
+    if not isinstance(state, dict) or not all(
+            type(i) is int and 0 <= i < len(params) and isinstance(values, dict)
+            and all(torch.is_tensor(v) and v.shape in ((), params[i].shape) for v in values.values())
+            for i, values in state.items()):
+        problems.append('optimizer state')
+    return problems
+
+
 def resume(run: Run, path: Path, master: bool) -> dict:
     """Load a train.py checkpoint into `run`; returns its random generator states, which the caller
-    restores last, once setting up has drawn what it draws."""
+    restores last, once setting up has drawn what it draws. Anything else is refused (ValueError) before
+    it can change the run or break it later."""
     ckpt = load_file(path)
     if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
         raise ValueError(f"{path} is not a train.py checkpoint; to start from its weights, use --init_weights={path}")
-    if checkpoint_options(ckpt) != run.model.options:
-        raise ValueError(f"{path} holds a model with options {checkpoint_options(ckpt)}, "
+    options = checkpoint_options(ckpt) if isinstance(ckpt.get('options'), dict) else {'options': ckpt.get('options')}
+    if option_problems(options) or options != run.model.options:
+        raise ValueError(f"{path} holds a model with options {reprlib.repr(options)}, "
                          f"but the settings ask for {run.model.options}")
-    schedule = ckpt['settings'].get('schedule', 'multistep')
+    settings = ckpt.get('settings') if isinstance(ckpt.get('settings'), dict) else {}
+    schedule = settings.get('schedule', 'multistep')
     if schedule != run.cfg.schedule:
-        raise ValueError(f"{path} was trained with schedule={schedule!r}; resume it with the same schedule "
-                         f"(or start from its weights with --init_weights)")
-    run.model.load_state_dict(ckpt['model'])
-    run.optimizer.load_state_dict(ckpt['optimizer'])
-    run.scheduler.load_state_dict(ckpt['scheduler'])
-    if ckpt['scaler']:
-        run.scaler.load_state_dict(ckpt['scaler'])
-    if run.ema is not None:
-        run.ema.module.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else run.model.state_dict())
+        raise ValueError(f"{path} was trained with schedule={reprlib.repr(schedule)}; resume it with the same "
+                         f"schedule (or start from its weights with --init_weights)")
+    problems = resumable_problems(run, ckpt)
+    try:
+        if problems:
+            raise ValueError(f"{', '.join(problems)} laid out otherwise than this run's")
+        set_rng_state(ckpt['rng'])  # here to check it; the caller sets it again last
+        run.model.load_state_dict(ckpt['model'])
+        kernels = [{k: group[k] for k in OPTIMIZER_KERNEL} for group in run.optimizer.param_groups]
+        run.optimizer.load_state_dict(ckpt['optimizer'])
+        for group, kernel in zip(run.optimizer.param_groups, kernels):  # e.g. a checkpoint of the unfused Adam
+            group.update(kernel)
+        run.scheduler.load_state_dict(ckpt['scheduler'])
+        if ckpt.get('scaler'):
+            run.scaler.load_state_dict(ckpt['scaler'])
+        if run.ema is not None:
+            run.ema.module.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else run.model.state_dict())
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path} is a damaged or incomplete train.py checkpoint ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
     run.epoch, run.epoch_step, run.step, run.best_psnr = (ckpt[k] for k in ('epoch', 'epoch_step', 'step', 'best_psnr'))
     if master:
         print(f"resuming {path}: {run.epoch} epochs and {run.step} steps done, best PSNR {run.best_psnr:.4f}")
@@ -402,7 +456,8 @@ def open_run_folder(cfg: SimpleNamespace, out_dir: Path, train_set) -> SummaryWr
     config.save(cfg, out_dir / 'train_config.json')
     if train_set.skipped:
         listing = out_dir / 'skipped_images.txt'
-        listing.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
+        with replacing(listing) as tmp:
+            tmp.write_text(''.join(f"{path}\t{h}x{w}\n" for path, (h, w) in train_set.skipped.items()))
         print(f"warning: {train_set.skipped_summary}; they are skipped (all listed in {listing})", file=sys.stderr)
     return SummaryWriter(str(out_dir / 'tensorboard'))
 
@@ -497,17 +552,23 @@ def end_of_epoch(run: Run, validation: Validation, writer: SummaryWriter, bar: t
     writer.flush()
 
 
-def training_data(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device):
+def training_data(cfg: SimpleNamespace, team: Team):
     """(dataset, sampler, loader, on_device) of this process: the same patches for a given (seed, epoch,
-    index) however many processes and workers, and whether made by the loader or (device_data) on the
-    device from the loader's draws."""
-    train_set = training_set(cfg)
-    batch_size = cfg.batch_size // world_size
-    sampler = ResumableSampler(train_set, world_size, rank, cfg.seed, batch_size)
-    workers = worker_count(cfg.num_workers, world_size)
+    index) however many processes and workers, made by the loader or (device_data) on the device from
+    the loader's draws. Under torchrun with in_memory and node_cache, the node's first process decodes
+    the images into cache_dir (once: later runs on the same files reuse it) while the node's others wait,
+    and every process maps that one file."""
+    if team.world_size > 1 and cfg.in_memory and cfg.node_cache:
+        folder = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.gettempdir()) / 'liif-cache'
+        train_set = team.first_on_node(lambda: training_set(cfg, folder))
+    else:
+        train_set = training_set(cfg)
+    batch_size = cfg.batch_size // team.world_size
+    sampler = ResumableSampler(train_set, team.world_size, team.rank, cfg.seed, batch_size)
+    workers = worker_count(cfg.num_workers, team.world_size)
     loader = DataLoader(Draws(train_set) if cfg.device_data else train_set, batch_size=batch_size, sampler=sampler,
-                        num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-    return train_set, sampler, loader, batch_maker(train_set if cfg.device_data else None, device)
+                        num_workers=workers, pin_memory=team.device.type == 'cuda', persistent_workers=workers > 0)
+    return train_set, sampler, loader, batch_maker(train_set if cfg.device_data else None, team.device)
 
 
 def batch_maker(device_set: TrainDataset | None, device: torch.device):
@@ -534,16 +595,12 @@ def main(argv: list[str]) -> dict:
     cfg = config.parse(argv, 'train')
     config.check(cfg, 'train')
     set_threads(cfg.threads)
-    rank, world_size, device = setup_distributed(cfg)
-    try:
-        return train(cfg, rank, world_size, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return train(cfg, join(cfg.device))  # run_main leaves the process group
 
 
-def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device) -> dict:
+def train(cfg: SimpleNamespace, team: Team) -> dict:
     """The training loop of one process (rank 0 validates, saves and logs)."""
+    rank, world_size, device = team.rank, team.world_size, team.device
     master = rank == 0
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {world_size} processes")
@@ -552,7 +609,7 @@ def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')
-    train_set, sampler, loader, on_device = training_data(cfg, rank, world_size, device)
+    train_set, sampler, loader, on_device = training_data(cfg, team)
     run = build_run(cfg, device, world_size, math.ceil(len(sampler.shuffle) / sampler.batch_size))
     resumed_rng = resume_if_asked(run, master)
     wrap(run)
@@ -565,20 +622,20 @@ def train(cfg: SimpleNamespace, rank: int, world_size: int, device: torch.device
               f"{loader.num_workers} loader worker(s) per process; validation on {cfg.valid_dir}")
 
     total_steps = min(cfg.epochs * run.steps_per_epoch, cfg.max_steps or math.inf)
-    bar = tqdm(total=total_steps, initial=run.step, disable=not master, unit='step', dynamic_ncols=True)
-    autocast, log = precision.autocast(device, cfg.amp), LossLog(run, writer, bar)
     run.net.train()
     if resumed_rng is not None:
         set_rng_state(resumed_rng)  # last: setting up has drawn what it draws
     start = time.perf_counter()
-    while not run.finished():
-        train_set.set_epoch(run.epoch + 1)
-        sampler.set_epoch(run.epoch + 1, run.epoch_step)
-        bar.set_description(f"epoch {run.epoch + 1}/{cfg.epochs}")
-        train_epoch(run, loader, on_device, autocast, log, bar)
-        if master:
-            end_of_epoch(run, validation, writer, bar)
-    bar.close()
+    # closed on any error too, so that the error's line does not end the bar's
+    with tqdm(total=total_steps, initial=run.step, disable=not master, unit='step', dynamic_ncols=True) as bar:
+        autocast, log = precision.autocast(device, cfg.amp), LossLog(run, writer, bar)
+        while not run.finished():
+            train_set.set_epoch(run.epoch + 1)
+            sampler.set_epoch(run.epoch + 1, run.epoch_step)
+            bar.set_description(f"epoch {run.epoch + 1}/{cfg.epochs}")
+            train_epoch(run, loader, on_device, autocast, log, bar)
+            if master:
+                end_of_epoch(run, validation, writer, bar)
     if world_size > 1:
         dist.barrier()  # every process leaves after rank 0's last validation and save
     if master:

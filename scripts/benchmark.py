@@ -7,6 +7,9 @@ LIIF rendering and training.
     python scripts/benchmark.py --sizes=0 --psnr                 # Set5 and Set14 x4 PSNR per amp (and compiled)
     python scripts/benchmark.py --sizes=0 --train --loader       # training steps/s, DataLoader and device patches/s
     python scripts/benchmark.py --sizes=128,256 --scales=2,4 --onnx   # and the exported file under ONNX Runtime
+    python scripts/benchmark.py --sizes=0 --ddp_memory --train_dir=T91,BSDS200   # node memory of 1, 2, 4 processes
+    python scripts/benchmark.py --sizes=0 --ddp_memory --stand_in=200   # the same on 200 DIV2K-sized images
+    python scripts/benchmark.py --sizes=0 --dist_speed              # inference.py: 2 processes vs 1, same cores
 
 In one process, for each LR size and scale, the modes run alternately (reference fp32, fast fp32,
 fast bf16 where supported, fast fp16 on CUDA, and on CUDA the compiled decoder (compile_decoder, CUDA
@@ -38,18 +41,30 @@ times the DataLoader alone on the real TrainDataset (train.py's workers and sett
 second, one worker's rate, the draws alone and DevicePatches' patches per second on the device, and
 says whether the loader keeps up with the fastest loader-fed row (>= 1.5x its patches/s). --json writes
 every row to a file as well. --no_compile leaves out the compiled rows.
+
+--ddp_memory runs train.py under torchrun (gloo, CPU; --memory_steps steps) with 1, 2 and 4 processes
+(--procs), with and without the node's shared cache (node_cache), and samples the node's memory every
+0.2 s: the sum of PSS (/proc/<pid>/smaps_rollup) over every process of the run (torchrun's agent,
+the training processes, their DataLoader workers), largest sample. PSS splits a shared page among the
+processes that map it, so the sum counts each page once; pages of the cache file that no process has
+touched yet sit in the page cache and are not in any PSS, hence the second column, PSS + the cache
+file (an upper bound on the node's memory). --stand_in=N writes N smooth synthetic PNGs of DIV2K's
+size (2040x1356) into out_dir once and trains on them. --dist_speed times inference.py on a folder of
+real crops, alone (2 threads) and under torchrun (2 processes of 1 thread), alternately.
 """
 import argparse
 import ctypes
 import functools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import default_collate
@@ -58,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import evaluate  # noqa: E402
-from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset  # noqa: E402
+from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, image_size, list_images  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
 from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
@@ -438,6 +453,110 @@ def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: li
     return result
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and every process below it."""
+    pids, todo = [], [pid]
+    while todo:
+        pids.append(todo.pop())
+        for task in Path(f'/proc/{pids[-1]}/task').glob('*'):
+            try:
+                todo += [int(child) for child in (task / 'children').read_text().split()]
+            except OSError:  # ended meanwhile
+                pass
+    return pids
+
+
+def pss_mb(pids: list[int]) -> float:
+    """The sum of the processes' PSS in MB (those that ended meanwhile count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += sum(int(line.split()[1]) for line in Path(f'/proc/{pid}/smaps_rollup').read_text().splitlines()
+                         if line.startswith('Pss:'))
+        except OSError:
+            pass
+    return total / 1024
+
+
+def peak_pss(cmd: list[str]) -> float:
+    """Run cmd (one thread per process); the largest PSS sum over its processes, sampled every 0.2 s."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, pss_mb(process_tree(proc.pid)))
+        time.sleep(0.2)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed: {proc.stderr.read()[-2000:]}")
+    return peak
+
+
+def stand_in(folder: Path, count: int) -> list[Path]:
+    """`count` DIV2K-sized (2040x1356) PNGs of smooth random content in folder (kept for later runs):
+    bicubic enlargements of 40x27 random images, which PNG packs and unpacks quickly."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        path = folder / f'{i:04d}.png'
+        small = rng.integers(0, 256, (27, 40, 3), dtype=np.uint8)
+        if not path.is_file():
+            cv2.imwrite(str(path), cv2.resize(small, (2040, 1356), interpolation=cv2.INTER_CUBIC),
+                        [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return [folder]
+
+
+def run_ddp_memory(args) -> None:
+    """The node's memory of train.py with 1, 2, 4 processes, without and with the shared cache."""
+    dirs = stand_in(Path(args.out_dir) / 'div2k_stand_in', args.stand_in) if args.stand_in else train_dirs(args)
+    work = Path(args.out_dir) / 'ddp_memory'
+    shutil.rmtree(work, ignore_errors=True)
+    decoded = sum(3 * h * w for h, w in (image_size(p) for folder in dirs for p in list_images(folder))) / 2 ** 20
+    print(f"\n# train.py node memory on {machine_name(torch.device('cpu'))}: {', '.join(map(str, dirs))} "
+          f"({decoded:.0f} MB decoded); {args.memory_steps} steps of batch {args.batch} x {args.sample_q} queries")
+    print("\n| processes | node cache | PSS sum MB | PSS + cache file MB |\n|---|---|---|---|")
+    for procs in args.procs:
+        for cache in ([False] if procs == 1 else [False, True]):
+            out = work / f'{procs}-{cache}'
+            cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}',
+                   'train.py', f"--train_dir=[{','.join(repr(str(d)) for d in dirs)}]", f'--valid_dir={dirs[-1]}',
+                   f'--out_dir={out}', f'--max_steps={args.memory_steps}', f'--batch_size={args.batch}',
+                   f'--sample_q={args.sample_q}', '--repeat=1', '--valid_first=1', '--valid_repeat=1',
+                   f'--num_workers={args.workers}', f'--node_cache={cache}', f"--cache_dir={out / 'cache'}"]
+            peak = peak_pss(cmd)
+            cached = sum(p.stat().st_size for p in (out / 'cache').glob('*.u8')) / 2 ** 20 if cache else 0
+            print(f"| {procs} | {'yes' if cache else 'no'} | {peak:.0f} | {peak + cached:.0f} |", flush=True)
+
+
+def run_dist_speed(args) -> None:
+    """inference.py on 8 real 128x128 crops at x4: one process of 2 threads vs torchrun's 2 processes of
+    1 thread each, alternately, `repeats` times; medians of whole commands (start-up included)."""
+    folder = Path(args.out_dir) / 'dist_speed'
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / 'in').mkdir(parents=True)
+    root = next(p for p in DATA if p.is_dir())
+    for i, path in enumerate(list_images(root / 'Set14' / 'HR')[:8]):
+        cv2.imwrite(str(folder / 'in' / f'{i}.png'), cv2.imread(str(path))[:128, :128])
+    weights = next((p for p in WEIGHTS if p.is_file()), folder / 'random.pth')
+    if not weights.is_file():  # the speed does not depend on the weights' values
+        model, _ = load_model(torch.device('cpu'))
+        torch.save({'model': model.state_dict(), 'options': model.options}, weights)
+    common = ['inference.py', f"--input={folder / 'in'}", '--scale=4', '--overwrite=True', '--device=cpu',
+              f'--weights={weights}']
+    runs = {'1 process x 2 threads': [sys.executable, *common, f"--output={folder / 'one'}/", '--threads=2'],
+            '2 processes x 1 thread': [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                                       '--nproc_per_node=2', *common, f"--output={folder / 'two'}/", '--threads=1']}
+    seconds = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, cmd in runs.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds[name].append(time.perf_counter() - start)
+    one, two = (statistics.median(v) for v in seconds.values())
+    print(f"\n# inference.py, 8 Set14 crops 128x128 at x4 on {machine_name(torch.device('cpu'))}, median of "
+          f"{args.repeats}: 1 process x 2 threads {one:.1f} s, 2 processes x 1 thread {two:.1f} s: "
+          f"speed-up {one / two:.2f}")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='128,256', help="LR sides, comma-separated; 0 skips the grid")
@@ -470,13 +589,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--workers', type=int, default=config.num_workers, help="DataLoader workers asked for")
     parser.add_argument('--loader_batches', type=int, default=50, help="batches timed from the DataLoader")
     parser.add_argument('--json', default='', help="also write every row to this JSON file")
+    parser.add_argument('--ddp_memory', action='store_true', help="node memory (PSS) of 1, 2, 4 training processes")
+    parser.add_argument('--procs', default='1,2,4', help="--ddp_memory: process counts, comma-separated")
+    parser.add_argument('--memory_steps', type=int, default=10, help="--ddp_memory: training steps per run")
+    parser.add_argument('--stand_in', type=int, default=0, help="--ddp_memory on N DIV2K-sized synthetic images")
+    parser.add_argument('--dist_speed', action='store_true', help="inference.py: 2 processes vs 1 on the same cores")
     args = parser.parse_args()
     try:
         args.cases = ([(int(size), float(scale)) for size, scale in (case.split('x') for case in args.cases.split(','))]
                       if args.cases else [(int(size), float(scale)) for size in args.sizes.split(',') if int(size) > 0
                                           for scale in args.scales.split(',')])
+        args.procs = [int(n) for n in args.procs.split(',')]
     except ValueError:
-        parser.error("sizes, scales and cases are comma-separated numbers (cases: SIDExSCALE, e.g. 256x4)")
+        parser.error("sizes, scales, cases and procs are comma-separated numbers (cases: SIDExSCALE, e.g. 256x4)")
     if (args.repeats < 1 or args.warmup < 0 or any(size <= 0 or scale <= 0 for size, scale in args.cases)
             or args.onnx_queries < 1):
         parser.error("repeats must be >= 1, warmup >= 0, sizes and scales positive and onnx_queries >= 1")
@@ -503,6 +628,10 @@ def main() -> None:
     if args.loader:
         results['loader'] = run_loader(args, dataset, device, train_rows)
     write_json(args, results)
+    if args.ddp_memory:
+        run_ddp_memory(args)
+    if args.dist_speed:
+        run_dist_speed(args)
 
 
 if __name__ == '__main__':

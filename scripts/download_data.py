@@ -30,7 +30,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import check_writable, run_main, sha256_of  # noqa: E402
 from dataset import IMAGE_SUFFIXES  # noqa: E402
-from imgproc import ImageError, load_image  # noqa: E402
+from imgproc import NO_SPACE, ImageError, disk_full, load_image  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,9 @@ def download(name: str, archive: Archive, url: str, root: Path, retries: int) ->
                                 f"--mirror it must serve {archive.name} by its file name)") from None
                 problem = f"HTTP {e.code} {e.reason}"
             except (OSError, http.client.HTTPException) as e:  # refused, timed out, dropped mid-file
+                if getattr(e, 'errno', None) in NO_SPACE:  # a full disk is not the network's: no retry
+                    raise disk_full(part, e, f"; the {human(part.stat().st_size)} fetched so far are kept in it and "
+                                             f"a rerun continues from them") from None
                 problem = f"{type(e).__name__}: {e}"
             if attempt < retries:
                 time.sleep(BACKOFF * 2 ** attempt)
@@ -269,7 +272,9 @@ def unpack(name: str, archive: Path, wanted: dict[str, int], tmp: Path) -> None:
                 shutil.copyfileobj(src, out, BLOCK)
             found[folder] += 1
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, ValueError, OSError) as e:
-        if isinstance(e, OSError) and e.errno is not None:  # a full disk or a permission problem is not the archive's
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise disk_full(tmp, e) from None
+        if isinstance(e, OSError) and e.errno is not None:  # a permission problem is not the archive's either
             raise
         raise Fatal(f"{name}: {archive.name} is damaged ({type(e).__name__}: {e})") from None
     wrong = [f"{folder} {found[folder]} (expected {n})" for folder, n in wanted.items() if found[folder] != n]

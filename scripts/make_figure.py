@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import check_writable, pick_device, resolve_weights, run_main  # noqa: E402
-from imgproc import image_to_tensor, load_uint8, quantize, read_image  # noqa: E402
+from imgproc import image_to_tensor, load_uint8, quantize, read_image, replacing  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from render import output_size  # noqa: E402
 from scripts.viewer import ArgumentParser, Viewer, bicubic_window, make_server, serve_in_thread  # noqa: E402
@@ -108,12 +108,14 @@ def screenshot(viewer: Viewer, out: Path, centre: tuple[float, float], width: in
                               zoom, *centre)
         driver.find_element('id', 'compare').click()
         wait_ready(driver)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(out))
+        png = driver.get_screenshot_as_png()
     finally:
         driver.quit()
         server.shutdown()
         server.server_close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(out) as tmp:
+        tmp.write_bytes(png)
     return out
 
 
@@ -216,8 +218,10 @@ def main(argv: list[str]) -> None:
     if args.screenshot:
         screenshot(Viewer(args.input, model), out, (box[0] + box[2] / 2, box[1] + box[2] / 2))
     else:
+        image = figure(model, Path(args.input), tuple(box), scales)
         out.parent.mkdir(parents=True, exist_ok=True)
-        figure(model, Path(args.input), tuple(box), scales).save(out, optimize=True)
+        with replacing(out) as tmp:
+            image.save(tmp, optimize=True)
     print(f"wrote {out}")
 
 

@@ -16,7 +16,12 @@ The server is Python's standard threading HTTP server. It serves the page, its s
 input image and rendered views (GET /render?mode=liif|bicubic&zoom=Z&top=T&left=L&height=H&width=W),
 and nothing else. Every parameter is checked (400 with a one-line JSON message), unknown paths get
 404, the model renders one view at a time and a view request still waiting when a newer one comes
-is answered 409 (superseded), so zooming builds no backlog. A failed render answers 500.
+is answered 409 (superseded), so zooming builds no backlog. Malformed requests get http.server's
+status (400, 414, 431, 505; 405 for a method other than GET), also as JSON. A failed render answers 500.
+
+Ctrl-C stops in order: no new connections, open ones closed, their threads joined, then the model is
+freed and the interpreter exits. A view still inside the model cannot be interrupted, so then the
+process ends at once instead (see leave_now).
 """
 import argparse
 import errno
@@ -24,7 +29,10 @@ import http.client
 import ipaddress
 import json
 import math
+import os
 import re
+import signal
+import socket
 import statistics
 import sys
 import threading
@@ -49,7 +57,7 @@ from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, qua
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
 from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
-from render import check_window, output_size  # noqa: E402
+from render import check_size, check_window, output_size  # noqa: E402
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -72,6 +80,11 @@ class LatestOnly:
         self._cond = threading.Condition()
         self._busy = False
         self.submitted = 0  # jobs seen so far; the newest one's number
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running now."""
+        return self._busy
 
     def run(self, job):
         """job()'s result once it is this job's turn; Superseded if a newer job came first."""
@@ -138,7 +151,7 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     if min(full) < 1:
         raise ValueError(f"zoom must be in (0, {MAX_ZOOM:g}] and give at least one pixel, got {zoom!r}")
     view = View(params['mode'], zoom, *(_number(params, k, int) for k in ('top', 'left', 'height', 'width')))
-    check_window(view.window, full)
+    check_window(view.window, check_size(full))
     if view.height * view.width > MAX_VIEW_PIXELS:
         raise ValueError(f"the window has {view.height * view.width:,} pixels, more than {MAX_VIEW_PIXELS:,}")
     return view
@@ -212,7 +225,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         viewer: Viewer = self.server.viewer
-        url = urlsplit(self.path)
+        try:
+            url = urlsplit(self.path)
+        except ValueError as e:  # e.g. 'http://[x': urlsplit takes it for a malformed IPv6 host
+            return self.send_error_json(HTTPStatus.BAD_REQUEST, f"malformed request path: {e}")
         host = self.headers.get('Host', '')
         if self.server.local_only and not LOCAL_HOST.fullmatch(host):
             # a page elsewhere whose name resolves to this machine (DNS rebinding) must not read the image
@@ -244,6 +260,14 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"render failed: {type(e).__name__}: {e}")
         self.send(HTTPStatus.OK, 'image/png', encode_png(pixels))
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header, a method other than GET) as
+        JSON like the others; a method it has no handler for is 405 (only GET is served), not 501."""
+        self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"only GET is served, not {self.command!r}"
+        self.send_error_json(HTTPStatus(code), message or HTTPStatus(code).phrase)
+
     def send_error_json(self, status: HTTPStatus, message: str) -> None:
         self.send(status, 'application/json', json.dumps({'error': ' '.join(message.split())}).encode())
 
@@ -269,22 +293,56 @@ def static_files() -> dict[str, tuple[str, bytes]]:
     return files
 
 
-def make_server(viewer: Viewer, host: str = '127.0.0.1', port: int = 8000) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """Python's threading HTTP server, one thread per connection, that keeps its connections so that
+    server_close() can end them and wait for their threads.
+
+    The threads are daemons, as in ThreadingHTTPServer: a view still inside the model when the server
+    closes must not hold the process (see leave_now)."""
+
+    def __init__(self, address: tuple[str, int], viewer: Viewer):
+        self.viewer, self.static = viewer, static_files()
+        self.connections: dict[threading.Thread, socket.socket] = {}  # changed by the serving thread only
+        super().__init__(address, Handler)  # calls server_close() when it cannot listen
+        self.local_only = ipaddress.ip_address(self.server_address[0]).is_loopback  # the address bound
+
+    def process_request(self, request: socket.socket, client_address) -> None:
+        self.connections = {t: s for t, s in self.connections.items() if t.is_alive()}
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+        self.connections[thread] = request
+        thread.start()
+
+    def server_close(self) -> None:
+        """After shutdown(): close the listening socket and every connection, and wait for their threads,
+        except while a view is inside the model, which cannot be interrupted (see busy())."""
+        super().server_close()
+        connections = dict(self.connections)
+        for request in connections.values():
+            try:
+                request.shutdown(socket.SHUT_RDWR)  # an idle keep-alive read ends, a write fails: the thread ends
+            except OSError:  # closed already
+                pass
+        for thread in connections:
+            while thread.is_alive() and not self.viewer.queue.busy:
+                thread.join(0.05)
+
+    def busy(self) -> bool:
+        """Whether a connection's thread still runs (after server_close(): one inside the model)."""
+        return any(t.is_alive() for t in self.connections)
+
+
+def make_server(viewer: Viewer, host: str = '127.0.0.1', port: int = 8000) -> Server:
     """A bound (not yet serving) threading HTTP server for viewer; ValueError when it cannot listen."""
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        return Server((host, port), viewer)
     except OSError as e:
         in_use = e.errno == errno.EADDRINUSE
         reason = "the port is in use (choose another with --port)" if in_use else e.strerror or str(e)
         raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
-    server.daemon_threads = True
-    server.viewer, server.static = viewer, static_files()
-    server.local_only = ipaddress.ip_address(server.server_address[0]).is_loopback  # the address bound
-    return server
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
-    """Serve in a daemon thread (for scripts and tests); server.shutdown() stops it."""
+    """Serve in a daemon thread; server.shutdown() stops it, then server.server_close() closes it."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return thread
@@ -388,13 +446,31 @@ def main(argv: list[str]) -> None:
         return print_view_times(viewer, args.time_views)
     server = make_server(viewer, args.host, args.port)
     host, port = server.server_address[:2]
-    print(f"http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl-C stops)", flush=True)
+    serving = serve_in_thread(server)  # Ctrl-C then interrupts this thread's wait, never the server's loop
     try:
-        server.serve_forever()
+        print(f"http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl-C stops)", flush=True)
+        serving.join()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process at once
         print("stopped", file=sys.stderr)
-    finally:
-        server.server_close()
+    server.shutdown()
+    serving.join()
+    server.server_close()
+    if server.busy():
+        leave_now(0)
+    # no other thread holds the server now: the model is freed in this one, before the interpreter finalises
+
+
+def leave_now(status: int) -> None:
+    """End the process now: no interpreter finalisation, no C++ static destructors.
+
+    A thread inside the model (torch or ONNX Runtime) cannot be interrupted. Finalising under it, Python
+    ends it with pthread_exit when it next takes the GIL, and that unwinding through C++ frames calls
+    std::terminate (SIGABRT); exit() would also destroy the libraries' static state under it. _exit ends
+    all threads at once; the sockets are closed by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == '__main__':

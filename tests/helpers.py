@@ -1,5 +1,11 @@
 """Helpers that several test files share: tiny train.py settings, checkpoint comparison, settings
-checks and the dihedral transforms, each written once here (fixtures live in conftest.py)."""
+checks, the dihedral transforms and scripts run on a full disk, each written once here (fixtures live
+in conftest.py)."""
+import importlib.util
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,16 @@ STEPS_PER_EPOCH = 4  # tiny runs: 8 training images, batch 2
 
 # The 8 dihedral transforms as (row flip, column flip, transpose), written here independently.
 TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (False, True)]
+
+
+def load_test_script():
+    """test.py as the module `test_script`, loaded by path once (`import test` could find the standard
+    library's `test` package) and registered, so that common.run_main finds it like any script."""
+    if 'test_script' not in sys.modules:
+        spec = importlib.util.spec_from_file_location('test_script', ROOT / 'test.py')
+        sys.modules['test_script'] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules['test_script'])
+    return sys.modules['test_script']
 
 
 def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
@@ -91,3 +107,21 @@ def small(kind: str):
         return MetaSR(RDN(g0=8, n_blocks=2, n_layers=2, growth=8), 'rdn').eval()
     scale = int(kind[-1])
     return Upsample(EDSR(n_resblocks=2, n_feats=16, upsample_scale=scale), 'edsr-baseline', scale).eval()
+
+
+def run_limited(args: list[str], limit: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python ARGS` from the repository root with every file it writes limited to `limit` bytes
+    (RLIMIT_FSIZE): a write past it fails with EFBIG (CPython ignores SIGXFSZ), as on a full disk."""
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, preexec_fn=limit_files,
+                          env={**(env or os.environ), 'PYTHONDONTWRITEBYTECODE': '1'})
+
+
+def assert_disk_full(done: subprocess.CompletedProcess, path: Path) -> None:
+    """Exit status 2 with one `error:` line on stderr that names `path` and says the disk is full, no
+    traceback, and no temporary file left beside `path`."""
+    errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
+    assert done.returncode == 2 and len(errors) == 1 and 'Traceback' not in done.stderr, done.stderr[-3000:]
+    assert 'the disk is full' in errors[0] and str(path) in errors[0], errors[0]
+    assert not [p.name for p in path.parent.iterdir() if '.tmp' in p.name]

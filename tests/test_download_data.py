@@ -5,6 +5,7 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ import config
 import scripts.download_data as download_data
 from common import run_main
 from dataset import list_images
+from helpers import assert_disk_full, run_limited
 from imgproc import imresize, load_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -421,7 +423,44 @@ def test_a_full_disk_while_unpacking_keeps_the_download(sets, archives, tmp_path
     with Server(archives) as server:
         status, out, err = run([f'--mirror={server.url}', f'--root={tmp_path}', '--sets=div2k-valid'], capsys)
     line = error_line(err)
-    assert status == 2 and line.startswith('error: div2k-valid: [Errno 28] No space left on device')
+    assert status == 2 and line.startswith(f'error: div2k-valid: could not write {tmp_path / ".unpacking-div2k-valid"}: '
+                                           f'the disk is full or a size limit is reached (No space left on device)')
     assert 'make room' in line
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob('*')] == \
         ['downloads', 'downloads/DIV2K_valid_HR.zip']
+
+
+# download_data.py with the test table, as its own process (for the file-size limit of a full disk)
+RUNNER = '''
+import json, sys
+from dataclasses import replace
+import scripts.download_data as download_data
+from common import run_main
+table = json.loads(sys.argv[1])
+download_data.SETS = {name: tuple(replace(a, size=table[a.name]['size'], sha256=table[a.name]['sha256'],
+                                          folders=tuple(map(tuple, table[a.name]['folders'])))
+                                  if a.name in table else a for a in group)
+                      for name, group in download_data.SETS.items()}
+download_data.BACKOFF = 0.0
+sys.exit(run_main(download_data.main, sys.argv[2:]))
+'''
+
+
+def test_a_full_disk_while_downloading_keeps_the_part_and_a_rerun_continues(sets, archives, contents, tmp_path,
+                                                                              capsys):
+    """The archive's file reaches the file-size limit half way: one `error:` line naming the .part file, no
+    retry (the network is not to blame), the bytes that fit kept; the rerun fetches only the rest."""
+    [archive] = sets['div2k-valid']
+    table = {archive.name: {'size': archive.size, 'sha256': archive.sha256, 'folders': archive.folders}}
+    limit = archive.size // 2
+    part = tmp_path / 'downloads' / f'{archive.name}.part'
+    with Server(archives) as server:
+        argv = [f'--mirror={server.url}', f'--root={tmp_path}', '--sets=div2k-valid']
+        done = run_limited(['-c', RUNNER, json.dumps(table), *argv], limit)
+        assert_disk_full(done, part)
+        assert 'a rerun continues from them' in done.stderr
+        assert part.read_bytes() == archives[archive.name][:limit] and len(server.log) == 1
+        status, out, err = run(argv, capsys)
+        assert status == 0, err
+        assert server.log[1] == (archive.name, f'bytes={limit}-', 206)
+    assert_laid_out(tmp_path, contents, [archive.name])

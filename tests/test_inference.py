@@ -85,6 +85,23 @@ def test_default_output_path_and_folder_input(crop, tmp_path, official_weights, 
     assert img.shape == (9, 8, 3) and img.dtype == np.uint16
 
 
+def test_a_folder_run_again_skips_the_outputs_already_there(crop, tmp_path, official_weights, capsys):
+    """An interrupted folder run finishes where it stopped; --overwrite=True writes everything again."""
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for name in ('a.png', 'b.png'):
+        shutil.copy(crop, folder / name)
+    args = [f'--input={folder}', f'--output={tmp_path}/out/', f'--weights={official_weights}', '--size=[9,8]']
+    a, b = tmp_path / 'out' / 'a_9x8.png', tmp_path / 'out' / 'b_9x8.png'
+    assert inference.main(args) == [a, b]
+    b.unlink()
+    written_at = a.stat().st_mtime_ns
+    assert inference.main(args) == [b] and a.stat().st_mtime_ns == written_at
+    assert 'skipping 1 of 2 images: their outputs are already in' in capsys.readouterr().out
+    assert inference.main([*args, '--overwrite=True']) == [a, b]
+    assert 'skipping' not in capsys.readouterr().out
+
+
 def test_one_image_into_an_output_folder(crop, tmp_path, official_weights):
     """--output naming a folder (ending in '/', or one that exists) takes the default file name."""
     [written] = inference.main([f'--input={crop}', f'--output={tmp_path}/new/', f'--weights={official_weights}',

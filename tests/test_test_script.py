@@ -1,6 +1,5 @@
 """test.py: the official checkpoint reproduces the official Set5 x4 PSNR; results tables are written."""
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -13,12 +12,10 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from helpers import load_test_script
 from model import build_model, model_from_checkpoint
 
-# loaded by path: `import test` could find the standard library's `test` package instead
-_spec = importlib.util.spec_from_file_location('test_script', Path(__file__).resolve().parents[1] / 'test.py')
-test_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_script)
+test_script = load_test_script()
 
 OFFICIAL_SET5_X4 = 32.2394  # the official LIIF code's Set5 x4 PSNR for this checkpoint
 

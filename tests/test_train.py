@@ -154,22 +154,6 @@ def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_w
         train.make_model(train.config.parse(tiny(data, tmp_path, f'--init_weights={official_weights}')))
 
 
-def test_torchrun_two_processes_equal_one(run_a, data, tmp_path):
-    out = tmp_path / 'ddp'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           str(ROOT / 'train.py'), *tiny(data, out, '--epochs=1')],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count('training on cpu x 2 process(es)') == 1  # only rank 0 reports
-    assert len(list((out / 'tensorboard').glob('events.out.tfevents.*'))) == 1  # and writes
-    ddp = load(out / 'last.pth')
-    assert (ddp['epoch'], ddp['step']) == (1, STEPS_PER_EPOCH)
-    # batch 2 as 1 + 1 on two processes, averaged gradients: the single-process run's first epoch
-    single = load(run_a / 'epoch-1.pth')
-    assert_same_tensors(ddp['model'], single['model'], atol=1e-5)
-
-
 def test_ema_follows_its_formula_and_is_validated(data, tmp_path):
     d = 0.9
     out = tmp_path / 'ema'
@@ -227,6 +211,18 @@ def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path
         train.main(tiny(data, tmp_path, '--amp=fp16', '--device=cpu'))
     with pytest.raises(ValueError, match='does not exist'):
         train.main(tiny(data, tmp_path, f'--train_dir={tmp_path / "nowhere"}'))
+
+
+def test_a_checkpoint_of_the_unfused_adam_resumes_fused(data, tmp_path):
+    """Checkpoints from before Adam was fused (param groups with fused=None) resume, and go on fused."""
+    out = tmp_path / 'old'
+    train.main(tiny(data, out, '--max_steps=1'))
+    ckpt = load(out / 'last.pth')
+    for group in ckpt['optimizer']['param_groups']:
+        group['fused'] = None
+    torch.save(ckpt, out / 'last.pth')
+    assert train.main(tiny(data, out, '--max_steps=2', '--resume=auto'))['step'] == 2
+    assert all(group['fused'] is True for group in load(out / 'last.pth')['optimizer']['param_groups'])
 
 
 def test_device_data_trains_as_the_loader_does(data, tmp_path):

@@ -4,6 +4,7 @@ and the real page in headless Chromium against the model's renders."""
 import functools
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -289,25 +290,101 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_command_binds_127_0_0_1_by_default_and_stops_cleanly_on_ctrl_c(crop, official_weights):
-    command = [sys.executable, str(ROOT / 'scripts' / 'viewer.py'), f'--input={crop}',
-               f'--weights={official_weights}', '--port=0', '--device=cpu', '--threads=1']
+def start_viewer(crop: Path, weights: Path) -> tuple[subprocess.Popen, int]:
+    """The viewer command serving crop on a free port, and the port, once it listens."""
+    command = [sys.executable, str(ROOT / 'scripts' / 'viewer.py'), f'--input={crop}', f'--weights={weights}',
+               '--port=0', '--device=cpu', '--threads=1']
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    match = re.match(r'http://127\.0\.0\.1:(\d+)/', line)
+    if not match:
+        process.kill()
+        pytest.fail(line + process.communicate()[1])
+    return process, int(match.group(1))
+
+
+def ctrl_c(process: subprocess.Popen) -> str:
+    """SIGINT, then the process's stderr once it has ended (the wait allows for a busy machine)."""
+    process.send_signal(signal.SIGINT)
+    return process.communicate(timeout=120)[1]
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """The most CPU time any thread of process pid but its main one has used, from /proc."""
+    most = 0.0
+    for task in Path(f'/proc/{pid}/task').iterdir():
+        try:
+            fields = (task / 'stat').read_text().rsplit(')', 1)[1].split()  # the fields after the name
+        except OSError:  # the thread has ended
+            continue
+        if task.name != str(pid):
+            most = max(most, (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK'))  # utime + stime
+    return most
+
+
+def test_command_binds_127_0_0_1_by_default_and_stops_cleanly_on_ctrl_c(crop, official_weights):
+    process, port = start_viewer(crop, official_weights)
+    idle = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
     try:
-        line = process.stdout.readline()
-        match = re.match(r'http://127\.0\.0\.1:(\d+)/', line)
-        assert match, line + process.stderr.read()
-        port = int(match.group(1))
         assert listening_addresses(port) == {'127.0.0.1'}
-        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
         conn.request('GET', '/info')
         assert conn.getresponse().status == 200
         conn.close()
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=20)
+        idle.request('GET', '/info')  # kept open, as a browser does: its thread waits for the next request
+        assert idle.getresponse().read()
+        err = ctrl_c(process)
     finally:
         process.kill()
-    assert process.returncode == 0 and 'Traceback' not in err and err.strip() == 'stopped'
+        idle.close()
+    assert process.returncode == 0 and err == 'stopped\n'
+
+
+def test_ctrl_c_while_a_view_renders_stops_cleanly(crop, official_weights):
+    process, port = start_viewer(crop, official_weights)
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+    try:
+        conn.request('GET', '/render?mode=liif&zoom=8&top=0&left=0&height=400&width=400')  # seconds of CPU
+        deadline = time.monotonic() + 120
+        while thread_cpu_seconds(process.pid) < 0.3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert thread_cpu_seconds(process.pid) >= 0.3, "the view did not start rendering"
+        err = ctrl_c(process)
+    finally:
+        process.kill()
+        conn.close()
+    assert process.returncode == 0 and err == 'stopped\n'
+
+
+def test_server_close_ends_idle_connections_and_leaves_a_render_running(viewer, monkeypatch):
+    server = make_server(viewer, '127.0.0.1', 0)
+    serving = serve_in_thread(server)
+    port = server.server_address[1]
+    idle, rendering = (http.client.HTTPConnection('127.0.0.1', port, timeout=60) for _ in range(2))
+    release, entered = threading.Event(), threading.Event()
+    real = viewer.model.render
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(viewer.model, 'render', held)
+    try:
+        idle.request('GET', '/info')
+        assert idle.getresponse().read()
+        rendering.request('GET', '/render?' + GOOD)
+        assert entered.wait(60)
+        server.shutdown()
+        serving.join(60)
+        server.server_close()  # returns while the model renders: that cannot be interrupted
+        assert server.busy()
+    finally:
+        release.set()
+    for thread in server.connections:
+        thread.join(60)
+    assert not server.busy()  # the idle connection's thread ended too: server_close closed its socket
+    idle.close()
+    rendering.close()
 
 
 @pytest.mark.parametrize('args, message', [
