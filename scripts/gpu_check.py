@@ -78,7 +78,7 @@ SIZES = {
                 bench_train=['--train_steps=20', '--train_warmup=5', '--loader_batches=200',
                              f'--peak_tflops={PEAK_BF16_TFLOPS}'],
                 train=[], test_sets='Set5,Set14', test_scales='2,3,4,6,8', amps=['fp32', 'bf16'],
-                limits=dict(tests=80, bench_infer=130, bench_train=110, test=35),
+                limits=dict(tests=100, bench_infer=120, bench_train=100, test=35),
                 steps=0, continue_weights=True),  # steps: as many as the measured rate fits
     'dry_run': dict(bench_infer=['--cases=16x4,8x30', '--repeats=1', '--warmup=0', '--device=cpu', '--no_compile'],
                     bench_train=['--batch=2', '--sample_q=64', '--patch_size=16', '--train_steps=2',

@@ -130,7 +130,8 @@ def test_device_sized_render_equals_small_chunks(model, set5_x4, device):
     lr = lr_image(set5_x4, device)
     size = (lr.shape[-2] * 3 + 1, lr.shape[-1] * 3 - 1)
     if device.type == 'cuda':
-        assert render.device_budget(device) == int(torch.cuda.mem_get_info(device)[0] / 2)
+        free = torch.cuda.mem_get_info(device)[0]
+        assert 0.45 * free <= render.device_budget(device) <= 0.55 * free  # half, whatever else runs meanwhile
         assert render.decoder_rows(device) is None
     assert (model.render(lr, size) - model.render(lr, size, chunk=1000)).abs().max().item() <= FP32_ATOL
 
