@@ -33,7 +33,7 @@ from tqdm import tqdm
 import config
 from image_quality_assessment import psnr, ssim
 from imgproc import replacing
-from model import model_from_checkpoint, read_checkpoint
+from model import model_from_checkpoint, model_name, read_checkpoint
 from onnx_model import OnnxModel
 
 
@@ -182,11 +182,18 @@ def adopt_model_settings(cfg: SimpleNamespace, argv: list[str], options: dict, w
             setattr(cfg, key, options[key])
 
 
-def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> torch.nn.Module:
-    """The model stored in `weights`, after adopt_model_settings."""
+def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path, device: torch.device) -> torch.nn.Module:
+    """The model stored in `weights` on `device`, after adopt_model_settings; its decoder compiled
+    when cfg.compile_decoder asks (with CUDA graphs on CUDA)."""
     options, _ = read_checkpoint(weights)
     adopt_model_settings(cfg, argv, options, weights)
-    return model_from_checkpoint(weights, fast=cfg.fast)
+    model = model_from_checkpoint(weights, fast=cfg.fast).to(device)
+    if cfg.compile_decoder:
+        if cfg.model != 'liif' or not cfg.fast:
+            raise ValueError(f"compile_decoder compiles LIIF's fast decoder; {weights} holds {model_name(options)}"
+                             + ('' if cfg.model != 'liif' else ' and fast=False runs the reference path'))
+        model.compile_decoder(cuda_graphs=device.type == 'cuda')
+    return model
 
 
 def load_onnx(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> OnnxModel:
@@ -194,6 +201,8 @@ def load_onnx(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> Onn
     settings are adopted as a checkpoint's are."""
     if cfg.amp != 'fp32':
         raise ValueError(f"amp={cfg.amp!r}: an .onnx model runs in fp32 under ONNX Runtime")
+    if getattr(cfg, 'compile_decoder', False):
+        raise ValueError("compile_decoder compiles a PyTorch model; an .onnx model runs under ONNX Runtime")
     model = OnnxModel(weights, threads=cfg.threads)
     adopt_model_settings(cfg, argv, model.options, weights)
     return model

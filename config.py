@@ -37,6 +37,7 @@ feat_unfold = True  # LIIF: feed the 3x3-unfolded feature to the decoder
 local_ensemble = True  # LIIF: blend the 4 nearest latent codes by area
 cell_decode = True  # LIIF: give the decoder the query's cell size
 fast = True  # LIIF: folded first layer + batched ensemble (same function); False runs the official algorithm
+compile_decoder = False  # LIIF fast path: torch.compile the decoder for rendering (CUDA graphs on CUDA); off until measured faster
 
 # ---- data
 train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
@@ -59,6 +60,7 @@ in_memory = True  # decode the training images once and keep them as uint8 when 
 node_cache = True  # torchrun + in_memory: decode them once per node into one read-only memory-mapped file that every process shares (False: a copy per process)
 cache_dir = ''  # node_cache's folder, on a local disk with room for the decoded images ('' = <system temp folder>/liif-cache)
 num_workers = 8  # DataLoader worker processes
+device_data = False  # make the training patches on the device from the images held there ('downsampled', in_memory); the workers only draw
 
 # ---- training
 batch_size = 16  # patches per step (over all processes)
@@ -73,7 +75,7 @@ save_every = 100  # keep a numbered checkpoint every N epochs
 ema_decay = 0.0  # EMA of the weights, ema = d*ema + (1-d)*w; 0 disables it
 amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' (CUDA) autocast, in training, testing and inference
 channels_last = False  # channels_last memory format for the encoder (CUDA)
-compile = False  # torch.compile the model
+compile = False  # torch.compile the training step (forward, loss, backward; CUDA graphs on one GPU)
 resume = ''  # a run's checkpoint to continue ('' = start fresh; 'auto' = out_dir/last.pth if present)
 init_weights = ''  # checkpoint (official or ours) to start from for fine-tuning
 max_steps = 0  # stop after this many optimiser steps in total (0 = run all epochs); for short runs
@@ -83,7 +85,7 @@ weights = 'results/pretrained_models/edsr-baseline-liif.pth'  # checkpoint to ev
 test_root = 'data/benchmark'  # folder holding <set>/HR and optional <set>/LR_bicubic/X<s>
 test_sets = ['Set5', 'Set14']  # sub-folders of test_root to evaluate
 test_scales = [2, 3, 4, 6, 8]  # any positive reals; LR files are used where they exist
-chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from render.MEMORY_BUDGET)
+chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized from the device's memory)
 save_images = False  # also write the SR images beside the results table
 test_dir = ''  # HR folder of (LR, HR) pairs to score instead of test_sets, e.g. celebA-HQ val/256 ('' = benchmark sets)
 test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images used whole (e.g. val/32)
@@ -149,7 +151,7 @@ MODEL_KEYS = ['model', 'encoder', 'upsample_scale', 'hidden_list', 'feat_unfold'
 # The settings each script reads: whole sections of this file, plus single settings from other
 # sections, minus the ones it ignores.
 SCRIPTS = {
-    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': []},
+    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': ['compile_decoder']},
     'test': {'sections': ['experiment', 'model', 'testing'], 'plus': ['amp'], 'minus': ['seed']},
     'inference': {'sections': ['experiment', 'model', 'inference'], 'plus': ['weights', 'chunk', 'amp'],
                   'minus': ['out_dir', 'seed']},
@@ -382,6 +384,9 @@ def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
                         f"and {cfg.sample_q}")
     elif cfg.train_data == 'downsampled':
         problems.rule(check_patch_queries, cfg.patch_size, cfg.scale_min, cfg.sample_q)
+    if cfg.device_data and (cfg.train_data != 'downsampled' or not cfg.in_memory):
+        problems.append(f"device_data makes patches of train_data='downsampled' from images held in memory; got "
+                        f"train_data={cfg.train_data!r}, in_memory={cfg.in_memory}")
     if cfg.train_data == 'varied':
         problems.positive('size_min', 'size_max')
         problems.rule(check_size_range, cfg.size_min, cfg.size_max)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from imgproc import header_size, image_to_tensor, load_image, load_uint8, make_coord, pil_resize, replacing, to_float
+from imgproc import (bicubic_taps, header_size, image_to_tensor, load_image, load_uint8, make_coord, pil_resample_torch,
+                     pil_resize, replacing, to_float)
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -193,13 +195,19 @@ def large_enough(files: list[Path], sizes: list, side: int, what: str,
     return keep, skipped, summary
 
 
-def pixel_queries(hr: np.ndarray, sample_q: int, rng: np.random.Generator) -> dict:
+def sample_pixels(height: int, width: int, sample_q: int, rng: np.random.Generator) -> np.ndarray | None:
+    """The row-major numbers of sample_q pixels of a height x width patch drawn without replacement;
+    None (all pixels) when sample_q is 0."""
+    return rng.choice(height * width, sample_q, replace=False) if sample_q else None
+
+
+def pixel_queries(hr: np.ndarray, picks: np.ndarray | None) -> dict:
     """The training targets of an HR patch: 'coord' (Q, 2) pixel centres (row first, imgproc.make_coord),
-    'cell' (Q, 2) = (2 / height, 2 / width) and 'gt' (Q, 3) RGB in [0, 1] of sample_q pixels drawn without
-    replacement, or of all pixels in raster order when sample_q is 0."""
+    'cell' (Q, 2) = (2 / height, 2 / width) and 'gt' (Q, 3) RGB in [0, 1] of the pixels numbered `picks`
+    (sample_pixels), or of all pixels in raster order when picks is None."""
     height, width = hr.shape[:2]
-    if sample_q:  # only the sampled pixels: their (row, column) as the row-major grid numbers them
-        rows, cols = np.divmod(rng.choice(height * width, sample_q, replace=False), width)
+    if picks is not None:  # only the sampled pixels: their (row, column) as the row-major grid numbers them
+        rows, cols = np.divmod(picks, width)
         coord = torch.from_numpy(np.stack([axis_centres(height)[rows], axis_centres(width)[cols]], -1))
         gt = torch.from_numpy(to_float(hr[rows, cols]))
     else:
@@ -288,25 +296,119 @@ class TrainDataset(EpochSeeded):
             files, sizes, largest_crop, f"{role} images are smaller than the {largest_crop}x{largest_crop} HR crop "
             f"that patch_size {patch_size} x scale_max {scale_max:g} needs", warn)
         self.files = [path for path, ok in zip(files, keep) if ok]
+        self.sizes = [hw for hw, ok in zip(sizes, keep) if ok]
         self.images = [img for img, ok in zip(images, keep) if ok] if in_memory else None
 
     def __len__(self) -> int:
         return self.repeat * len(self.files)
 
-    def __getitem__(self, index: int) -> dict:
+    def draw(self, index: int) -> dict:
+        """Item `index`'s random choices, in its generator's order: 'image' (the file's number), 'scale',
+        'side' (of the HR crop), 'top' and 'left' (its corner), 'flips' (row flip, column flip, transpose)
+        and 'picks' (the sampled pixels' row-major numbers in the flipped crop)."""
         rng = self.rng(index)
         i = index % len(self.files)
-        img = self.images[i] if self.images is not None else load_uint8(self.files[i])
+        height, width = self.sizes[i]
         scale = float(rng.uniform(self.scale_min, self.scale_max))
         side = round(self.patch_size * scale)
-        x0 = rng.integers(0, img.shape[0] - side + 1)
-        y0 = rng.integers(0, img.shape[1] - side + 1)
-        hr = np.ascontiguousarray(img[x0:x0 + side, y0:y0 + side])
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        flips = rng.random(3) < 0.5 if self.augment else np.zeros(3, bool)
+        return {'image': i, 'scale': scale, 'side': side, 'top': top, 'left': left, 'flips': flips,
+                'picks': sample_pixels(side, side, self.sample_q, rng)}
+
+    def __getitem__(self, index: int) -> dict:
+        d = self.draw(index)
+        img = self.images[d['image']] if self.images is not None else load_uint8(self.files[d['image']])
+        top, left, side = d['top'], d['left'], d['side']
+        hr = np.ascontiguousarray(img[top:top + side, left:left + side])
         lr = pil_resize(hr, (self.patch_size, self.patch_size))
-        if self.augment:
-            flips = rng.random(3) < 0.5
-            lr, hr = augment(lr, *flips), augment(hr, *flips)
-        return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng), 'scale': scale}
+        lr, hr = augment(lr, *d['flips']), augment(hr, *d['flips'])
+        return {'lr': image_to_tensor(lr), **pixel_queries(hr, d['picks']), 'scale': d['scale']}
+
+
+class Draws(Dataset):
+    """A TrainDataset's random choices only (TrainDataset.draw), for DevicePatches: what the DataLoader's
+    workers make when the items themselves are made on the device."""
+
+    def __init__(self, dataset: TrainDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset.draw(index)
+
+
+def dihedral_source(rows: torch.Tensor, cols: torch.Tensor, n: torch.Tensor, flips: torch.Tensor):
+    """Where pixel (rows, cols) of an n x n image after `augment` (flips (B, 3): row flip, column flip,
+    transpose) comes from in the image before it; everything broadcasts over a leading batch dim B."""
+    def per_image(t):
+        return t.view(-1, *[1] * (rows.dim() - 1))
+    hflip, vflip, transpose = (per_image(f) for f in flips.unbind(-1))
+    a, b = torch.where(transpose, cols, rows), torch.where(transpose, rows, cols)
+    n = per_image(n)
+    return torch.where(hflip, n - 1 - a, a), torch.where(vflip, n - 1 - b, b)
+
+
+class DevicePatches:
+    """TrainDataset's items made on a device from its decoded images (the device_data setting): the
+    images are held there as uint8, the random draws are the dataset's own (Draws, in the loader's
+    workers), and the crop, Pillow's bicubic down-sampling (integer arithmetic:
+    imgproc.pil_resample_torch), the flips and the query gather run on the device. A batch equals the
+    DataLoader's batch of the same items, bit for bit."""
+
+    def __init__(self, dataset: TrainDataset, device: torch.device):
+        if dataset.images is None:
+            raise ValueError("device_data needs the training images decoded in memory (in_memory=True)")
+        self.device, p = torch.device(device), dataset.patch_size
+        self.pixels = torch.cat([torch.from_numpy(img).flatten() for img in dataset.images]).to(self.device)
+        sizes = torch.tensor(dataset.sizes)
+        self.width = sizes[:, 1].to(self.device)
+        self.offset = torch.cumsum(3 * sizes[:, 0] * sizes[:, 1], 0).sub(3 * sizes[:, 0] * sizes[:, 1]).to(self.device)
+        self.max_side = round(p * dataset.scale_max)
+        # per HR crop side s, the taps of s -> p (padded to the widest with weight 0), the pixel centres
+        # (imgproc.make_coord's) and the cell 2 / s, all as the CPU items compute them
+        taps = [bicubic_taps(s, p, 0, p) if s else (np.zeros(p, np.int64), np.zeros((p, 1), np.int64))
+                for s in range(self.max_side + 1)]
+        k = max(fixed.shape[1] for _, fixed in taps)
+        self.first = torch.from_numpy(np.stack([first for first, _ in taps])).to(self.device)
+        self.fixed = torch.from_numpy(np.stack([np.pad(f, ((0, 0), (0, k - f.shape[1]))) for _, f in taps])).to(self.device)
+        self.centres = torch.stack([F.pad(torch.from_numpy(axis_centres(s)), (0, self.max_side - s)) if s else
+                                    torch.zeros(self.max_side) for s in range(self.max_side + 1)]).to(self.device)
+        self.cell = torch.tensor([2 / s if s else 0.0 for s in range(self.max_side + 1)]).to(self.device)
+
+    def __call__(self, draws: dict) -> dict:
+        """The batch {'lr', 'coord', 'cell', 'gt', 'scale'} of a batch of draws (collated TrainDataset.draw)."""
+        d = {k: v.to(self.device, non_blocking=True) for k, v in draws.items()}
+        side, flips = d['side'], d['flips']
+        crops = self.crops(d)  # (B, S, S, 3), rows and columns past the side repeat its last one
+        taps = self.first[side], self.fixed[side]
+        wide = pil_resample_torch(crops.transpose(1, 2), *taps, side).transpose(1, 2)  # Pillow: width first
+        lr = pil_resample_torch(wide, *taps, side)  # (B, p, p, 3)
+        grid = torch.arange(lr.shape[1], device=self.device)
+        rows, cols = dihedral_source(grid.view(1, -1, 1), grid.view(1, 1, -1), torch.full_like(side, lr.shape[1]), flips)
+        lr = lr[torch.arange(len(lr), device=self.device).view(-1, 1, 1), rows, cols]
+        q_rows, q_cols = d['picks'] // side[:, None], d['picks'] % side[:, None]  # in the flipped crop
+        rows, cols = dihedral_source(q_rows, q_cols, side, flips)
+        gt = self.gather(d['image'], d['top'][:, None] + rows, d['left'][:, None] + cols)
+        coord = torch.stack([self.centres[side[:, None], q_rows], self.centres[side[:, None], q_cols]], -1)
+        return {'lr': lr.permute(0, 3, 1, 2).contiguous().float() / 255, 'coord': coord,  # NCHW, as collated
+                'cell': self.cell[side].view(-1, 1, 1).expand(*coord.shape).contiguous(), 'gt': gt.float() / 255,
+                'scale': d['scale']}
+
+    def gather(self, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """RGB (..., 3) uint8 at (rows, cols) of each item's image (image (B,), rows and cols (B, ...))."""
+        def per_item(t):
+            return t.view(-1, *[1] * (rows.dim() - 1))
+        at = per_item(self.offset[image]) + (rows * per_item(self.width[image]) + cols) * 3
+        return self.pixels[at.unsqueeze(-1) + torch.arange(3, device=self.device)]
+
+    def crops(self, d: dict) -> torch.Tensor:
+        """The HR crops (B, S, S, 3), S the largest side: each item's side x side crop, its last row and
+        column repeated beyond it (read only by taps of weight 0)."""
+        inside = torch.minimum(torch.arange(self.max_side, device=self.device), d['side'][:, None] - 1)
+        return self.gather(d['image'], (d['top'][:, None] + inside)[:, :, None], (d['left'][:, None] + inside)[:, None, :])
 
 
 class PairedFolders(EpochSeeded):
@@ -438,7 +540,8 @@ class PairedDataset(PairedFolders):
         if self.augment:
             flips = rng.random(3) < 0.5
             lr, hr = augment(lr, *flips), augment(hr, *flips)
-        return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng), 'scale': float(self.scales[i])}
+        return {'lr': image_to_tensor(lr), **pixel_queries(hr, sample_pixels(*hr.shape[:2], self.sample_q, rng)),
+                'scale': float(self.scales[i])}
 
     def centre_item(self, i: int) -> dict:
         """Pair i's centre LR crop of side min(patch_size, LR sides) (whole when patch_size is 0) and its
@@ -495,7 +598,7 @@ class VariedDataset(PairedFolders):
             lr, hr = augment(lr, False, True, False), np.ascontiguousarray(augment(hr, False, True, False))
         if self.gt_resize:
             hr = pil_resize(hr, short_side_size(*hr.shape[:2], self.gt_resize))
-        return {'lr': image_to_tensor(lr), **pixel_queries(hr, self.sample_q, rng),
+        return {'lr': image_to_tensor(lr), **pixel_queries(hr, sample_pixels(*hr.shape[:2], self.sample_q, rng)),
                 'scale': hr.shape[0] / lr.shape[0]}
 
 

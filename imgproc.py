@@ -128,6 +128,52 @@ def pil_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC))
 
 
+def bicubic_taps(in_size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's bicubic resampling taps (Resample.c, 8-bit path) for output pixels [start, stop) of
+    an axis resized from in_size to out_size: the first input pixel (n,) and the fixed-point weights
+    (n, k) of each, computed in the same order as Pillow so that the results are bit for bit its own."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale  # the bicubic kernel spans [-2, 2] input pixels when magnifying
+    centre = (np.arange(start, stop) + 0.5) * scale
+    first = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
+    end = np.minimum(np.trunc(centre + support + 0.5), in_size).astype(np.int64)
+    taps = first[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
+    x = np.abs((taps - centre[:, None] + 0.5) * (1.0 / filterscale))
+    a = -0.5
+    weights = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                       np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    weights[taps >= end[:, None]] = 0
+    total = np.zeros(len(centre))
+    for k in range(weights.shape[1]):  # summed tap by tap, as Pillow does
+        total += weights[:, k]
+    weights /= total[:, None]
+    fixed = np.trunc(weights * (1 << 22) + np.where(weights < 0, -0.5, 0.5)).astype(np.int64)
+    return first, fixed
+
+
+def pil_resample(img: np.ndarray, first: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """One Pillow pass along axis 0 of an 8-bit image with bicubic_taps' taps:
+    out[i] = clip8((2^21 + sum_k img[first[i] + k] * fixed[i, k]) >> 22)."""
+    acc = np.full((len(first), *img.shape[1:]), 1 << 21, np.int64)
+    last = img.shape[0] - 1
+    for k in range(fixed.shape[1]):  # taps past the end have weight 0: any row will do for them
+        acc += img[np.minimum(first + k, last)].astype(np.int64) * fixed[:, k, None, None]
+    return np.clip(acc >> 22, 0, 255).astype(np.uint8)
+
+
+def pil_resample_torch(img: torch.Tensor, first: torch.Tensor, fixed: torch.Tensor,
+                       length: torch.Tensor) -> torch.Tensor:
+    """pil_resample along dim 1 of a batch of 8-bit images (B, L, ...) on any device, each image b with
+    its own taps: first[b] (n,), fixed[b] (n, K) and its length[b] <= L (the rows past it are padding;
+    taps there have weight 0). Integer arithmetic, so the result is Pillow's to the bit: (B, n, ...) uint8."""
+    taps = torch.minimum(first.unsqueeze(-1) + torch.arange(fixed.shape[-1], device=img.device),
+                         (length - 1).view(-1, 1, 1))
+    rows = img[torch.arange(len(img), device=img.device).view(-1, 1, 1), taps]  # (B, n, K, ...)
+    acc = (rows.long() * fixed.view(*fixed.shape, *[1] * (img.dim() - 2))).sum(2) + (1 << 21)
+    return (acc >> 22).clamp_(0, 255).to(torch.uint8)
+
+
 SAMPLE_TYPES = {8: np.uint8, 16: np.uint16}  # integer sample type of each bit depth
 
 

@@ -109,7 +109,7 @@ def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.dev
     """The model `weights` hold, on `device` in eval mode; an .onnx file runs in ONNX Runtime."""
     if weights.suffix.lower() == '.onnx':
         return load_onnx(cfg, argv, weights)
-    model = checkpoint_model(cfg, argv, weights).to(device).eval()
+    model = checkpoint_model(cfg, argv, weights, device).eval()
     check_amp(device, cfg.amp)
     use_tf32(cfg.tf32)
     return model

@@ -29,9 +29,8 @@ import torch.nn.functional as F
 
 import precision
 import render as engine
-from render import MEMORY_BUDGET, Lookup, nearest_index, pixel_centres, real, spans
+from render import Lookup, nearest_index, pixel_centres, real, spans
 
-BLOCK_ROWS = 4096  # decoder rows (queries x ensemble members) per fast MLP call: cache-sized
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
 UPSAMPLE_SCALES = {'edsr-baseline': [2, 3, 4, 8], 'rdn': [2, 3, 4]}  # the official up-samplers' scales
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -165,9 +164,13 @@ def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class SRModel(nn.Module):
     """What every model gives render.py: encode(lr), lookup(c, n, cell) per axis, decode(latent, rows,
-    cols), latent_scale, tile_margin, bytes_per_query(), bytes_per_lr_pixel(). The forward pass and
-    the rendering methods are the engine's, the same for every model."""
+    cols), latent_scale, tile_margin, bytes_per_query(device), bytes_per_lr_pixel(). The forward pass
+    and the rendering methods are the engine's, the same for every model."""
     latent_scale = 1  # latent pixels per LR pixel along each axis
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def forward(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         return engine.query(self, self.encode(lr), coord, cell, lr.shape[-2:])
@@ -177,17 +180,17 @@ class SRModel(nn.Module):
         return engine.predict(self, lr, coord, cell, chunk, amp)
 
     def render(self, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-               tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False,
+               tile: int | None = None, memory_budget: int | None = None, progress: bool = False,
                window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """The (B, 3, H, W) image of `size` (unclamped), or its `window` = (top, left, height, width)
         (B, 3, height, width); see render.render."""
         return engine.render(self, lr, size, chunk, amp, tile, memory_budget, progress, window)
 
-    def auto_chunk(self, memory_budget: int = MEMORY_BUDGET) -> int:
-        return engine.auto_chunk(self, memory_budget)
+    def auto_chunk(self, memory_budget: int | None = None) -> int:
+        return engine.auto_chunk(self, memory_budget or engine.device_budget(self.device), self.device)
 
-    def auto_tile(self, lr_shape: tuple[int, ...], memory_budget: int = MEMORY_BUDGET) -> int:
-        return engine.auto_tile(self, lr_shape, memory_budget)
+    def auto_tile(self, lr_shape: tuple[int, ...], memory_budget: int | None = None) -> int:
+        return engine.auto_tile(self, lr_shape, memory_budget or engine.device_budget(self.device))
 
 
 # ---------------------------------------------------------------- LIIF
@@ -300,10 +303,12 @@ class LIIF(SRModel):
         """The encoder's receptive radius and the 3x3 neighbourhood (folded layer or unfolding)."""
         return self.encoder.receptive_radius + 1
 
-    def bytes_per_query(self) -> int:
+    def bytes_per_query(self, device: torch.device) -> int:
         members = 4 if self.local_ensemble else 1
-        if self.fast:  # index, first-layer inputs, weights, area temporaries; the MLP runs in blocks
-            return members * (8 + 16 + 4 + 16) * 2 + 64
+        if self.fast:  # index, first-layer inputs, weights, area temporaries; the MLP's activations (3
+            # of the widest layer alive at once) count only where a whole chunk is one decoder block
+            whole = engine.decoder_rows(device) is None
+            return members * ((8 + 16 + 4 + 16) * 2 + whole * 3 * max(self.options['hidden_list']) * 4) + 64
         # four (feat_dim + 4)-wide inputs and the hidden activations of the full MLP
         return members * (self.feat_dim + 4 + 3 * max(self.options['hidden_list'])) * 4
 
@@ -315,8 +320,9 @@ class LIIF(SRModel):
 
     @staticmethod
     def _table(latent: torch.Tensor) -> torch.Tensor:
-        """(B*h*w, C) rows of the folded feature map: one row per latent code (free if channels_last)."""
-        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1])
+        """(B*h*w, C) rows of the folded feature map, one row per latent code, each row contiguous (free
+        if channels_last; else one copy, without which every gathered row reads C cache lines)."""
+        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1]).contiguous()
 
     def _decoder_params(self, dtype: torch.dtype):
         """The decoder after the folded feature term, in `dtype` (views of the parameters in fp32): the
@@ -333,37 +339,47 @@ class LIIF(SRModel):
         x = table.index_select(0, index.flatten())
         x.addmm_(inputs.flatten(0, 1), coord_weight).relu_()  # first layer: folded feature + coord/cell terms
         for i, (layer_weight, bias) in enumerate(layers):
-            relu = i < len(layers) - 1
-            if (x.dtype == torch.bfloat16 and x.device.type == 'cpu' and not torch.is_grad_enabled()
-                    and precision.native_cpu_bf16()):
-                # oneDNN (AMX) matmul with bias and ReLU fused: half the time of addmm + relu_ in bf16
-                x = torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, 'relu' if relu else 'none', [], '')
-            else:
-                x = torch.addmm(bias, x, layer_weight.t())
-                x = x.relu_() if relu else x
+            x = linear(x, layer_weight, bias, relu=i < len(layers) - 1)
         rgb = x.view(n, m, 3).to(weight.dtype)  # fp32 under autocast, float64 in a float64 model
         return (rgb * weight.unsqueeze(-1)).sum(1) * 0.5 + 0.5  # elementwise: autocast keeps it fp32
 
     def _decode(self, table, index, inputs, weight, params):
-        """`decode_block` over blocks of BLOCK_ROWS rows (one block when building a graph for training)."""
+        """`decode_block` over blocks of engine.decoder_rows rows: cache-sized on a CPU, the whole chunk on
+        a GPU, fixed (the last block padded) when compiled; one block when building a graph for training."""
         n, m = index.shape
         inputs = inputs.to(table.dtype)
         if torch.is_grad_enabled():
             return self.decode_block(table, index, inputs, weight, params)
+        compiled = self.decode_block is not self._decode_block
         out = weight.new_empty(n, 3)
-        step = max(1, BLOCK_ROWS // m)
+        step = max(1, (engine.decoder_rows(table.device, fixed=compiled) or n * m) // m)
         for s, e in spans(n, step):
             block = [t[s:e] for t in (index, inputs, weight)]
-            if e - s < step and self.decode_block is not self._decode_block:  # compiled: fixed shapes
+            if e - s < step and compiled:
                 block = [torch.cat([t, t[-1:].expand(step - (e - s), *t.shape[1:])]) for t in block]
             out[s:e] = self.decode_block(table, *block, params)[:e - s]
         return out
 
     def compile_decoder(self, cuda_graphs: bool = True) -> None:
-        """torch.compile the fast decoder block (optional, meant for CUDA); with cuda_graphs the
-        'reduce-overhead' mode replays CUDA graphs, which needs the fixed block shape `_decode` pads to."""
-        self.decode_block = torch.compile(self._decode_block, mode='reduce-overhead' if cuda_graphs else None,
-                                          dynamic=False)
+        """torch.compile the fast decoder block (the compile_decoder setting; meant for CUDA). Its blocks
+        have one fixed size and the feature table's length is dynamic after the first image, so other
+        images and scales reuse the code; with cuda_graphs the 'reduce-overhead' mode replays CUDA graphs."""
+        self.decode_block = torch.compile(self._decode_block, mode='reduce-overhead' if cuda_graphs else None)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
+    """x @ weight.T + bias, then a ReLU when asked, by the fastest kernel at hand when autograd is off:
+    cuBLASLt's fused bias + ReLU on CUDA; on x86 CPUs oneDNN's fused linear in fp32 (no bias copy and no
+    ReLU pass: renders 1.08-1.46x faster than MKL's addmm + relu_ on an AVX2 EPYC) and in bf16 where it
+    is native (AMX: half the time of addmm + relu_). addmm and an in-place ReLU otherwise."""
+    if not torch.is_grad_enabled():
+        if relu and x.is_cuda:
+            return torch._addmm_activation(bias, x, weight.t())
+        if x.device.type == 'cpu' and (x.dtype == torch.float32 and precision.onednn_linear()
+                                       or x.dtype == torch.bfloat16 and precision.native_cpu_bf16()):
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'relu' if relu else 'none', [], '')
+    x = torch.addmm(bias, x, weight.t())
+    return x.relu_() if relu else x
 
 # ---------------------------------------------------------------- MetaSR
 
@@ -405,7 +421,7 @@ class MetaSR(SRModel):
     def tile_margin(self) -> int:
         return self.encoder.receptive_radius + 1  # and the 3x3 neighbourhood
 
-    def bytes_per_query(self) -> int:
+    def bytes_per_query(self, device: torch.device) -> int:
         # the 9 taps, the unfolded code, the filter and the hidden layer
         return 4 * (self.encoder.out_dim * 9 * 2 + self.encoder.out_dim * 9 * 3 + 256 + 8)
 
@@ -440,7 +456,7 @@ class Upsample(SRModel):
     def tile_margin(self) -> int:
         return self.encoder.receptive_radius
 
-    def bytes_per_query(self) -> int:
+    def bytes_per_query(self, device: torch.device) -> int:
         return 64
 
     def bytes_per_lr_pixel(self) -> int:

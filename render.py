@@ -27,9 +27,18 @@ from tqdm import tqdm
 from precision import autocast
 
 # What render and predict aim to use beyond their input and output tensors, in bytes, when `chunk`
-# and `tile` are not given: half for encoding (the whole image, or tiles of it), an eighth for the
-# per-chunk query tensors. Measured peak RSS of a 2048x2048 x4 render is in the README.
-MEMORY_BUDGET = 1 << 30
+# and `tile` are not given (`device_budget`): half for encoding (the whole image, or tiles of it), an
+# eighth for the per-chunk query tensors. On a CPU a fixed 1 GiB (measured peak RSS of a 2048x2048 x4
+# render: docs/benchmarks.md). On a GPU half of its free memory: the other half stays for the output,
+# the caching allocator's fragmentation, cuDNN workspaces and other processes on the same GPU.
+CPU_MEMORY_BUDGET = 1 << 30
+CUDA_FREE_SHARE = 0.5
+# Rows (queries x ensemble members) per call of a blocked decoder (LIIF's fast MLP) on a CPU: a block's
+# 256-wide fp32 activations (4 MiB) stay in the cache. A GPU decodes a whole chunk in one call, or, when
+# the decoder is compiled (CUDA graphs need one shape), blocks of a fixed 1 Mi rows: large enough to
+# keep an H200 busy, 1 GiB of fp32 activations.
+CPU_BLOCK_ROWS = 4096
+GPU_FIXED_BLOCK_ROWS = 1 << 20
 # The fewest queries per decoder call, for auto_chunk and for out-of-memory retries: 256 queries take a few
 # MB (256 x bytes_per_query: 5.5 MB for the reference LIIF, 0.1 MB for the fast one), about what the encoder
 # needs for a 64x64 LR tile (6 MB for EDSR-baseline), so smaller chunks free next to nothing.
@@ -140,12 +149,29 @@ def query(model, latent: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, 
     return model.decode(latent, rows, cols)
 
 
-def auto_chunk(model, memory_budget: int = MEMORY_BUDGET) -> int:
-    """Queries per chunk (over the batch) that keep the per-chunk tensors within budget / 8."""
-    return max(MIN_CHUNK, memory_budget // 8 // model.bytes_per_query())
+def device_budget(device: torch.device) -> int:
+    """The memory a render on `device` aims to use (see CPU_MEMORY_BUDGET): a share of the GPU's free
+    memory now, or the CPU's fixed budget."""
+    if device.type == 'cuda':
+        return int(CUDA_FREE_SHARE * torch.cuda.mem_get_info(device)[0])
+    return CPU_MEMORY_BUDGET
 
 
-def auto_tile(model, lr_shape: tuple[int, ...], memory_budget: int = MEMORY_BUDGET) -> int:
+def decoder_rows(device: torch.device, fixed: bool = False) -> int | None:
+    """Rows per call of a blocked decoder on `device`: CPU_BLOCK_ROWS on a CPU; on a GPU None (the
+    whole chunk at once: a few large kernels instead of thousands of small ones), or with `fixed` (a
+    compiled decoder) GPU_FIXED_BLOCK_ROWS."""
+    if device.type != 'cuda':
+        return CPU_BLOCK_ROWS
+    return GPU_FIXED_BLOCK_ROWS if fixed else None
+
+
+def auto_chunk(model, memory_budget: int, device: torch.device) -> int:
+    """Queries per chunk (over the batch) that keep the per-chunk tensors on `device` within budget / 8."""
+    return max(MIN_CHUNK, memory_budget // 8 // model.bytes_per_query(device))
+
+
+def auto_tile(model, lr_shape: tuple[int, ...], memory_budget: int) -> int:
     """The LR tile side (core, without margin) whose encoding fits in half the budget; 0 = no tiling."""
     b, _, h, w = lr_shape
     pixels = memory_budget // 2 // (b * model.bytes_per_lr_pixel())
@@ -160,7 +186,7 @@ def predict(model, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, ch
     """RGB (B, Q, 3) at arbitrary queries: encode once (untiled), decode `chunk` queries at a time."""
     with autocast(lr.device, amp):
         latent = model.encode(lr)
-        per_image = max(1, (chunk or auto_chunk(model)) // lr.shape[0])
+        per_image = max(1, (chunk or auto_chunk(model, device_budget(lr.device), lr.device)) // lr.shape[0])
         out = coord.new_empty(*coord.shape[:2], 3)
         for s, e in spans(coord.shape[1], per_image):
             out[:, s:e] = query(model, latent, coord[:, s:e], cell[:, s:e], lr.shape[-2:])
@@ -183,18 +209,19 @@ def decode_grid(model, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torc
 
 @torch.no_grad()
 def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = None, amp: str = 'fp32',
-           tile: int | None = None, memory_budget: int = MEMORY_BUDGET, progress: bool = False,
+           tile: int | None = None, memory_budget: int | None = None, progress: bool = False,
            window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """The (B, 3, H, W) image of `size` = (H, W) in [0, 1] units (unclamped) from lr (B, 3, h, w);
     with `window` = (top, left, height, width), only that part of it: (B, 3, height, width).
 
-    chunk: queries per decoder call over the batch (None: from memory_budget). amp: 'fp32', 'bf16'
+    chunk: queries per decoder call over the batch (None: from the memory budget). amp: 'fp32', 'bf16'
     or 'fp16' (CUDA) autocast. tile: LR tile side for the encoder (None: tiles only when the
-    encoding would exceed half of memory_budget; 0: never). Output pixels are rendered per LR tile
-    holding their centres; each tile encodes the LR rectangle its look-ups read plus the model's
-    margin, so the work follows the window, not the whole output. Only the output is allocated at
-    full size. progress: a tqdm bar of pixels. Out of memory (CUDA's, or the CPU's), a render goes on
-    in smaller pieces with one warning and gives the same image (see Pieces).
+    encoding would exceed half of the budget; 0: never). memory_budget: bytes (None: device_budget,
+    which follows the device). Output pixels are rendered per LR tile holding their centres; each
+    tile encodes the LR rectangle its look-ups read plus the model's margin, so the work follows the
+    window, not the whole output. Only the output is allocated at full size. progress: a tqdm bar of
+    pixels. Out of memory (CUDA's, or the CPU's), a render goes on in smaller pieces with one warning
+    and gives the same image (see Pieces).
     """
     if lr.dim() != 4 or lr.shape[1] != 3:
         raise ValueError(f"lr must be (B, 3, h, w), got {tuple(lr.shape)}")
@@ -202,7 +229,8 @@ def render(model, lr: torch.Tensor, size: tuple[int, int], chunk: int | None = N
     top, left, out_h, out_w = check_window(window, (height, width))
     b, _, h, w = lr.shape
     device = lr.device
-    chunk = chunk or auto_chunk(model, memory_budget)
+    memory_budget = memory_budget or device_budget(device)
+    chunk = chunk or auto_chunk(model, memory_budget, device)
     rows, cols = window_lookups(model, (height, width), (top, left, out_h, out_w), (h, w), device)
     if tile is None:
         k, margin = model.latent_scale, model.tile_margin

@@ -134,7 +134,7 @@ def main(argv: list[str]) -> list[dict]:
     team = join(cfg.device, objects_only=True)
     device = team.device
     weights = team.first_on_node(lambda: resolve_weights(cfg.weights))  # fetched once per node when missing
-    model = checkpoint_model(cfg, argv, weights).to(device)
+    model = checkpoint_model(cfg, argv, weights, device)
     check_amp(device, cfg.amp)
     use_tf32(cfg.tf32)
     datasets = datasets_to_score(cfg)

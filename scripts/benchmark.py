@@ -1,21 +1,28 @@
-"""Reference path vs fast path: throughput, peak memory and exactness of LIIF rendering.
+"""Reference path vs every fast mode: throughput, % of the device's floor, peak memory and exactness of
+LIIF rendering and training.
 
     python scripts/benchmark.py                                  # 128 and 256 LR at x2, x4, x12
     python scripts/benchmark.py --sizes=128 --scales=4 --repeats=1 --warmup=0   # a quick run
     python scripts/benchmark.py --sizes=0 --test_py              # only time test.py, Set5 + Set14 x4
-    python scripts/benchmark.py --sizes=0 --psnr                 # Set5 x4 PSNR, fp32 vs bf16
-    python scripts/benchmark.py --sizes=0 --train --loader       # training steps/s and DataLoader patches/s
+    python scripts/benchmark.py --sizes=0 --psnr                 # Set5 and Set14 x4 PSNR per amp (and compiled)
+    python scripts/benchmark.py --sizes=0 --train --loader       # training steps/s, DataLoader and device patches/s
     python scripts/benchmark.py --sizes=128,256 --scales=2,4 --onnx   # and the exported file under ONNX Runtime
     python scripts/benchmark.py --sizes=0 --ddp_memory --train_dir=T91,BSDS200   # node memory of 1, 2, 4 processes
     python scripts/benchmark.py --sizes=0 --ddp_memory --stand_in=200   # the same on 200 DIV2K-sized images
     python scripts/benchmark.py --sizes=0 --dist_speed              # inference.py: 2 processes vs 1, same cores
 
-In one process, for each LR size and scale, the paths run alternately (reference fp32, fast fp32,
-fast bf16 where supported, fast fp16 on CUDA; with --onnx, the model exported by onnx_model.export
-run by ONNX Runtime on the CPU in windows of --onnx_queries output pixels): `warmup` untimed rounds,
-then `repeats` timed rounds; the table gives the median. LR inputs are top-left crops of real Set14
-images (random if the data is absent), weights the official EDSR-baseline-LIIF checkpoint (random if
-absent); the header says which.
+In one process, for each LR size and scale, the modes run alternately (reference fp32, fast fp32,
+fast bf16 where supported, fast fp16 on CUDA, and on CUDA the compiled decoder (compile_decoder, CUDA
+graphs) in fp32 and bf16; with --onnx, the model exported by onnx_model.export run by ONNX Runtime on
+the CPU in windows of --onnx_queries output pixels): `warmup` untimed rounds, then `repeats` timed
+rounds; the table gives the median. Renders size chunks and blocks by the device (render.device_budget).
+LR inputs are top-left crops of real Set14 images (random if the data is absent), weights the official
+EDSR-baseline-LIIF checkpoint (random if absent); the header says which. fp32 is true fp32 (TF32 off).
+
+% floor: each row's useful work (render_flops: the fast path's multiply-adds, credited to every row
+alike) per second as a share of --peak_tflops (a GPU's datasheet peak), or, without it, of the rate of a
+plain 2048 x 2048 fp32 matmul measured in the same run (best of 5): how close to the device's own
+matrix-product speed each mode runs.
 
 Peak memory is the largest resident-set growth during a run on the CPU: /proc/self/clear_refs is
 written with 5 to reset the kernel's high-water mark (VmHWM), and the table gives VmHWM after the
@@ -24,13 +31,16 @@ run minus VmRSS before it, after glibc's malloc_trim has returned freed memory t
 torch.cuda.max_memory_allocated after reset_peak_memory_stats. `max |diff|` is against the
 reference path's output for the same input.
 
---train times optimiser steps as train.py takes them (Adam, L1 on normalised values, autocast, a
-GradScaler for fp16) at the official batch (16 patches of 48 px LR, 2304 queries each; one real batch
-from TrainDataset reused, so no data loading is timed) for: reference fp32, fast fp32, fast bf16, fast
-bf16 + torch.compile, and fast fp16 on CUDA; randomly initialised EDSR-baseline-LIIF. --loader times
-the DataLoader alone on the real TrainDataset (train.py's workers and settings) in patches per second,
-and one worker's rate, and says whether it keeps up with the fastest training row (>= 1.5x its
-patches/s). --json writes every row to a file as well.
+--train times optimiser steps as train.py takes them (train.build_run and wrap: the objective, fused
+Adam, autocast, a GradScaler for fp16, compile=True's compiled step) at the official batch (16 patches
+of 48 px LR, 2304 queries each; one real batch from TrainDataset reused) for the reference and fast
+paths per amp, compiled or not, and with patches made on the device each step (device_data, from
+pre-drawn draws); randomly initialised EDSR-baseline-LIIF. A step's work is 3x its forward's (the
+backward pass computes gradients of inputs and of weights, each a forward's multiply-adds). --loader
+times the DataLoader alone on the real TrainDataset (train.py's workers and settings) in patches per
+second, one worker's rate, the draws alone and DevicePatches' patches per second on the device, and
+says whether the loader keeps up with the fastest loader-fed row (>= 1.5x its patches/s). --json writes
+every row to a file as well. --no_compile leaves out the compiled rows.
 
 --ddp_memory runs train.py under torchrun (gloo, CPU; --memory_steps steps) with 1, 2 and 4 processes
 (--procs), with and without the node's shared cache (node_cache), and samples the node's memory every
@@ -57,17 +67,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
-from dataset import TrainDataset, image_size, list_images  # noqa: E402
-from image_quality_assessment import psnr  # noqa: E402
+from common import evaluate  # noqa: E402
+from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, image_size, list_images  # noqa: E402
 from imgproc import read_image  # noqa: E402
 from model import liif_edsr, model_from_checkpoint  # noqa: E402
 from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
 from precision import autocast as amp_context, machine_name, use_tf32  # noqa: E402
-from train import train_step, worker_count  # noqa: E402
+from train import build_run, train_step, worker_count, wrap  # noqa: E402
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth']
 DATA = [ROOT / 'data/benchmark', ROOT / 'tests/data/benchmark']  # the full sets, else the tests' copy of Set5/Set14
@@ -125,9 +136,9 @@ def lr_input(size: int, device: torch.device) -> tuple[torch.Tensor, str]:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device), 'random'
 
 
-def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> float:
-    """Multiply-adds x 2 of the fast path's render: encoder convolutions and the folded first layer per
-    LR pixel, the coordinate / cell terms and the later decoder layers per query and ensemble member.
+def render_flops(model, lr_pixels: int, queries: int) -> float:
+    """Multiply-adds x 2 of the fast path's forward pass: encoder convolutions and the folded first layer
+    per LR pixel, the coordinate / cell terms and the later decoder layers per query and ensemble member.
     Every row is credited with this same useful work, so TFLOP/s compare like MP/s."""
     convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     per_lr_pixel = sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] for m in convs)
@@ -136,7 +147,23 @@ def render_flops(model, lr_hw: tuple[int, int], out_hw: tuple[int, int]) -> floa
     members = 4 if model.local_ensemble else 1
     per_query = members * (2 * (linears[0].in_features - model.feat_dim) * linears[0].out_features
                            + sum(2 * m.in_features * m.out_features for m in linears[1:]))
-    return lr_hw[0] * lr_hw[1] * per_lr_pixel + out_hw[0] * out_hw[1] * per_query
+    return lr_pixels * per_lr_pixel + queries * per_query
+
+
+def matmul_tflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """TFLOP/s of a plain n x n @ n x n fp32 matmul on the device, the best of `repeats`: the rate its
+    matrix-product library reaches, the floor the decoder's matmuls are measured against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = min(timed(lambda: a @ b, device)[0] for _ in range(repeats + 1))  # the first one warms up
+    return 2 * n ** 3 / best / 1e12
+
+
+def floor_tflops(args, device: torch.device) -> tuple[float, str]:
+    """The rate the % floor column divides by, and its name for the table's header."""
+    if args.peak_tflops:
+        return args.peak_tflops, f"% of a {args.peak_tflops:g} TFLOP/s peak"
+    rate = matmul_tflops(device)
+    return rate, f"% of a 2048^3 fp32 matmul's {rate:.3g} TFLOP/s on this device, measured now"
 
 
 def render_onnx(session: OnnxModel, lr: torch.Tensor, size: tuple[int, int], queries: int) -> torch.Tensor:
@@ -144,90 +171,115 @@ def render_onnx(session: OnnxModel, lr: torch.Tensor, size: tuple[int, int], que
     return torch.from_numpy(session.render(lr.cpu().numpy(), size, queries=queries)).to(lr.device)
 
 
-def run_grid(args, device: torch.device) -> None:
+def render_variants(args, device: torch.device) -> list[tuple[str, bool, str, bool]]:
+    """(path, fast, amp, compiled) of every render mode this device runs, the reference first."""
+    amps = ['fp32'] + ['bf16'] * bf16_supported(device) + ['fp16'] * (device.type == 'cuda')
+    variants = [('reference', False, 'fp32', False)] * (not args.no_reference)
+    variants += [('fast', True, amp, False) for amp in amps]
+    if device.type == 'cuda' and not args.no_compile:
+        variants += [('fast', True, amp, True) for amp in amps if amp != 'fp16']
+    return variants + [('onnx', True, 'fp32', False)] * args.onnx
+
+
+def load_models(device: torch.device, variants) -> tuple[dict, str]:
+    """{compiled: model} for the variants (a second copy with compile_decoder's CUDA graphs, compiled in
+    the first renders), and the weights' description."""
     model, weights = load_model(device)
-    variants = [('reference', False, 'fp32', False)] * (not args.no_reference) + [('fast', True, 'fp32', False)]
-    if bf16_supported(device):
-        variants.append(('fast', True, 'bf16', False))
-    if device.type == 'cuda':
-        variants += [('fast', True, 'fp16', False), ('fast', True, 'bf16', True)]
+    models = {False: model}
+    if any(compiled for *_, compiled in variants):
+        models[True] = load_model(device)[0]
+        models[True].compile_decoder()
+    return models, weights
+
+
+def renderers(args, device: torch.device, variants) -> tuple[dict, str, torch.nn.Module]:
+    """{variant: function(lr, size) -> image}, the weights' description and the model."""
+    models, weights = load_models(device, variants)
+    model = models[False]
     if args.onnx:
-        variants.append(('onnx', True, 'fp32', False))
         onnx_path = Path(args.out_dir) / 'liif.onnx'
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         export(model, onnx_path)
         session = OnnxModel(onnx_path, threads=torch.get_num_threads())
-    compiled_model = None
-    if any(compiled for *_, compiled in variants):
-        compiled_model = load_model(device)[0]
-        compiled_model.compile_decoder()  # CUDA graphs; compiles in the warm-up rounds
-    print(f"# LIIF render benchmark on {machine_name(device)}, torch {torch.__version__}")
+
+    def renderer(name, fast, amp, compiled):
+        if name == 'onnx':
+            return lambda lr, size: render_onnx(session, lr, size, args.onnx_queries)
+        net = models[compiled]
+
+        def run(lr, size):
+            net.fast = fast
+            return net.render(lr, size, chunk=args.chunk, amp=amp)
+        return run
+    return {v: renderer(*v) for v in variants}, weights, model
+
+
+def time_variants(args, device: torch.device, runs: dict, lr: torch.Tensor, size) -> dict:
+    """{variant: (median seconds, peak MB, output)}: the variants alternately, warm-up rounds untimed."""
+    times, peaks, outs = {v: [] for v in runs}, {v: 0.0 for v in runs}, {}
+    for round_ in range(args.warmup + args.repeats):
+        for variant, run in runs.items():
+            seconds, peak, outs[variant] = timed(functools.partial(run, lr, size), device)
+            if round_ >= args.warmup:
+                times[variant].append(seconds)
+                peaks[variant] = max(peaks[variant], peak)
+    return {v: (statistics.median(times[v]), peaks[v], outs[v]) for v in runs}
+
+
+def run_grid(args, device: torch.device, results: dict) -> None:
+    variants = render_variants(args, device)
+    runs, weights, model = renderers(args, device, variants)
+    floor, floor_name = floor_tflops(args, device)
+    print(f"# LIIF render benchmark on {machine_name(device)}, torch {torch.__version__}"
+          + (f", CUDA {torch.version.cuda}" if device.type == 'cuda' else ''))
     print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
-          f"TFLOP/s counts the fast path's work" + (f", % of a {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else '')
+          f"TFLOP/s counts the fast path's work; {floor_name}"
           + (";\nx reference: against the fast fp32 row (--no_reference)" if args.no_reference else '') + "\n")
-    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % peak | peak MB | max abs diff |")
+    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % floor | peak MB "
+          "| max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for size in args.sizes:
+    for size, scale in args.cases:
         lr, source = lr_input(size, device)
-        for scale in args.scales:
-            out_size = (round(size * scale), round(size * scale))
-            times = {v: [] for v in variants}
-            peaks = {v: 0.0 for v in variants}
-            outs = {}
-            for round_ in range(args.warmup + args.repeats):
-                for variant in variants:
-                    name, fast, amp, compiled = variant
-                    net = compiled_model if compiled else model
-                    net.fast = fast
-                    if name == 'onnx':
-                        run = functools.partial(render_onnx, session, lr, out_size, args.onnx_queries)
-                    else:
-                        run = functools.partial(net.render, lr, out_size, chunk=args.chunk, amp=amp)
-                    seconds, peak, out = timed(run, device)
-                    outs[variant] = out
-                    if round_ >= args.warmup:
-                        times[variant].append(seconds)
-                        peaks[variant] = max(peaks[variant], peak)
-            reference = outs[variants[0]]
-            pixels = out_size[0] * out_size[1] / 1e6
-            ref_time = statistics.median(times[variants[0]])
-            flops = render_flops(model, (size, size), out_size)
-            for variant in variants:
-                name, _, amp, compiled = variant
-                t = statistics.median(times[variant])
-                diff = (outs[variant] - reference).abs().max().item()
-                share = f"{100 * flops / t / 1e12 / args.peak_tflops:.1f}" if args.peak_tflops else ''
-                print(f"| {size}x{size} | {source} | x{scale:g} | {out_size[0]}x{out_size[1]} | {name} | {amp} "
-                      f"| {'yes' if compiled else 'no'} | {pixels / t:.3f} | {ref_time / t:.2f} | {flops / t / 1e12:.3g} "
-                      f"| {share} | {peaks[variant]:.0f} | {diff:.2e} |", flush=True)
-            model.fast = True
+        out_size = (round(size * scale), round(size * scale))
+        times = time_variants(args, device, runs, lr, out_size)
+        ref_time, _, reference = times[variants[0]]
+        pixels = out_size[0] * out_size[1]
+        flops = render_flops(model, size * size, pixels)
+        for (name, _, amp, compiled), (t, peak, out) in times.items():
+            diff = (out - reference).abs().max().item()
+            results['render'].append({'lr': size, 'scale': scale, 'path': name, 'amp': amp, 'compile': compiled,
+                                      'mp_per_s': pixels / 1e6 / t, 'x_reference': ref_time / t, 'max_abs_diff': diff})
+            write_json(args, results)
+            print(f"| {size}x{size} | {source} | x{scale:g} | {out_size[0]}x{out_size[1]} | {name} | {amp} "
+                  f"| {'yes' if compiled else 'no'} | {pixels / 1e6 / t:.3f} | {ref_time / t:.2f} "
+                  f"| {flops / t / 1e12:.3g} | {100 * flops / t / 1e12 / floor:.1f} | {peak:.0f} | {diff:.2e} |",
+                  flush=True)
 
 
 def to_batch(img: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device)
 
 
-def run_psnr(device: torch.device) -> None:
-    """Set5 x4 PSNR (official benchmark protocol: luminance, 4-pixel shave, SR clamped to [0, 1]) of
-    the fast path in fp32 and in bf16, from the LR files with the HR cropped top-left to 4x their size."""
-    root = next((p / 'Set5' for p in DATA if (p / 'Set5' / 'LR_bicubic' / 'X4').is_dir()), None)
+def run_psnr(args, device: torch.device, results: dict) -> None:
+    """Set5 and Set14 x4 PSNR (the official benchmark protocol, from the released LR files) of the fast
+    path per amp, and of the compiled decoder on CUDA: bf16 and compiled modes against fp32."""
+    root = next((p for p in DATA if (p / 'Set14' / 'LR_bicubic' / 'X4').is_dir()), None)
     if root is None:
-        print("\nSet5 x4 PSNR needs the benchmark data: skipped")
+        print("\nSet5 / Set14 x4 PSNR needs the benchmark data: skipped")
         return
-    model, weights = load_model(device)
-    amps = ['fp32'] + (['bf16'] if bf16_supported(device) else []) + (['fp16'] if device.type == 'cuda' else [])
-    scores = {amp: [] for amp in amps}
-    for hr_path in sorted((root / 'HR').glob('*.png')):
-        lr = to_batch(read_image(root / 'LR_bicubic' / 'X4' / f"{hr_path.stem}x4.png"), device)
-        hr = to_batch(read_image(hr_path), device)[:, :, :lr.shape[2] * 4, :lr.shape[3] * 4]
-        for amp in amps:
-            sr = model.render(lr, tuple(hr.shape[-2:]), amp=amp).clamp_(0, 1)
-            scores[amp].append(float(psnr(sr, hr, 4)))
-    print(f"\n| Set5 x4 PSNR (dB), {weights} | " + ' | '.join(amps) + ' |')
-    print('|---' * (len(amps) + 1) + '|')
-    print('| mean | ' + ' | '.join(f"{statistics.mean(scores[a]):.4f}" for a in amps) + ' |')
-    print('| difference to fp32 | ' + ' | '.join(f"{statistics.mean(scores[a]) - statistics.mean(scores['fp32']):+.4f}"
-                                             for a in amps) + ' |', flush=True)
+    variants = [v for v in render_variants(args, device) if v[0] == 'fast']
+    models, weights = load_models(device, variants)
+    print(f"\n| x4 PSNR (dB), {weights} | " + ' | '.join(f"{amp}{' compiled' * c}" for _, _, amp, c in variants) + ' |')
+    print('|---' * (len(variants) + 1) + '|')
+    for name in ('Set5', 'Set14'):
+        dataset = BenchmarkDataset(root / name, 4)
+        scores = {v: statistics.mean(r['psnr'] for r in evaluate(models[v[3]], dataset, chunk=0, amp=v[2],
+                                                                 with_ssim=False)) for v in variants}
+        base = scores[variants[0]]
+        results['psnr'] += [{'set': name, 'amp': v[2], 'compile': v[3], 'psnr': scores[v]} for v in variants]
+        write_json(args, results)
+        print(f"| {name} | " + ' | '.join(f"{scores[v]:.4f} ({scores[v] - base:+.4f})" for v in variants) + ' |',
+              flush=True)
 
 
 def run_test_py(args) -> None:
@@ -268,84 +320,134 @@ def train_set(args) -> TrainDataset:
     return dataset
 
 
-def write_json(args, device: torch.device, train_rows: list[dict], loader: dict | None) -> None:
+def write_json(args, results: dict) -> None:
+    """Every row measured so far ({'device', 'torch', 'cuda', 'render', 'psnr', 'train', 'loader'}) to --json,
+    so that a stage stopped at its time limit keeps what it measured."""
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({'device': machine_name(device), 'batch': args.batch,
-                                               'train': train_rows, 'loader': loader}, indent=2) + '\n')
+        Path(args.json).write_text(json.dumps(results, indent=2) + '\n')
 
 
-def run_train(args, dataset: TrainDataset, device: torch.device) -> list[dict]:
-    """Optimiser steps per second and peak memory per (path, amp, compile) at one fixed real batch."""
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(args.batch)])
-    lr, coord, cell, gt = (batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt'))
-    variants = [('fast', True, 'fp32', False), ('reference', False, 'fp32', False)]
-    if bf16_supported(device):
-        variants += [('fast', True, 'bf16', False), ('fast', True, 'bf16', True)]
-    if device.type == 'cuda':
-        variants.append(('fast', True, 'fp16', False))
-    print(f"\n# LIIF training steps on {machine_name(device)}, torch {torch.__version__}")
+def train_variants(args, device: torch.device) -> list[tuple[str, bool, str, bool, bool]]:
+    """(path, fast, amp, compile, device_data) of every training mode, the fast fp32 one first; the
+    device-data rows in the amp with native speed (bf16 where supported), eager and compiled."""
+    amps = ['fp32'] + ['bf16'] * bf16_supported(device) + ['fp16'] * (device.type == 'cuda')
+    compiles = [False] + [True] * (not args.no_compile)
+    variants = [('fast', True, 'fp32', False, False), ('reference', False, 'fp32', False, False)]
+    variants += [('fast', True, amp, False, False) for amp in amps[1:]]
+    variants += [('fast', True, amp, True, False) for amp in amps[:2] * (not args.no_compile)]
+    return variants + [('fast', True, amps[:2][-1], c, True) for c in compiles]
+
+
+def step_run(args, device: torch.device, fast: bool, amp: str, compiled: bool):
+    """A fresh train.py run (seeded model, fused Adam, objective, compiled when asked) at the benchmark's batch."""
+    cfg = config.parse([f'--fast={fast}', f'--amp={amp}', f'--compile={compiled}', f'--batch_size={args.batch}'])
+    run = build_run(cfg, device, 1, 1)
+    wrap(run)
+    run.net.train()
+    return run
+
+
+def time_steps(args, device: torch.device, variant, batch: dict, patches: DevicePatches, draws: list) -> dict:
+    """One training mode's row: steps/s after the warm-up steps (the compiled ones compile there), the
+    warm-up's seconds, peak memory and the first and last loss."""
+    name, fast, amp, compiled, device_data = variant
+    run, autocast, losses = step_run(args, device, fast, amp, compiled), amp_context(device, amp), []
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            b = patches(draws[len(losses) % len(draws)]) if device_data else batch
+            losses.append(train_step(run.net, run.optimizer, run.scaler, autocast, b['lr'], b['coord'], b['cell'], b['gt']))
+    warmup_s = timed(lambda: steps(args.train_warmup), device)[0]
+    seconds, peak, _ = timed(lambda: steps(args.train_steps), device)
+    return {'path': name, 'amp': amp, 'compile': compiled, 'data': 'device' if device_data else 'loader',
+            'steps_per_s': args.train_steps / seconds, 'patches_per_s': args.train_steps * args.batch / seconds,
+            'warmup_s': warmup_s, 'peak_mb': peak, 'loss_first': float(losses[0]), 'loss_last': float(losses[-1])}
+
+
+def run_train(args, dataset: TrainDataset, device: torch.device, results: dict) -> list[dict]:
+    """Optimiser steps per second, % floor and peak memory per training mode at one fixed real batch
+    (device-data rows: made on the device each step from pre-drawn draws)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    batch = {k: v.to(device) for k, v in default_collate([dataset[i] for i in order[:args.batch]]).items()}
+    draws = [default_collate([dataset.draw(i) for i in order[j:j + args.batch]])
+             for j in range(0, min(8 * args.batch, len(order) - args.batch + 1), args.batch)]
+    patches = DevicePatches(dataset, device)
+    floor, floor_name = floor_tflops(args, device)
+    flops = 3 * args.batch * render_flops(liif_edsr(), args.patch_size ** 2, args.sample_q)  # forward + backward
+    print(f"\n# LIIF training steps on {machine_name(device)}, torch {torch.__version__}"
+          + (f", CUDA {torch.version.cuda}" if device.type == 'cuda' else ''))
     print(f"batch {args.batch} x {args.sample_q} queries, {args.patch_size}-px LR; {args.train_warmup} warm-up + "
-          f"{args.train_steps} timed steps\n")
-    print("| path | amp | compile | steps/s | patches/s | x fast fp32 | peak MB | loss first -> last |")
-    print("|---|---|---|---|---|---|---|---|")
-    rows = []
-    for name, fast, amp, compiled in variants:
-        torch.manual_seed(0)
-        model = liif_edsr(fast=fast).to(device).train()
-        forward = torch.compile(model) if compiled else model
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
-        losses = []
-
-        autocast = amp_context(device, amp)
-
-        def steps(n: int) -> None:
-            for _ in range(n):
-                losses.append(train_step(forward, optimizer, scaler, autocast, lr, coord, cell, gt))
-
-        steps(args.train_warmup)
-        seconds, peak, _ = timed(lambda: steps(args.train_steps), device)
-        first, last = float(losses[0]), float(losses[-1])
-        row = {'path': name, 'amp': amp, 'compile': compiled, 'steps_per_s': args.train_steps / seconds,
-               'patches_per_s': args.train_steps * args.batch / seconds, 'peak_mb': peak, 'loss_first': first,
-               'loss_last': last}
-        rows.append(row)
-        write_json(args, device, rows, None)  # what was measured so far, should a later row not finish
-        base = rows[0]['steps_per_s']  # fast fp32
-        print(f"| {name} | {amp} | {'yes' if compiled else 'no'} | {row['steps_per_s']:.3g} | "
-              f"{row['patches_per_s']:.3g} | {row['steps_per_s'] / base:.2f} | {peak:.0f} | {first:.4f} -> {last:.4f} |",
-              flush=True)
+          f"{args.train_steps} timed steps; TFLOP/s: 3 x the fast path's forward work; {floor_name}\n")
+    print("| path | amp | compile | data | steps/s | patches/s | x fast fp32 | TFLOP/s | % floor | warm-up s | peak MB "
+          "| loss first -> last |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = results['train']
+    for variant in train_variants(args, device):
+        rows.append(time_steps(args, device, variant, batch, patches, draws))
+        write_json(args, results)
+        r, rate = rows[-1], flops * rows[-1]['steps_per_s'] / 1e12
+        print(f"| {r['path']} | {r['amp']} | {'yes' if r['compile'] else 'no'} | {r['data']} | {r['steps_per_s']:.3g} "
+              f"| {r['patches_per_s']:.3g} | {r['steps_per_s'] / rows[0]['steps_per_s']:.2f} | {rate:.3g} "
+              f"| {100 * rate / floor:.1f} | {r['warmup_s']:.1f} | {r['peak_mb']:.0f} "
+              f"| {r['loss_first']:.4f} -> {r['loss_last']:.4f} |", flush=True)
     return rows
 
 
-def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: list[dict]) -> dict:
-    """Patches per second of the DataLoader alone (train.py's worker count), and of one worker."""
-    workers = worker_count(args.workers, 1)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
-    items = order[:args.loader_batches * args.batch]
+def items_per_s(make, indices: list[int]) -> float:
     start = time.perf_counter()
-    for i in items:
-        dataset[i]
-    one_worker = len(items) / (time.perf_counter() - start)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=order, num_workers=workers,
+    for i in indices:
+        make(i)
+    return len(indices) / (time.perf_counter() - start)
+
+
+def loader_per_s(args, items, order: list[int], workers: int, device: torch.device) -> float:
+    """Items per second from train.py's kind of DataLoader over `items`, its workers started (not timed)."""
+    loader = torch.utils.data.DataLoader(items, batch_size=args.batch, sampler=order, num_workers=workers,
                                          pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
     batches = iter(loader)
     next(batches)  # workers started and the first batches in flight: not timed
     start = time.perf_counter()
     for _ in range(args.loader_batches):
         next(batches)
-    patches_per_s = args.loader_batches * args.batch / (time.perf_counter() - start)
-    print(f"\n| DataLoader ({len(dataset.files)} images of {', '.join(str(p) for p in train_dirs(args))}) "
-          f"| workers | patches/s |\n|---|---|---|")
-    print(f"| one worker (in process) | 1 | {one_worker:.0f} |")
-    print(f"| train.py's loader (num_workers {args.workers}, {os.cpu_count()} cores) | {workers} | {patches_per_s:.0f} |")
-    result = {'workers': workers, 'patches_per_s': patches_per_s, 'one_worker_patches_per_s': one_worker}
-    if train_rows:
-        fastest = max(train_rows, key=lambda r: r['patches_per_s'])
+    return args.loader_batches * args.batch / (time.perf_counter() - start)
+
+
+def device_patches_per_s(args, dataset: TrainDataset, order: list[int], device: torch.device) -> float:
+    """Patches per second DevicePatches makes on the device from collated draws (drawn beforehand)."""
+    patches = DevicePatches(dataset, device)
+    draws = [default_collate([dataset.draw(i) for i in order[j:j + args.batch]])
+             for j in range(0, args.loader_batches * args.batch, args.batch)]
+    patches(draws[0])  # warm-up
+    seconds = timed(lambda: [patches(d) for d in draws], device)[0]
+    return len(draws) * args.batch / seconds
+
+
+def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: list[dict]) -> dict:
+    """Patches per second of the DataLoader alone (train.py's worker count) and of one worker; draws per
+    second (one worker, and the loader of draws) and DevicePatches' patches per second on the device."""
+    workers = worker_count(args.workers, 1)
+    order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist() * 2)[:(args.loader_batches + 2) * args.batch]
+    items = order[:args.loader_batches * args.batch]
+    result = {'workers': workers, 'one_worker_patches_per_s': items_per_s(dataset.__getitem__, items),
+              'patches_per_s': loader_per_s(args, dataset, order, workers, device),
+              'one_worker_draws_per_s': items_per_s(dataset.draw, items),
+              'draws_per_s': loader_per_s(args, Draws(dataset), order, workers, device),
+              'device_patches_per_s': device_patches_per_s(args, dataset, order, device)}
+    print(f"\n| training data ({len(dataset.files)} images of {', '.join(str(p) for p in train_dirs(args))}) "
+          f"| workers | per second |\n|---|---|---|")
+    print(f"| patches, one worker (in process) | 1 | {result['one_worker_patches_per_s']:.0f} |")
+    print(f"| patches, train.py's loader (num_workers {args.workers}, {os.cpu_count()} cores) | {workers} "
+          f"| {result['patches_per_s']:.0f} |")
+    print(f"| draws only, one worker (in process) | 1 | {result['one_worker_draws_per_s']:.0f} |")
+    print(f"| draws only, train.py's loader (device_data) | {workers} | {result['draws_per_s']:.0f} |")
+    print(f"| patches made by DevicePatches on {device.type} (in process) | - | {result['device_patches_per_s']:.0f} |")
+    loader_rows = [r for r in train_rows if r['data'] == 'loader']
+    if loader_rows:
+        fastest = max(loader_rows, key=lambda r: r['patches_per_s'])
         need = 1.5 * fastest['patches_per_s']
-        result['keeps_up'] = patches_per_s >= need
-        print(f"\nloader keeps up: {'yes' if result['keeps_up'] else 'NO'} ({patches_per_s:.0f} patches/s vs "
+        result['keeps_up'] = result['patches_per_s'] >= need
+        print(f"\nloader keeps up: {'yes' if result['keeps_up'] else 'NO'} ({result['patches_per_s']:.0f} patches/s vs "
               f"1.5 x {fastest['patches_per_s']:.0f} = {need:.0f} for the fastest training row, "
               f"{fastest['path']} {fastest['amp']}{' compiled' if fastest['compile'] else ''})", flush=True)
     return result
@@ -455,23 +557,27 @@ def run_dist_speed(args) -> None:
           f"speed-up {one / two:.2f}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='128,256', help="LR sides, comma-separated; 0 skips the grid")
     parser.add_argument('--scales', default='2,4,12', help="scales, comma-separated")
+    parser.add_argument('--cases', default='', help="LR side x scale pairs instead of every size at every scale, "
+                        "e.g. 256x4,512x4,256x30")
     parser.add_argument('--repeats', type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument('--warmup', type=int, default=1, help="untimed rounds first")
     parser.add_argument('--chunk', type=int, default=None, help="queries per decoder call (default: auto)")
     parser.add_argument('--threads', type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
-    parser.add_argument('--psnr', action='store_true', help="also Set5 x4 PSNR of the fast path, fp32 vs bf16")
+    parser.add_argument('--psnr', action='store_true', help="also Set5 / Set14 x4 PSNR per amp (and compiled)")
     parser.add_argument('--out_dir', default='results/benchmark', help="where the test.py runs write")
     parser.add_argument('--no_reference', action='store_true', help="leave out the (slow) reference path")
     parser.add_argument('--onnx', action='store_true', help="also the exported ONNX file under ONNX Runtime (CPU)")
     parser.add_argument('--onnx_queries', type=int, default=WINDOW_QUERIES,
                         help=f"output pixels per ONNX Runtime run (default {WINDOW_QUERIES})")
-    parser.add_argument('--peak_tflops', type=float, default=0, help="the device's bf16 matmul peak, for %% of peak")
+    parser.add_argument('--peak_tflops', type=float, default=0,
+                        help="the GPU's dense bf16 peak for the %% floor column (0: a fp32 matmul measured now)")
+    parser.add_argument('--no_compile', action='store_true', help="leave out the compiled modes")
     parser.add_argument('--train', action='store_true', help="also time training steps per mode")
     parser.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
     parser.add_argument('--train_dir', default='', help="training folders, comma-separated (default: DIV2K or the 291)")
@@ -482,33 +588,46 @@ def main() -> None:
     parser.add_argument('--train_warmup', type=int, default=5, help="untimed training steps first (compiles)")
     parser.add_argument('--workers', type=int, default=config.num_workers, help="DataLoader workers asked for")
     parser.add_argument('--loader_batches', type=int, default=50, help="batches timed from the DataLoader")
-    parser.add_argument('--json', default='', help="also write the training and loader rows to this JSON file")
+    parser.add_argument('--json', default='', help="also write every row to this JSON file")
     parser.add_argument('--ddp_memory', action='store_true', help="node memory (PSS) of 1, 2, 4 training processes")
     parser.add_argument('--procs', default='1,2,4', help="--ddp_memory: process counts, comma-separated")
     parser.add_argument('--memory_steps', type=int, default=10, help="--ddp_memory: training steps per run")
     parser.add_argument('--stand_in', type=int, default=0, help="--ddp_memory on N DIV2K-sized synthetic images")
     parser.add_argument('--dist_speed', action='store_true', help="inference.py: 2 processes vs 1 on the same cores")
     args = parser.parse_args()
-    args.sizes = [int(s) for s in args.sizes.split(',') if int(s) > 0]
-    args.scales = [float(s) for s in args.scales.split(',')]
-    args.procs = [int(n) for n in args.procs.split(',')]
-    if args.repeats < 1 or args.warmup < 0 or any(s <= 0 for s in args.scales) or args.onnx_queries < 1:
-        parser.error("repeats must be >= 1, warmup >= 0, scales positive and onnx_queries >= 1")
+    try:
+        args.cases = ([(int(size), float(scale)) for size, scale in (case.split('x') for case in args.cases.split(','))]
+                      if args.cases else [(int(size), float(scale)) for size in args.sizes.split(',') if int(size) > 0
+                                          for scale in args.scales.split(',')])
+        args.procs = [int(n) for n in args.procs.split(',')]
+    except ValueError:
+        parser.error("sizes, scales, cases and procs are comma-separated numbers (cases: SIDExSCALE, e.g. 256x4)")
+    if (args.repeats < 1 or args.warmup < 0 or any(size <= 0 or scale <= 0 for size, scale in args.cases)
+            or args.onnx_queries < 1):
+        parser.error("repeats must be >= 1, warmup >= 0, sizes and scales positive and onnx_queries >= 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
                           'cpu' if args.device == 'auto' else args.device)
     use_tf32(False)  # fp32 rows are true fp32, as in the three scripts by default
-    if args.sizes:
-        run_grid(args, device)
+    results = {'device': machine_name(device), 'torch': torch.__version__, 'cuda': torch.version.cuda,
+               'batch': args.batch, 'render': [], 'psnr': [], 'train': [], 'loader': None}
+    if args.cases:
+        run_grid(args, device, results)
     if args.psnr:
-        run_psnr(device)
+        run_psnr(args, device, results)
     if args.test_py:
         run_test_py(args)
     dataset = train_set(args) if args.train or args.loader else None
-    train_rows = run_train(args, dataset, device) if args.train else []
-    loader = run_loader(args, dataset, device, train_rows) if args.loader else None
-    write_json(args, device, train_rows, loader)
+    train_rows = run_train(args, dataset, device, results) if args.train else []
+    if args.loader:
+        results['loader'] = run_loader(args, dataset, device, train_rows)
+    write_json(args, results)
     if args.ddp_memory:
         run_ddp_memory(args)
     if args.dist_speed:

@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import load_onnx, pick_device, resolve_weights, run_main, set_threads  # noqa: E402
-from imgproc import image_to_tensor, load_uint8, quantize, read_image  # noqa: E402
+from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_image  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
 from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
@@ -157,39 +157,6 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     return view
 
 
-def bicubic_taps(in_size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's bicubic resampling taps (Resample.c, 8-bit path) for output pixels [start, stop) of
-    an axis resized from in_size to out_size: the first input pixel (n,) and the fixed-point weights
-    (n, k) of each, computed in the same order as Pillow so that the results are bit for bit its own."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 2.0 * filterscale  # the bicubic kernel spans [-2, 2] input pixels when magnifying
-    centre = (np.arange(start, stop) + 0.5) * scale
-    first = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
-    end = np.minimum(np.trunc(centre + support + 0.5), in_size).astype(np.int64)
-    taps = first[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
-    x = np.abs((taps - centre[:, None] + 0.5) * (1.0 / filterscale))
-    a = -0.5
-    weights = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                       np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
-    weights[taps >= end[:, None]] = 0
-    total = np.zeros(len(centre))
-    for k in range(weights.shape[1]):  # summed tap by tap, as Pillow does
-        total += weights[:, k]
-    weights /= total[:, None]
-    fixed = np.trunc(weights * (1 << 22) + np.where(weights < 0, -0.5, 0.5)).astype(np.int64)
-    return first, fixed
-
-
-def _resample(img: np.ndarray, first: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """One Pillow pass along axis 0: out[i] = clip8((2^21 + sum_k img[first[i] + k] * fixed[i, k]) >> 22)."""
-    acc = np.full((len(first), *img.shape[1:]), 1 << 21, np.int64)
-    last = img.shape[0] - 1
-    for k in range(fixed.shape[1]):  # taps past the end have weight 0: any row will do for them
-        acc += img[np.minimum(first + k, last)].astype(np.int64) * fixed[:, k, None, None]
-    return np.clip(acc >> 22, 0, 255).astype(np.uint8)
-
-
 def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
     """The window (top, left, height, width) of imgproc.pil_resize(img, size) (PIL bicubic of an 8-bit
     HxWx3 image), computed from the input rows and columns it needs only: the same pixels."""
@@ -200,8 +167,8 @@ def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, in
     r1 = min(img.shape[0], int(rows_first.max()) + rows_fixed.shape[1])
     # Pillow resizes along the width first, then the height, rounding to 8 bits in between (an axis
     # that keeps its size gets weights 1, 0, ...: the same as Pillow skipping that pass)
-    wide = _resample(img[r0:r1].swapaxes(0, 1), cols_first, cols_fixed).swapaxes(0, 1)
-    return _resample(wide, rows_first - r0, rows_fixed)
+    wide = pil_resample(img[r0:r1].swapaxes(0, 1), cols_first, cols_fixed).swapaxes(0, 1)
+    return pil_resample(wide, rows_first - r0, rows_fixed)
 
 
 class Viewer:

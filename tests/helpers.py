@@ -41,6 +41,12 @@ def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
             '--num_workers=0', '--valid_first=1', f'--valid_repeat={VALID_REPEAT}', '--save_every=1', *extra]
 
 
+def tiny_liif() -> LIIF:
+    """A seeded LIIF small enough to compile quickly: a one-block 8-channel EDSR, a [16] decoder."""
+    torch.manual_seed(0)
+    return LIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16])
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=True)
 

@@ -89,12 +89,14 @@ def test_native_bf16_on_this_cpu_follows_its_flags(monkeypatch):
 
 
 def test_public_op_branch_matches_fp32_and_warns_once(official_weights, benchmark_root, monkeypatch, capsys):
-    """Without native bf16: the decoder uses addmm (the fused op is never called), and one stderr line
+    """Without native bf16: the bf16 decoder uses addmm (the fused op never sees bf16), and one stderr line
     per process says that fp32 is faster here, however many renders follow."""
     monkeypatch.setattr(precision, 'native_cpu_bf16', lambda: False)
+    fused = torch.ops.mkldnn._linear_pointwise
 
-    def refuse(*args):
-        raise AssertionError("the private oneDNN op was called without native bf16")
+    def refuse(x, *args):
+        assert x.dtype != torch.bfloat16, "the private oneDNN op was called in bf16 without native bf16"
+        return fused(x, *args)
     monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', refuse)
     precision.warn_slow_bf16.cache_clear()
     model = model_from_checkpoint(official_weights).eval()

@@ -1,5 +1,6 @@
 """The CUDA paths: fast vs reference, bf16 / fp16 renders, channels_last, compile_decoder (with and without
-CUDA graphs), training steps per dtype, an exact resume and a one-process nccl run of train.py.
+CUDA graphs), the device's own render sizing, training patches made on the device, the compiled training
+step (CUDA graphs), training steps per dtype, an exact resume and a one-process nccl run of train.py.
 
 Skipped where CUDA is absent (CI). `LIIF_TEST_DEVICE=cpu` runs the same checks on the CPU, to prove the
 test logic without a GPU: fp16 and CUDA graphs are skipped there, the one-process run uses gloo, and the
@@ -16,12 +17,13 @@ import pytest
 import torch
 
 import precision
+import render
 import train
 from common import evaluate
-from dataset import BenchmarkDataset, TrainDataset
+from dataset import BenchmarkDataset, DevicePatches, TrainDataset
 from model import liif_edsr, model_from_checkpoint
 from train import train_step
-from helpers import assert_same_tensors, load, tiny
+from helpers import assert_same_tensors, load, tiny, tiny_liif
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get('LIIF_TEST_DEVICE') or ('cuda' if torch.cuda.is_available() else '')
@@ -122,15 +124,63 @@ def test_compiled_decoder_equals_eager(official_weights, set5_x4, device, cuda_g
         assert (compiled - eager).abs().max().item() <= FP32_ATOL
 
 
+def test_device_sized_render_equals_small_chunks(model, set5_x4, device):
+    """The device's own sizing (on CUDA: half the free memory, a whole chunk per decoder call) renders
+    what small chunks in cache-sized blocks render."""
+    lr = lr_image(set5_x4, device)
+    size = (lr.shape[-2] * 3 + 1, lr.shape[-1] * 3 - 1)
+    if device.type == 'cuda':
+        free = torch.cuda.mem_get_info(device)[0]
+        assert 0.45 * free <= render.device_budget(device) <= 0.55 * free  # half, whatever else runs meanwhile
+        assert render.decoder_rows(device) is None
+    assert (model.render(lr, size) - model.render(lr, size, chunk=1000)).abs().max().item() <= FP32_ATOL
+
+
+def test_device_patches_equal_the_loaders_items(train_root, device):
+    """Training patches made on the device (integer Pillow arithmetic) equal the DataLoader's, bit for bit."""
+    dataset = TrainDataset([train_root / 'T91', train_root / 'BSDS200'], patch_size=24, sample_q=300, repeat=2)
+    dataset.set_epoch(3)
+    patches = DevicePatches(dataset, device)
+    for start in (0, 16):
+        indices = range(start, start + 16)
+        expected = torch.utils.data.default_collate([dataset[i] for i in indices])
+        made = patches(torch.utils.data.default_collate([dataset.draw(i) for i in indices]))
+        assert all(torch.equal(made[k].cpu(), expected[k]) for k in expected)
+
+
+def test_compiled_step_with_cuda_graphs_equals_the_eager_step(data, device, monkeypatch):
+    """compile=True on one GPU (CUDA graphs) takes the eager fp32 steps, within float32 rounding (the
+    bound of tests/test_train.py's CPU test: losses rtol 1e-5, weights 1e-3 lr per step)."""
+    need_cuda(device, 'CUDA graphs')
+    steps, lr_ = 5, 1e-3
+    cfg = train.config.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cuda'))
+    monkeypatch.setattr(train, 'make_model', lambda cfg: tiny_liif())  # few kernels to compile
+    patches = TrainDataset(data / 'train', 16, sample_q=64, first_k=4)
+    batch = torch.utils.data.default_collate([patches[i] for i in range(4)])
+    lr, coord, cell, gt = (batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt'))
+    results = []
+    for compiled in (False, True):
+        cfg.compile = compiled
+        run = train.build_run(cfg, device, 1, 1)
+        train.wrap(run)
+        autocast = precision.autocast(device, 'fp32')
+        losses = [train_step(run.net, run.optimizer, run.scaler, autocast, lr, coord, cell, gt).item()
+                  for _ in range(steps)]
+        results.append((losses, run.model.state_dict()))
+    (eager, eager_weights), (compiled, compiled_weights) = results
+    assert compiled == pytest.approx(eager, rel=1e-5) and eager[-1] < eager[0]
+    assert_same_tensors(compiled_weights, eager_weights, atol=1e-3 * lr_ * steps)
+
+
 def train_losses(amp: str, batch: dict, device: torch.device, steps: int) -> list[float]:
     """`steps` Adam steps of a seeded EDSR-baseline-LIIF on one fixed batch, as train.py takes them."""
     torch.manual_seed(0)
     model = liif_edsr().to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
     tensors = [batch[k].to(device) for k in ('lr', 'coord', 'cell', 'gt')]
     autocast = precision.autocast(device, amp)
-    return [train_step(model, optimizer, scaler, autocast, *tensors).item() for _ in range(steps)]
+    return [train_step(train.Objective(model), optimizer, scaler, autocast, *tensors).item() for _ in range(steps)]
 
 
 @pytest.fixture(scope='module')

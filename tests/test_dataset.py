@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import BenchmarkDataset, TrainDataset, list_images
+from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, list_images
 from helpers import TRANSFORMS, pixel_index, same_items, transform
 
 def save_png(path, img):
@@ -165,6 +165,28 @@ def test_dataloader_workers_give_the_same_batches(train_root):
     ds.set_epoch(5)
     assert same_items(first[0], next(iter(DataLoader(ds, batch_size=4))))
     assert not same_items(first[0], second[0])
+
+
+@pytest.mark.parametrize('seed, epoch, patch_size, scales, sample_q, augment', [
+    (0, 1, 16, (1.0, 4.0), 64, True),
+    (5, 3, 24, (1.0, 2.5), 500, True),
+    (2, 7, 20, (1.0, 1.05), 400, True),  # crops of 20 or 21 pixels: Pillow's same-size and 21 -> 20 passes
+    (0, 2, 12, (2.0, 3.3), 100, False),
+])
+def test_device_patches_equal_the_loaders_items(train_root, seed, epoch, patch_size, scales, sample_q, augment):
+    """The items made by DevicePatches (here on CPU tensors) from the dataset's draws equal the
+    DataLoader's bit for bit: integer Pillow arithmetic, the same flips, queries and coordinates."""
+    dataset = TrainDataset([train_root / 'T91', train_root / 'BSDS200'], patch_size, *scales, sample_q, repeat=4,
+                           augment=augment, seed=seed, warn=False)
+    dataset.set_epoch(epoch)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    loader = DataLoader(dataset, batch_size=8, sampler=order)
+    draws = DataLoader(Draws(dataset), batch_size=8, sampler=order)
+    patches, flips = DevicePatches(dataset, 'cpu'), set()
+    for batch, drawn in zip(loader, draws, strict=True):
+        assert same_items(batch, patches(drawn))
+        flips |= {tuple(f) for f in drawn['flips'].tolist()}
+    assert len(flips) == (8 if augment else 1)  # every row flip, column flip and transpose was made
 
 
 def test_sixteen_bit_is_rounded_to_eight(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import precision
+import render
 from imgproc import coord_cell, read_image
 from model import EDSR, LIIF, RDN, liif_edsr, model_from_checkpoint
 
@@ -149,6 +150,44 @@ def test_auto_chunk_and_tile(official, butterfly_lr):
     assert max_diff(ref, official.render(butterfly_lr, size, memory_budget=8 << 20)) <= TOL
     assert official.auto_tile((1, 3, 27, 33)) == 0
     assert 64 <= official.auto_tile((1, 3, 2048, 2048)) < 1024
+
+
+def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly_lr, monkeypatch):
+    """A GPU's budget is half its free memory (torch.cuda.mem_get_info, mocked: a CUDA device object
+    needs no GPU), its decoder decodes a whole chunk per call and its chunk counts the MLP's
+    activations; a CPU keeps 1 GiB and cache-sized blocks. Renders at every such size are the same."""
+    gpu, cpu = torch.device('cuda', 0), torch.device('cpu')
+    free = {}
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (free['bytes'], 141 << 30))
+    budgets, chunks, tiles = [], [], []
+    for mib in (4, 512, 64 << 10):
+        free['bytes'] = mib << 20
+        budgets.append(render.device_budget(gpu))
+        chunks.append(render.auto_chunk(official, budgets[-1], gpu))
+        tiles.append(render.auto_tile(official, (1, 3, 8192, 8192), budgets[-1]))
+    assert budgets == [mib << 19 for mib in (4, 512, 64 << 10)]
+    assert chunks[0] == 256 < chunks[1] < chunks[2] and 64 == tiles[0] < tiles[1] < tiles[2]
+    assert render.device_budget(cpu) == render.CPU_MEMORY_BUDGET == 1 << 30
+    assert render.decoder_rows(gpu) is None and render.decoder_rows(cpu) == render.CPU_BLOCK_ROWS
+    # 4 members x 3 activations of 256 fp32 values: 12 KiB a query more where a chunk is one block
+    assert official.bytes_per_query(gpu) - official.bytes_per_query(cpu) == 4 * 3 * 256 * 4
+
+    size = (81, 99)  # 8019 queries
+    ref = official.render(butterfly_lr, size)  # one chunk in blocks of 4096 rows (1024 queries)
+    monkeypatch.setattr(render, 'decoder_rows', lambda device, fixed=False: None)  # the GPU's blocks, here
+    for mib, tile in ((4, 20), (1024, None)):  # 256-query chunks on 2 x 2 LR tiles; 2 chunks, no tiles
+        free['bytes'] = mib << 20
+        chunk = render.auto_chunk(official, render.device_budget(gpu), gpu)
+        assert max_diff(ref, official.render(butterfly_lr, size, chunk=chunk, tile=tile)) <= TOL, chunk
+
+
+def test_fp32_kernels_agree(official, butterfly_lr, monkeypatch):
+    """oneDNN's fused fp32 linear (x86 CPUs) renders what addmm + relu_ renders, within float32 rounding."""
+    if not precision.onednn_linear():
+        pytest.skip("oneDNN's fused linear does not run here")
+    fused = official.render(butterfly_lr, (54, 66))
+    monkeypatch.setattr(precision, 'onednn_linear', lambda: False)
+    assert max_diff(fused, official.render(butterfly_lr, (54, 66))) <= TOL
 
 
 @pytest.mark.parametrize('native', [True, False])

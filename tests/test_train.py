@@ -13,9 +13,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import precision
 import train
 from dataset import TrainDataset
-from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny
+from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny, tiny_liif
 from imgproc import load_uint8, write_image
 from model import build_model, model_from_checkpoint, read_checkpoint
 
@@ -212,6 +213,53 @@ def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path
         train.main(tiny(data, tmp_path, f'--train_dir={tmp_path / "nowhere"}'))
 
 
+def test_a_checkpoint_of_the_unfused_adam_resumes_fused(data, tmp_path):
+    """Checkpoints from before Adam was fused (param groups with fused=None) resume, and go on fused."""
+    out = tmp_path / 'old'
+    train.main(tiny(data, out, '--max_steps=1'))
+    ckpt = load(out / 'last.pth')
+    for group in ckpt['optimizer']['param_groups']:
+        group['fused'] = None
+    torch.save(ckpt, out / 'last.pth')
+    assert train.main(tiny(data, out, '--max_steps=2', '--resume=auto'))['step'] == 2
+    assert all(group['fused'] is True for group in load(out / 'last.pth')['optimizer']['param_groups'])
+
+
+def test_device_data_trains_as_the_loader_does(data, tmp_path):
+    """Patches made on the device from the loader's draws are the loader's patches: the same run."""
+    for name, extra in (('loader', []), ('device', ['--device_data=True'])):
+        train.main(tiny(data, tmp_path / name, '--max_steps=3', *extra))
+    a, b = load(tmp_path / 'loader' / 'last.pth'), load(tmp_path / 'device' / 'last.pth')
+    assert_same_tensors(b['model'], a['model'], atol=0)
+    assert_same_tensors(b['optimizer'], a['optimizer'], atol=0)
+
+
+def test_compiled_step_equals_the_eager_step(data, train_root, monkeypatch):
+    """compile=True (torch.compile of the objective: forward, loss and backward) takes the eager steps
+    in fp32: a tiny LIIF (few kernels to compile) through build_run and wrap, 3 Adam steps at lr 1e-3.
+    Inductor fuses and reorders float32 sums (the loss mean, the ensemble sum, bias gradients), so the
+    values agree to rounding, not to the bit: the losses within rtol 1e-5 (~170 float32 ulps). Adam
+    divides each gradient by its own RMS, so a gradient a few ulps off moves its update by about that
+    fraction of lr: the weights stay within 1e-3 lr per step of each other, where one wrong gradient
+    (a sign, a term) would move them by up to 2 lr."""
+    steps, lr_ = 3, 1e-3
+    cfg = train.config.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cpu'))
+    monkeypatch.setattr(train, 'make_model', lambda cfg: tiny_liif())
+    patches = TrainDataset(train_root / 'BSDS200', patch_size=12, sample_q=64, first_k=4, warn=False)
+    batch = [torch.utils.data.default_collate([patches[i] for i in range(4)])[k] for k in ('lr', 'coord', 'cell', 'gt')]
+    results = []
+    for compiled in (False, True):
+        cfg.compile = compiled
+        run = train.build_run(cfg, torch.device('cpu'), 1, 1)
+        train.wrap(run)
+        autocast = precision.autocast(torch.device('cpu'), 'fp32')
+        losses = [train.train_step(run.net, run.optimizer, run.scaler, autocast, *batch).item() for _ in range(steps)]
+        results.append((losses, run.model.state_dict()))
+    (eager, eager_weights), (compiled, compiled_weights) = results
+    assert compiled == pytest.approx(eager, rel=1e-5) and eager[-1] < eager[0]
+    assert_same_tensors(compiled_weights, eager_weights, atol=1e-3 * lr_ * steps)
+
+
 @pytest.mark.parametrize('setup, args, message', [
     ('corrupt', ['--resume={tmp}/corrupt.pth'], 'not a readable PyTorch checkpoint'),
     ('corrupt', ['--init_weights={tmp}/corrupt.pth'], 'not a readable PyTorch checkpoint'),
@@ -233,6 +281,7 @@ def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path
     (None, ['--gamma=-0.5'], 'gamma must be a positive number'),
     (None, ['--milestones=[-5]'], 'milestones must be positive epoch numbers'),
     (None, ['--num_workers=-1'], 'num_workers must be a non-negative int'),
+    (None, ['--device_data=True', '--in_memory=False'], 'device_data makes patches'),
     ('corrupt', ['--out_dir={tmp}/corrupt.pth/run'], 'corrupt.pth is a file, not a folder'),
 ])
 def test_a_refused_run_writes_nothing(data, tmp_path, official_weights, setup, args, message):
