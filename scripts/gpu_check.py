@@ -22,8 +22,7 @@ longest-trained).
 Data: --shared=DIR holds data/train (or data/train-webp) with T91/ and BSDS200/ and
 weights/edsr-baseline-liif.pth, and may hold data/benchmark/<Set>/{HR,LR_bicubic} (else the copy of Set5
 and Set14 in tests/data/benchmark serves). To take the check to a machine without them, bundle them first
-(48 MB; .device/ is git-ignored and read by default when present; with the repository's 18 MB it stays
-under the 64 MiB a working tree may carry to a GPU machine):
+(48 MB; .device/ is git-ignored and read by default when present):
 
     python scripts/gpu_check.py --bundle --shared=DIR  # DIR's training images and weights -> .device/
 

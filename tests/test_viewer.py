@@ -294,7 +294,10 @@ def start_viewer(crop: Path, weights: Path) -> tuple[subprocess.Popen, int]:
     """The viewer command serving crop on a free port, and the port, once it listens."""
     command = [sys.executable, str(ROOT / 'scripts' / 'viewer.py'), f'--input={crop}', f'--weights={weights}',
                '--port=0', '--device=cpu', '--threads=1']
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it: a suite started in the background (`pytest ... &` in a script)
+    # ignores SIGINT, and an ignored SIGINT is inherited, so Python would install no Ctrl-C handler
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = process.stdout.readline()
     match = re.match(r'http://127\.0\.0\.1:(\d+)/', line)
     if not match:
