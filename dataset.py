@@ -5,10 +5,7 @@ The pipeline is 8-bit like the official one: images are kept as uint8 and LR ima
 bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257).
 """
 import functools
-import hashlib
-import json
 import math
-import shutil
 import warnings
 from pathlib import Path
 
@@ -16,17 +13,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from imgproc import (bicubic_taps, header_size, image_to_tensor, load_image, load_uint8, make_coord, pil_resample_torch,
-                     pil_resize, replacing, to_float)
+from distributed import shared_images
+from imgproc import (
+    bicubic_taps,
+    image_size,
+    image_to_tensor,
+    load_uint8,
+    make_coord,
+    pil_resample_torch,
+    pil_resize,
+    to_float,
+)
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """The image files of a folder in sorted name order; other files are skipped with a warning, hidden
-    ones (.name: a write that a killed run left behind, imgproc.replacing) silently."""
+    ones (.name: a write that a killed run left behind, files.replacing) silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
@@ -34,16 +39,10 @@ def list_images(folder: str | Path) -> list[Path]:
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        warnings.warn(f"{folder}: skipping {len(others)} non-image file(s): {', '.join(others)}")
+        warnings.warn(f"{folder}: skipping {len(others)} non-image file(s): {', '.join(others)}", stacklevel=2)
     if not images:
         raise ValueError(f"{folder} holds no image files (expected {', '.join(IMAGE_SUFFIXES)})")
     return images
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels (imgproc.header_size:
-    too large or damaged headers raise ImageError); a format Pillow does not recognise is decoded."""
-    return header_size(path) or load_image(path).shape[:2]
 
 
 def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
@@ -109,61 +108,6 @@ def as_folders(root: str | Path | list) -> list:
     return folders
 
 
-CACHE_FORMAT = 'liif-uint8-v1'  # what a cache file holds (load_uint8's pixels, one image after the other)
-
-
-def cache_key(files: list[Path]) -> str:
-    """The name of the decoded images of `files` in this order: a hash of their absolute paths, sizes and
-    modification times, so that a changed, added or removed file gives another name."""
-    digest = hashlib.sha256(CACHE_FORMAT.encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f'{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
-    return digest.hexdigest()[:20]
-
-
-def write_cache(files: list[Path], data: Path, index: Path) -> None:
-    """Decode `files` one by one into `data` and list their shapes in `index` (written last: a cache is
-    whole once its index exists); both atomically. Refused, before any work, without room for it."""
-    needed = sum(3 * h * w for h, w in (image_size(path) for path in files))
-    free = shutil.disk_usage(data.parent).free
-    if needed > free:
-        raise ValueError(f"cache_dir {data.parent}: the {len(files)} decoded training images need "
-                         f"{needed / 1e9:.2f} GB ({needed:,} bytes) but {free / 1e9:.2f} GB are free there; set "
-                         f"--cache_dir to a folder with room (or --node_cache=False: a copy in each process)")
-    shapes = []
-    with replacing(data) as tmp, open(tmp, 'wb') as out:
-        for path in tqdm(files, desc=f'decoding the training images into {data}', unit='img', dynamic_ncols=True):
-            img = load_uint8(path)
-            out.write(img.tobytes())
-            shapes.append(img.shape)
-    with replacing(index) as tmp:
-        tmp.write_text(json.dumps({'format': CACHE_FORMAT, 'files': [str(path) for path in files], 'shapes': shapes}))
-
-
-def open_cache(data: Path, index: Path) -> list[np.ndarray]:
-    """A cache's images as read-only views of its memory-mapped file."""
-    pixels = np.memmap(data, dtype=np.uint8, mode='r')
-    images, offset = [], 0
-    for shape in json.loads(index.read_text())['shapes']:
-        images.append(pixels[offset:offset + math.prod(shape)].reshape(shape))
-        offset += math.prod(shape)
-    return images
-
-
-def shared_images(files: list[Path], folder: str | Path) -> list[np.ndarray]:
-    """The decoded uint8 images of `files` as read-only views of one memory-mapped file in `folder`, named
-    by cache_key: decoded and written by the first process that asks for them, mapped by every one after
-    it. The processes that map it (and their DataLoader workers) read the same pages: one copy in memory."""
-    folder = Path(folder)
-    key = cache_key(files)
-    data, index = folder / f'{key}.u8', folder / f'{key}.json'
-    if not (index.is_file() and data.is_file()):
-        folder.mkdir(parents=True, exist_ok=True)
-        write_cache(files, data, index)
-    return open_cache(data, index)
-
-
 def read_all(files: list[Path], in_memory: bool,
              cache_dir: str | Path | None = None) -> tuple[list[np.ndarray] | None, list[tuple[int, int]]]:
     """(the decoded uint8 images or None, their (height, width)): decoded once when in_memory (from the
@@ -191,7 +135,7 @@ def large_enough(files: list[Path], sizes: list, side: int, what: str,
         if not any(keep):
             raise ValueError(f"{summary}; none is left")
         if warn:
-            warnings.warn(f"{summary}; they are skipped")
+            warnings.warn(f"{summary}; they are skipped", stacklevel=2)
     return keep, skipped, summary
 
 

@@ -8,6 +8,7 @@ import math
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from imgproc import YCBCR_MATRIX, YCBCR_OFFSET, to_integer
 
@@ -186,3 +187,38 @@ def _ssim_torch(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> torch.Tensor:
     mu1, mu2, e11, e22, e12 = maps
     ssim_map = _ssim_from_moments(mu1, mu2, e11, e22, e12)
     return _image_means(ssim_map)
+
+
+def evaluate(model: torch.nn.Module, dataset, *, chunk: int = 30000, amp: str = 'fp32',
+             protocol: str = 'benchmark', with_ssim: bool = True, border: bool = True, on_image=None,
+             desc: str = 'evaluate', progress: bool = True) -> list[dict]:
+    """Super-resolve every item of `dataset` (dicts with 'lr' (3,h,w), 'hr' (3,H,W), 'scale', 'name')
+    to its HR size with `model.render` (`chunk` queries per decoder call, `amp` autocast) and score
+    it: PSNR (image_quality_assessment `protocol`, shaving the scale's border unless `border` is
+    False) and SSIM on the clamped SR.
+
+    Returns one row per image: {'name', 'scale', 'psnr'[, 'ssim']}. `on_image(item, sr)`, when
+    given, receives each clamped SR as a (1, 3, H, W) tensor (e.g. to save it); `progress` shows a
+    bar named `desc`. Runs on the model's device with the model in eval mode, and restores its
+    train/eval mode afterwards.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for i in tqdm(range(len(dataset)), desc=desc, unit='img', leave=False, dynamic_ncols=True,
+                      disable=not progress):
+            item = dataset[i]
+            lr, hr = item['lr'].unsqueeze(0).to(device), item['hr'].unsqueeze(0).to(device)
+            sr = model.render(lr, tuple(hr.shape[-2:]), chunk=chunk, amp=amp).clamp_(0, 1)
+            row = {'name': item['name'], 'scale': item['scale'],
+                   'psnr': float(psnr(sr, hr, item['scale'] if border else 0, protocol=protocol))}
+            if with_ssim:
+                row['ssim'] = float(ssim(sr, hr, item['scale']))
+            if on_image is not None:
+                on_image(item, sr)
+            rows.append(row)
+    finally:
+        model.train(was_training)
+    return rows

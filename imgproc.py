@@ -1,10 +1,6 @@
-"""Image processing: coordinates, image I/O (and the atomic file writes every output uses), colour
-conversion and resizing."""
-import errno
+"""Image processing: coordinates, image I/O, colour conversion and resizing."""
 import math
-import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -12,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from files import replacing
 from render import pixel_centres
 
 
@@ -20,13 +17,6 @@ def make_coord(shape: tuple[int, ...], flatten: bool = True) -> torch.Tensor:
     axes = [pixel_centres(n) for n in shape]
     coord = torch.stack(torch.meshgrid(*axes, indexing='ij'), -1)
     return coord.view(-1, len(shape)) if flatten else coord
-
-
-def coord_cell(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (coord, cell) query pair, each (H*W, 2), that renders an image of height x width."""
-    coord = make_coord((height, width))
-    cell = torch.tensor([2 / height, 2 / width]).expand_as(coord).clone()
-    return coord, cell
 
 
 class ImageError(ValueError):
@@ -64,6 +54,12 @@ def header_size(path: str | Path, whole: bool = False) -> tuple[int, int] | None
         raise ImageError(f"{path}: its header claims {claim} pixels, more than the {MAX_IMAGE_PIXELS:,} an image "
                          f"may have (imgproc.MAX_IMAGE_PIXELS); it is not decoded")
     return height, width
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels (header_size:
+    too large or damaged headers raise ImageError); a format Pillow does not recognise is decoded."""
+    return header_size(path) or load_image(path).shape[:2]
 
 
 def _read_to_end(im: Image.Image) -> None:
@@ -194,42 +190,6 @@ def quantize(img: torch.Tensor, bits: int = 8, rows: int = 256) -> np.ndarray:
     return out
 
 
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, the file-size limit
-
-
-class DiskFull(OSError):
-    """A write that found no room: the disk is full, or a quota or the file-size limit is reached."""
-
-
-def disk_full(path: str | Path, error: OSError, note: str = '') -> DiskFull:
-    """The error to raise for `error` (one of NO_SPACE) while writing `path`: it names the file."""
-    full = DiskFull(f"could not write {path}: the disk is full or a size limit is reached "
-                    f"({error.strerror or error}){note}")
-    full.errno = error.errno
-    return full
-
-
-@contextmanager
-def replacing(path: str | Path):
-    """Yields a temporary path beside `path` (same suffix, so writers that go by it still work) that
-    replaces `path` in one rename when the block ends without an error, and is removed otherwise: a
-    reader never sees a half-written file, and a failed write leaves the old file as it was. A full
-    disk (an OSError of NO_SPACE, also one that a writer such as torch.save wraps in a RuntimeError)
-    becomes a DiskFull error that names `path`."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        cause = e if isinstance(e, OSError) else e.__context__
-        if isinstance(cause, OSError) and cause.errno in NO_SPACE and not isinstance(cause, DiskFull):
-            raise disk_full(path, cause, f"; nothing was written, {path.name} is left as it was") from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     """Write an HxWx3 RGB (or HxW gray, HxWx4 RGBA) image; the format follows the extension
     (PNG, JPEG, BMP, TIFF, ... whatever OpenCV writes). Float input is taken as [0, 1], clipped and
@@ -291,31 +251,6 @@ YCBCR_MATRIX = np.array([[65.481, 128.553, 24.966],
                          [-37.797, -74.203, 112.0],
                          [112.0, -93.786, -18.214]])
 YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
-
-
-def _rgb_01(img: np.ndarray, caller: str) -> np.ndarray:
-    """An HxWx3 uint8 or float [0, 1] image as float64 in [0, 1]."""
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"{caller} expects an HxWx3 image, got shape {img.shape}")
-    if img.dtype != np.uint8 and img.dtype.kind != 'f':
-        raise ValueError(f"{caller} takes uint8 or float images, got {img.dtype}")
-    return img.astype(np.float64) / (255 if img.dtype == np.uint8 else 1)
-
-
-def rgb_to_ycbcr(img: np.ndarray) -> np.ndarray:
-    """MATLAB rgb2ycbcr of an HxWx3 RGB image, with MATLAB's units: uint8 in -> uint8 out in 0-255
-    units (Y in [16, 235], Cb/Cr in [16, 240], rounded half away from zero); float in [0, 1] ->
-    float64 out in [0, 1] units (Y in [16/255, 235/255])."""
-    ycbcr = _rgb_01(img, 'rgb_to_ycbcr') @ YCBCR_MATRIX.T + YCBCR_OFFSET  # 0-255 units
-    if img.dtype == np.uint8:
-        return np.clip(np.floor(ycbcr + 0.5), 0, 255).astype(np.uint8)
-    return ycbcr / 255
-
-
-def rgb_to_y(img: np.ndarray) -> np.ndarray:
-    """Luma Y of MATLAB rgb2ycbcr as float64 in 0-255 units ([16, 235]), NOT rounded, of an HxWx3
-    uint8 image or float image in [0, 1]."""
-    return _rgb_01(img, 'rgb_to_y') @ YCBCR_MATRIX[0] + YCBCR_OFFSET[0]
 
 
 # ---------------------------------------------------------------- MATLAB-compatible bicubic resize
@@ -399,21 +334,3 @@ def imresize(image: np.ndarray, scale=None, size: tuple[int, int] | None = None)
             acc = _round_to(acc, image.dtype)
         out = np.moveaxis(acc, 0, axis)
     return out.astype(image.dtype)
-
-
-def imresize_torch(t: torch.Tensor, scale=None, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """imresize on a float tensor (B, C, H, W) or (C, H, W) on any device: the same weights and
-    pass order as `imresize` on float images (no integer rounding), computed in t's dtype."""
-    if t.dim() not in (3, 4) or not t.is_floating_point():
-        raise ValueError(f"imresize_torch expects a float (B, C, H, W) or (C, H, W) tensor, "
-                         f"got {t.dtype} {tuple(t.shape)}")
-    out = t
-    for axis, out_len, axis_scale in _resize_plan(tuple(t.shape[-2:]), scale, size):
-        in_len = out.shape[axis - 2]
-        weights, index = resize_weights(in_len, out_len, axis_scale)
-        matrix = np.zeros((out_len, in_len))  # dense (out, in) form of the taps; clamped taps add up
-        np.add.at(matrix, (np.repeat(np.arange(out_len), index.shape[1]), index.ravel()), weights.ravel())
-        matrix = torch.from_numpy(matrix).to(out.device, out.dtype)
-        out = (torch.matmul(matrix, out) if axis == 0
-               else torch.matmul(out, matrix.t()))
-    return out

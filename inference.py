@@ -29,14 +29,16 @@ from types import SimpleNamespace
 
 import torch
 
-import config
-from common import (Team, check_writable, checkpoint_model, format_scale, join, load_onnx, resolve_weights,
-                    run_main, set_threads, shares)
-from dataset import IMAGE_SUFFIXES, image_size, list_images
-from imgproc import image_to_tensor, quantize, read_image, write_image
+import settings
+from cli import checkpoint_model, format_scale, load_onnx, pick_device, run_main, set_threads
+from dataset import IMAGE_SUFFIXES, list_images
+from distributed import Team, join, shares
+from files import check_writable
+from imgproc import image_size, image_to_tensor, quantize, read_image, write_image
 from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
 from render import check_size, check_window, output_size
+from weights import resolve_weights
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
 
@@ -131,10 +133,10 @@ def upscale(model, device: torch.device, source: Path, target: Path, cfg: Simple
 def main(argv: list[str]) -> list[Path]:
     """Run inference; returns the output paths this process wrote. Alone, every input is checked before
     any work; under torchrun, see run_share."""
-    cfg = config.parse(argv, 'inference')
-    config.check(cfg, 'inference')
+    cfg = settings.parse(argv, 'inference')
+    settings.check(cfg, 'inference')
     set_threads(cfg.threads)
-    team = join(cfg.device, objects_only=True)
+    team = join(pick_device(cfg.device), objects_only=True)
     if team.world_size > 1:
         return run_share(cfg, argv, team)
     jobs = still_to_do(plan(cfg), cfg)

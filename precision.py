@@ -60,21 +60,6 @@ def native_cpu_bf16() -> bool:
 
 
 @functools.cache
-def onednn_linear() -> bool:
-    """Whether oneDNN's fused linear (matmul, bias and ReLU in one kernel) runs in fp32 here: an x86 CPU
-    and a oneDNN build whose op works. It picks its kernels by instruction set (AVX2, AVX-512, AMX), where
-    MKL, behind addmm, picks them by CPU vendor too."""
-    if platform.machine().lower() not in ('x86_64', 'amd64') or not torch.backends.mkldnn.is_available():
-        return False
-    try:  # a 1x1 product: a build that cannot do it fails here, not mid-render
-        x = torch.ones(1, 1)
-        torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'relu', [], '')
-    except (RuntimeError, AttributeError):
-        return False
-    return True
-
-
-@functools.cache
 def warn_slow_bf16() -> None:
     """Once per process: bf16 on a CPU without native bf16 is emulated, slower than fp32."""
     print("warning: this CPU has no native bf16 (AVX-512-bf16 or AMX), so amp='bf16' runs emulated "

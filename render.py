@@ -1,16 +1,7 @@
 """The rendering engine shared by every model: chunks, LR tiles, a memory budget, progress.
 
-A model plugs in through a small interface (model.SRModel):
-- `encode(lr) -> latent` (B, C, h * k, w * k), k = `latent_scale` (1 for LIIF and MetaSR, the
-  up-sampler's factor for the fixed-scale baselines);
-- `lookup(c, n, cell) -> Lookup` for one axis: the latent indices (S, ...) a coordinate reads, the
-  relative coordinates (S, ...) and the cell term the decoder needs, for an LR axis of n pixels;
-- `decode(latent, rows, cols) -> rgb (*Q, 3)` from the two axes' look-ups, broadcast to the query
-  shape Q = (B, ...); indices are relative to `latent`, which may be a tile of the whole latent;
-- `tile_margin`: LR pixels of context a latent code (and the decoder's neighbourhood of it) needs,
-  so a tile encoded with that margin gives the untiled codes; `bytes_per_query` and
-  `bytes_per_lr_pixel` (for `auto_chunk` / `auto_tile`).
-Every look-up is separable (row and column look-ups only), so a render computes them once per
+Every model plugs in through the contract that model.SRModel states (encode, lookup, decode, its
+margin and memory hooks). Every look-up is separable (row and column look-ups only), so a render computes them once per
 axis for the whole image, in the whole image's coordinates, and a tile only shifts indices: tiled
 and untiled renders read the same latent codes and give the same values. That is also why a render
 that runs out of memory can go on in smaller pieces (half the chunk, then half the LR tile) and give
@@ -33,15 +24,10 @@ from precision import autocast
 # the caching allocator's fragmentation, cuDNN workspaces and other processes on the same GPU.
 CPU_MEMORY_BUDGET = 1 << 30
 CUDA_FREE_SHARE = 0.5
-# Rows (queries x ensemble members) per call of a blocked decoder (LIIF's fast MLP) on a CPU: a block's
-# 256-wide fp32 activations (4 MiB) stay in the cache. A GPU decodes a whole chunk in one call, or, when
-# the decoder is compiled (CUDA graphs need one shape), blocks of a fixed 1 Mi rows: large enough to
-# keep an H200 busy, 1 GiB of fp32 activations.
-CPU_BLOCK_ROWS = 4096
-GPU_FIXED_BLOCK_ROWS = 1 << 20
 # The fewest queries per decoder call, for auto_chunk and for out-of-memory retries: 256 queries take a few
-# MB (256 x bytes_per_query: 5.5 MB for the reference LIIF, 0.1 MB for the fast one), about what the encoder
-# needs for a 64x64 LR tile (6 MB for EDSR-baseline), so smaller chunks free next to nothing.
+# MB on a CPU (256 x bytes_per_query: 5.5 MB for the reference LIIF, 0.1 MB for the fast one), about what the
+# encoder needs for a 64x64 LR tile (6 MB for EDSR-baseline), so smaller chunks free next to nothing. (A GPU
+# decodes a chunk in one block, so there the fast LIIF's 256 queries take a few MB too.)
 MIN_CHUNK = 256
 
 
@@ -130,7 +116,7 @@ def window_lookups(model, size, window, lr_size, device=None) -> tuple[Lookup, L
     `size` = (H, W) render from an LR image of `lr_size` = (h, w). The numbers are ints, or 0-d int64
     tensors in an exported graph; the centres are those of the whole output, computed for the window only."""
     (height, width), (top, left, rows, cols) = size, window
-    # the cell (2/H, 2/W) in float32, as coord_cell makes it
+    # the cell (2/H, 2/W) in float32, as the training items make it
     cell = [(torch.full((), 2.0, dtype=torch.float64, device=device) / real(n)).float() for n in (height, width)]
     return (model.lookup(pixel_centres(height, device, top, top + rows), lr_size[0], cell[0]),
             model.lookup(pixel_centres(width, device, left, left + cols), lr_size[1], cell[1]))
@@ -151,19 +137,12 @@ def query(model, latent: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, 
 
 def device_budget(device: torch.device) -> int:
     """The memory a render on `device` aims to use (see CPU_MEMORY_BUDGET): a share of the GPU's free
-    memory now, or the CPU's fixed budget."""
+    memory now, counting what PyTorch holds cached but unused as free (else the size would depend on
+    what ran before), or the CPU's fixed budget."""
     if device.type == 'cuda':
-        return int(CUDA_FREE_SHARE * torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(CUDA_FREE_SHARE * (torch.cuda.mem_get_info(device)[0] + cached))
     return CPU_MEMORY_BUDGET
-
-
-def decoder_rows(device: torch.device, fixed: bool = False) -> int | None:
-    """Rows per call of a blocked decoder on `device`: CPU_BLOCK_ROWS on a CPU; on a GPU None (the
-    whole chunk at once: a few large kernels instead of thousands of small ones), or with `fixed` (a
-    compiled decoder) GPU_FIXED_BLOCK_ROWS."""
-    if device.type != 'cuda':
-        return CPU_BLOCK_ROWS
-    return GPU_FIXED_BLOCK_ROWS if fixed else None
 
 
 def auto_chunk(model, memory_budget: int, device: torch.device) -> int:

@@ -1,11 +1,13 @@
 """Evaluate a LIIF checkpoint on benchmark sets: PSNR (official LIIF protocol) and SSIM per image and averaged;
 or on paired LR / HR folders, such as celebA-HQ's validation pairs with the paper's protocol (RGB PSNR over
-every pixel of the whole ground truth, averaged per image).
+every pixel of the whole ground truth, averaged per image) or DIV2K's validation set with the official one
+(RGB PSNR, scale + 6 pixels shaved: the paper's DIV2K table).
 
     python test.py                                   # config.weights on Set5 and Set14 at x2, x3, x4, x6, x8
     python test.py --test_sets=Set5 --test_scales=[4,2.5] --weights=path/to/ckpt.pth --save_images=True
     python test.py --experiment=celebAHQ-32-256-liif --weights=results/celebAHQ-32-256-liif/best.pth
     python test.py --test_lr_dir=val/32 --test_dir=val/256 --test_protocol=rgb --weights=path/to/ckpt.pth
+    python test.py --test_lr_dir=data/DIV2K/DIV2K_valid_LR_bicubic/X4 --test_dir=data/DIV2K/DIV2K_valid_HR --test_protocol=div2k
 
     torchrun --standalone --nproc_per_node=4 test.py --weights=path/to/ckpt.pth   # 4 GPUs (or CPU processes)
 
@@ -20,12 +22,15 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
-import config
-from common import (Team, check_writable, checkpoint_model, evaluate, format_scale, join, resolve_weights, run_main,
-                    set_threads, shares)
-from dataset import BenchmarkDataset, PairedTestSet, image_size
-from imgproc import replacing, tensor_to_image, write_image
+import settings
+from cli import checkpoint_model, format_scale, pick_device, run_main, set_threads
+from dataset import BenchmarkDataset, PairedTestSet
+from distributed import Team, join, shares
+from files import check_writable, replacing
+from image_quality_assessment import evaluate
+from imgproc import image_size, tensor_to_image, write_image
 from precision import check_amp, use_tf32
+from weights import resolve_weights
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -93,15 +98,16 @@ def scored(model, datasets: dict, cfg, team: Team, out_dir: Path):
     """((set, scale), rows) of each dataset in order, rows as evaluate gives them: alone, each dataset as
     it is done; under torchrun, each process scores its share and rank 0 yields them all, in the
     single-process order, once every process is done (the others yield nothing)."""
-    benchmark = cfg.test_protocol == 'benchmark'  # 'rgb': RGB PSNR over every pixel, no SSIM
-    settings = dict(chunk=cfg.chunk, amp=cfg.amp, protocol=cfg.test_protocol, with_ssim=benchmark, border=benchmark)
+    # SSIM belongs to the benchmark protocol; 'rgb' scores every pixel, 'div2k' shaves scale + 6
+    scoring = dict(chunk=cfg.chunk, amp=cfg.amp, protocol=cfg.test_protocol,
+                   with_ssim=cfg.test_protocol == 'benchmark', border=cfg.test_protocol != 'rgb')
 
     def saver(set_name: str, scale: float):
         return image_saver(out_dir / 'images' / set_name / f'x{format_scale(scale)}') if cfg.save_images else None
     if team.world_size == 1:
         for (set_name, scale), dataset in datasets.items():
             yield (set_name, scale), evaluate(model, dataset, on_image=saver(set_name, scale),
-                                              desc=f'{set_name} x{format_scale(scale)}', **settings)
+                                              desc=f'{set_name} x{format_scale(scale)}', **scoring)
         return
     split = team.decide(lambda: split_items(datasets, team.world_size))
     rows = []
@@ -109,7 +115,7 @@ def scored(model, datasets: dict, cfg, team: Team, out_dir: Path):
         for k, ((set_name, scale), dataset) in enumerate(datasets.items()):
             indices = [i for j, i in split[team.rank] if j == k]
             got = evaluate(model, Subset(dataset, indices), on_image=counted(saver(set_name, scale), team),
-                           progress=False, **settings)
+                           progress=False, **scoring)
             rows += [((k, i), row) for i, row in zip(indices, got)]
         gathered = team.gather(rows)
     if gathered is not None:
@@ -121,17 +127,17 @@ def scored(model, datasets: dict, cfg, team: Team, out_dir: Path):
 def open_out_dir(cfg, out_dir: Path) -> None:
     check_writable(out_dir, 'out_dir')
     out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, out_dir / 'test_config.json')
+    settings.save(cfg, out_dir / 'test_config.json')
 
 
 def main(argv: list[str]) -> list[dict]:
     """Run the evaluation; returns the summary rows {'dataset', 'scale', 'psnr', 'ssim', 'images'} (under
     torchrun, at rank 0; [] at the others). Every input (settings, checkpoint, data) is checked before
     anything is written."""
-    cfg = config.parse(argv, 'test')
-    config.check(cfg, 'test')
+    cfg = settings.parse(argv, 'test')
+    settings.check(cfg, 'test')
     set_threads(cfg.threads)
-    team = join(cfg.device, objects_only=True)
+    team = join(pick_device(cfg.device), objects_only=True)
     device = team.device
     weights = team.first_on_node(lambda: resolve_weights(cfg.weights))  # fetched once per node when missing
     model = checkpoint_model(cfg, argv, weights, device)

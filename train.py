@@ -19,9 +19,6 @@ import copy
 import itertools
 import math
 import os
-import random
-import reprlib
-import shutil
 import sys
 import tempfile
 import time
@@ -38,13 +35,17 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-import config
 import precision
-from common import Team, check_writable, evaluate, join, run_main, seed_everything, set_threads
+import render
+import settings
+from checkpoint import copy_atomic, load_weights, resume, rng_state, save_atomic, set_rng_state
+from cli import pick_device, run_main, seed_everything, set_threads
 from dataset import BenchmarkDataset, DevicePatches, Draws, PairedDataset, TrainDataset, VariedDataset, list_images
-from image_quality_assessment import psnr
-from imgproc import image_to_tensor, load_uint8, pil_resize, replacing
-from model import build_model, checkpoint_options, load_file, load_weights, model_name, option_problems
+from distributed import Team, join
+from files import check_writable, replacing
+from image_quality_assessment import evaluate, psnr
+from imgproc import image_to_tensor, load_uint8, pil_resize
+from model import build_model, model_name
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -113,41 +114,6 @@ def worker_count(requested: int, world_size: int) -> int:
     return max(0, min(requested, cores // world_size - 1))
 
 
-def rng_state() -> dict:
-    """Python, NumPy and torch generator states, in types that torch.load(weights_only=True) reads."""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
-             'numpy': {'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
-                       'pos': numpy_state['state']['pos'], 'has_gauss': numpy_state['has_gauss'],
-                       'gauss': numpy_state['gauss']}}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss_next = state['python']
-    random.setstate((version, tuple(internal), gauss_next))
-    n = state['numpy']
-    np.random.set_state(('MT19937', n['key'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves a half-written checkpoint,
-    and a full disk leaves the previous one as it was. Written through a Python file, whose OSError
-    (and so the reason) torch's writer keeps as the context of its RuntimeError, for `replacing`."""
-    with replacing(path) as tmp, open(tmp, 'wb') as f:
-        torch.save(obj, f)
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    with replacing(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
 def all_finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in module.state_dict().values()
                              if t.dtype.is_floating_point]).all())
@@ -180,14 +146,15 @@ def sample_panel(item: dict, sr: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.device) -> float:
+def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.device, chunk: int = 0) -> float:
     """The official validation: PSNR of the clamped predictions at the validation patches' queries,
-    over all their RGB values, per batch, averaged over batches weighted by their size."""
+    over all their RGB values, per batch, averaged over batches weighted by their size. Decoded `chunk`
+    queries at a time (0: from the memory budget), so whole paired images validate in bounded memory."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        pred = model(batch['lr'].to(device), batch['coord'].to(device), batch['cell'].to(device))
+        pred = render.predict(model, *(batch[k].to(device) for k in ('lr', 'coord', 'cell')), chunk or None)
         as_image = [x.permute(2, 0, 1).reshape(1, 3, -1, 1) for x in (pred, batch['gt'].to(device))]
         total += float(psnr(*as_image, 0, protocol='rgb')) * len(pred)  # scale 0: nothing shaved
         count += len(pred)
@@ -198,7 +165,7 @@ def validate_patches(model: torch.nn.Module, batches: list[dict], device: torch.
 def training_set(cfg, cache_dir: Path | None = None) -> TrainDataset | PairedDataset | VariedDataset:
     """The training items train_data asks for: patches made from HR images at random scales, patches of
     paired LR / HR folders, or paired images with ground truths of varying size; with cache_dir, their
-    decoded images come from the shared file there (dataset.shared_images)."""
+    decoded images come from the shared file there (distributed.shared_images)."""
     common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed, cache_dir=cache_dir)
     # too-small images are reported by train() once the run folder exists, not warned about here
     if cfg.train_data == 'paired':
@@ -247,7 +214,7 @@ def make_model(cfg) -> torch.nn.Module:
     """The model the settings describe, seeded, with init_weights' weights when given (a resumed run
     then replaces them with its checkpoint's)."""
     seed_everything(cfg.seed)
-    model = build_model(**config.model_options(cfg), fast=cfg.fast)
+    model = build_model(**settings.model_options(cfg), fast=cfg.fast)
     if cfg.init_weights:
         load_weights(model, cfg.init_weights)
     return model
@@ -311,95 +278,6 @@ def build_run(cfg: SimpleNamespace, device: torch.device, world_size: int, steps
                torch.amp.GradScaler(device.type, enabled=cfg.amp == 'fp16'), ema)
 
 
-def same_layout(saved, fresh) -> bool:
-    """Whether `saved` is laid out like `fresh`, all the way down: records (dicts with str keys) with the
-    same keys, lists and tuples of the same lengths, tensors of the same shapes and dtypes, other values of
-    the same types; a dict with other keys (MultiStepLR's milestones) holds keys and values of its types."""
-    if isinstance(fresh, dict) and all(isinstance(k, str) for k in fresh):
-        return isinstance(saved, dict) and saved.keys() == fresh.keys() and all(
-            same_layout(saved[k], v) for k, v in fresh.items())
-    if isinstance(fresh, dict):
-        kinds = {(type(k), type(v)) for k, v in fresh.items()}
-        return isinstance(saved, dict) and all((type(k), type(v)) in kinds for k, v in saved.items())
-    if isinstance(fresh, (list, tuple)):
-        return type(saved) is type(fresh) and len(saved) == len(fresh) and all(map(same_layout, saved, fresh))
-    if torch.is_tensor(fresh):
-        return torch.is_tensor(saved) and saved.shape == fresh.shape and saved.dtype == fresh.dtype
-    return type(saved) is type(fresh)
-
-
-OPTIMIZER_KERNEL = ('fused', 'foreach')  # how Adam runs, not what it computes: the run's own choice, not the checkpoint's
-
-
-def without_kernel(groups):
-    """Optimiser param groups without the settings of how they run (OPTIMIZER_KERNEL), to compare layouts."""
-    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
-        return groups
-    return [{k: v for k, v in g.items() if k not in OPTIMIZER_KERNEL} for g in groups]
-
-
-def resumable_problems(run: Run, ckpt: dict) -> list[str]:
-    """The parts of a train.py checkpoint that `run` could not continue from: a layout other than its own
-    (same_layout: the model, EMA, schedule, counters, optimiser groups) or optimiser state of other shapes."""
-    own = run.checkpoint()
-    parts = ['model', 'scheduler', 'epoch', 'epoch_step', 'step', 'best_psnr'] + (['ema'] if run.ema else [])
-    problems = [k for k in parts if not (k == 'ema' and ckpt.get(k) is None) and not same_layout(ckpt.get(k), own[k])]
-    if 'epoch_step' not in problems and not 0 <= ckpt['epoch_step'] < run.steps_per_epoch:
-        problems.append(f"epoch_step (step {ckpt['epoch_step']} of an epoch of {run.steps_per_epoch} steps now)")
-    problems += [k for k in ('epoch', 'step') if k not in problems and ckpt[k] < 0]
-    optimizer, params = ckpt['optimizer'], list(run.model.parameters())
-    if not isinstance(optimizer, dict) or not same_layout(without_kernel(optimizer.get('param_groups')),
-                                                          without_kernel(own['optimizer']['param_groups'])):
-        return problems + ['optimizer']
-    state = optimizer.get('state')
-    if not isinstance(state, dict) or not all(
-            type(i) is int and 0 <= i < len(params) and isinstance(values, dict)
-            and all(torch.is_tensor(v) and v.shape in ((), params[i].shape) for v in values.values())
-            for i, values in state.items()):
-        problems.append('optimizer state')
-    return problems
-
-
-def resume(run: Run, path: Path, master: bool) -> dict:
-    """Load a train.py checkpoint into `run`; returns its random generator states, which the caller
-    restores last, once setting up has drawn what it draws. Anything else is refused (ValueError) before
-    it can change the run or break it later."""
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or 'optimizer' not in ckpt or 'epoch_step' not in ckpt:
-        raise ValueError(f"{path} is not a train.py checkpoint; to start from its weights, use --init_weights={path}")
-    options = checkpoint_options(ckpt) if isinstance(ckpt.get('options'), dict) else {'options': ckpt.get('options')}
-    if option_problems(options) or options != run.model.options:
-        raise ValueError(f"{path} holds a model with options {reprlib.repr(options)}, "
-                         f"but the settings ask for {run.model.options}")
-    settings = ckpt.get('settings') if isinstance(ckpt.get('settings'), dict) else {}
-    schedule = settings.get('schedule', 'multistep')
-    if schedule != run.cfg.schedule:
-        raise ValueError(f"{path} was trained with schedule={reprlib.repr(schedule)}; resume it with the same "
-                         f"schedule (or start from its weights with --init_weights)")
-    problems = resumable_problems(run, ckpt)
-    try:
-        if problems:
-            raise ValueError(f"{', '.join(problems)} laid out otherwise than this run's")
-        set_rng_state(ckpt['rng'])  # here to check it; the caller sets it again last
-        run.model.load_state_dict(ckpt['model'])
-        kernels = [{k: group[k] for k in OPTIMIZER_KERNEL} for group in run.optimizer.param_groups]
-        run.optimizer.load_state_dict(ckpt['optimizer'])
-        for group, kernel in zip(run.optimizer.param_groups, kernels):  # e.g. a checkpoint of the unfused Adam
-            group.update(kernel)
-        run.scheduler.load_state_dict(ckpt['scheduler'])
-        if ckpt.get('scaler'):
-            run.scaler.load_state_dict(ckpt['scaler'])
-        if run.ema is not None:
-            run.ema.module.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else run.model.state_dict())
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        raise ValueError(f"{path} is a damaged or incomplete train.py checkpoint ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:200]})") from None
-    run.epoch, run.epoch_step, run.step, run.best_psnr = (ckpt[k] for k in ('epoch', 'epoch_step', 'step', 'best_psnr'))
-    if master:
-        print(f"resuming {path}: {run.epoch} epochs and {run.step} steps done, best PSNR {run.best_psnr:.4f}")
-    return ckpt['rng']
-
-
 def wrap(run: Run) -> None:
     """Over several processes DistributedDataParallel, then with compile=True torch.compile around the
     objective that steps: forward, loss and (AOTAutograd) backward compiled for the fixed training
@@ -436,7 +314,7 @@ class Validation:
     def score(self, model: torch.nn.Module, chunk: int, device: torch.device) -> tuple[float, list[torch.Tensor]]:
         """(validation PSNR, up to SAMPLES sample panels) of `model`."""
         if self.benchmark is None:
-            score = validate_patches(model, self.batches, device)
+            score = validate_patches(model, self.batches, device, chunk)
             return score, [sample_panel(item, model.render(item['lr'].unsqueeze(0).to(device),
                                                            tuple(item['hr'].shape[-2:]), chunk=chunk))
                            for item in self.samples]
@@ -453,7 +331,7 @@ class Validation:
 def open_run_folder(cfg: SimpleNamespace, out_dir: Path, train_set) -> SummaryWriter:
     """Once every input is read: the run's folder, its settings, the list of skipped images, TensorBoard."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, out_dir / 'train_config.json')
+    settings.save(cfg, out_dir / 'train_config.json')
     if train_set.skipped:
         listing = out_dir / 'skipped_images.txt'
         with replacing(listing) as tmp:
@@ -592,10 +470,10 @@ def resume_if_asked(run: Run, master: bool) -> dict | None:
 
 def main(argv: list[str]) -> dict:
     """Train; returns {'epoch', 'step', 'best_psnr', 'last_psnr'} of the run."""
-    cfg = config.parse(argv, 'train')
-    config.check(cfg, 'train')
+    cfg = settings.parse(argv, 'train')
+    settings.check(cfg, 'train')
     set_threads(cfg.threads)
-    return train(cfg, join(cfg.device))  # run_main leaves the process group
+    return train(cfg, join(pick_device(cfg.device)))  # run_main leaves the process group
 
 
 def train(cfg: SimpleNamespace, team: Team) -> dict:

@@ -71,14 +71,17 @@ from torch.utils.data import default_collate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402
-from common import evaluate  # noqa: E402
-from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, image_size, list_images  # noqa: E402
-from imgproc import read_image  # noqa: E402
-from model import liif_edsr, model_from_checkpoint  # noqa: E402
-from onnx_model import WINDOW_QUERIES, OnnxModel, export  # noqa: E402
-from precision import autocast as amp_context, machine_name, use_tf32  # noqa: E402
-from train import build_run, train_step, worker_count, wrap  # noqa: E402
+import config
+import settings
+from checkpoint import model_from_checkpoint
+from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, list_images
+from image_quality_assessment import evaluate
+from imgproc import image_size, read_image
+from model import build_model
+from onnx_model import WINDOW_QUERIES, OnnxModel, export
+from precision import autocast as amp_context
+from precision import machine_name, use_tf32
+from train import build_run, train_step, worker_count, wrap
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth']
 DATA = [ROOT / 'data/benchmark', ROOT / 'tests/data/benchmark']  # the full sets, else the tests' copy of Set5/Set14
@@ -122,7 +125,7 @@ def load_model(device: torch.device):
         if path.is_file():
             return model_from_checkpoint(path).to(device).eval(), f"official weights {path}"
     torch.manual_seed(0)
-    return liif_edsr().to(device).eval(), "random weights (no checkpoint found)"
+    return build_model('liif').to(device).eval(), "random weights (no checkpoint found)"
 
 
 def lr_input(size: int, device: torch.device) -> tuple[torch.Tensor, str]:
@@ -341,7 +344,7 @@ def train_variants(args, device: torch.device) -> list[tuple[str, bool, str, boo
 
 def step_run(args, device: torch.device, fast: bool, amp: str, compiled: bool):
     """A fresh train.py run (seeded model, fused Adam, objective, compiled when asked) at the benchmark's batch."""
-    cfg = config.parse([f'--fast={fast}', f'--amp={amp}', f'--compile={compiled}', f'--batch_size={args.batch}'])
+    cfg = settings.parse([f'--fast={fast}', f'--amp={amp}', f'--compile={compiled}', f'--batch_size={args.batch}'])
     run = build_run(cfg, device, 1, 1)
     wrap(run)
     run.net.train()
@@ -374,7 +377,7 @@ def run_train(args, dataset: TrainDataset, device: torch.device, results: dict) 
              for j in range(0, min(8 * args.batch, len(order) - args.batch + 1), args.batch)]
     patches = DevicePatches(dataset, device)
     floor, floor_name = floor_tflops(args, device)
-    flops = 3 * args.batch * render_flops(liif_edsr(), args.patch_size ** 2, args.sample_q)  # forward + backward
+    flops = 3 * args.batch * render_flops(build_model('liif'), args.patch_size ** 2, args.sample_q)  # forward + backward
     print(f"\n# LIIF training steps on {machine_name(device)}, torch {torch.__version__}"
           + (f", CUDA {torch.version.cuda}" if device.type == 'cuda' else ''))
     print(f"batch {args.batch} x {args.sample_q} queries, {args.patch_size}-px LR; {args.train_warmup} warm-up + "

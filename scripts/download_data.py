@@ -28,9 +28,15 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import check_writable, run_main, sha256_of  # noqa: E402
-from dataset import IMAGE_SUFFIXES  # noqa: E402
-from imgproc import NO_SPACE, ImageError, disk_full, load_image  # noqa: E402
+from cli import ArgumentParser, run_main
+from dataset import IMAGE_SUFFIXES
+from files import (
+    NO_SPACE,
+    check_writable,
+    disk_full,
+)
+from imgproc import ImageError, load_image
+from weights import sha256_of
 
 
 @dataclass(frozen=True)
@@ -344,13 +350,8 @@ def fetch_set(name: str, missing: list, root: Path, mirror: str, retries: int) -
     print(f"{name}: {sum(n for *_, n in missing)} images laid out under {root}")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error:` line (run_main), not argparse's usage block
-        raise ValueError(f"{message} (python scripts/download_data.py --help)")
-
-
 def main(argv: list[str]) -> None:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sets', default='div2k,benchmark', help='comma-separated sets (default div2k,benchmark)')
     parser.add_argument('--root', type=Path, default=Path('data'), help='the data folder (default data)')
     parser.add_argument('--mirror', default='', help='fetch every archive by its file name from this URL instead')

@@ -10,14 +10,14 @@ it into place atomically. A file already there with the right hash is left alone
 
     python scripts/download_weights.py [--dest results/pretrained_models/edsr-baseline-liif.pth]
 
-From Python: `from common import download_weights; path = download_weights()`.
+From Python: `from weights import download_weights; path = download_weights()`.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import OFFICIAL_WEIGHTS, download_weights  # noqa: E402
+from weights import OFFICIAL_WEIGHTS, download_weights
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])

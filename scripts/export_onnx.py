@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import check_writable, run_main  # noqa: E402
-from model import model_from_checkpoint  # noqa: E402
-from onnx_model import CHECK_TOL, OPSET, export, self_check  # noqa: E402
+from checkpoint import model_from_checkpoint
+from cli import run_main
+from files import check_writable
+from onnx_model import CHECK_TOL, OPSET, export, self_check
 
 
 def export_checked(weights: Path, output: Path, opset: int = OPSET) -> float:

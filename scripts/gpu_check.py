@@ -50,8 +50,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402
-from imgproc import load_uint8, replacing, write_image  # noqa: E402
+import settings
+from files import replacing
+from imgproc import load_uint8, write_image
 
 SHARED = ROOT.parent / 'shared'
 BUNDLE = ROOT / '.device'  # data/train/{T91,BSDS200} (WebP), weights/
@@ -393,7 +394,7 @@ def train_and_test(stages: Stages, sizes: dict, work: Path, shared: Path, benchm
     trained)."""
     previous, steps_before = previous_weights() if sizes['continue_weights'] else (None, 0)
     train_s = stages.left() - TEST_RESERVE_S
-    cfg = config.parse([f'--experiment={EXPERIMENT}', *sizes['train']])
+    cfg = settings.parse([f'--experiment={EXPERIMENT}', *sizes['train']])
     mode, rate, warmup_s, name = training_mode(bench_json, cfg.amp)
     steps = steps or sizes['steps'] or planned_steps(rate, cfg.batch_size, train_s - STARTUP_S - warmup_s)
     stages.say(f"training: {train_s:.0f} s left for it, {steps} steps planned ({name or 'no rate measured'}, "

@@ -25,12 +25,17 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402
-from common import check_writable, pick_device, resolve_weights, run_main  # noqa: E402
-from imgproc import image_to_tensor, load_uint8, quantize, read_image, replacing  # noqa: E402
-from model import model_from_checkpoint  # noqa: E402
-from render import output_size  # noqa: E402
-from scripts.viewer import ArgumentParser, Viewer, bicubic_window, make_server, serve_in_thread  # noqa: E402
+import config
+from checkpoint import model_from_checkpoint
+from cli import ArgumentParser, pick_device, run_main
+from files import (
+    check_writable,
+    replacing,
+)
+from imgproc import image_to_tensor, load_uint8, quantize, read_image
+from render import output_size
+from scripts.viewer import Viewer, bicubic_window, make_server, serve_in_thread
+from weights import resolve_weights
 
 GAP = 6  # pixels between panels
 LABEL = 26  # height of the label strip above each panel

@@ -10,9 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import run_main  # noqa: E402
-from dataset import IMAGE_SUFFIXES  # noqa: E402
-from imgproc import imresize, load_image, write_image  # noqa: E402
+from cli import run_main
+from dataset import IMAGE_SUFFIXES
+from imgproc import imresize, load_image, write_image
 
 
 def parse_scales(text: str) -> list[int]:

@@ -15,8 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import run_main  # noqa: E402
-from imgproc import pil_resize, write_image  # noqa: E402
+from cli import run_main
+from imgproc import pil_resize, write_image
 
 SIZES = (256, 128, 64, 32)  # 256 from the original, the others from the 256 image
 

@@ -51,13 +51,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402
-from common import load_onnx, pick_device, resolve_weights, run_main, set_threads  # noqa: E402
-from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_image  # noqa: E402
-from model import model_from_checkpoint  # noqa: E402
-from onnx_model import OnnxModel  # noqa: E402
-from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
-from render import check_size, check_window, output_size  # noqa: E402
+import config
+from checkpoint import model_from_checkpoint
+from cli import ArgumentParser, load_onnx, pick_device, run_main, set_threads
+from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_image
+from onnx_model import OnnxModel
+from precision import AMP_DTYPES, check_amp, machine_name
+from render import check_size, check_window, output_size
+from weights import resolve_weights
 
 PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
@@ -382,13 +383,6 @@ def time_views(viewer: Viewer, zooms: list[float], view: tuple[int, int] = (600,
         server.shutdown()
         server.server_close()
     return rows
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one `error:` line with exit status 2 (through common.run_main)."""
-
-    def error(self, message: str):
-        raise ValueError(message)  # run_main prints it as one `error:` line, exit status 2
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -10,10 +10,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import OFFICIAL_WEIGHTS, SHA256, download_weights, sha256_of  # noqa: E402 (the repository is on the path from here on)
-from dataset import list_images  # noqa: E402
-from helpers import CROP  # noqa: E402
-from imgproc import load_uint8, write_image  # noqa: E402
+from dataset import list_images
+from helpers import CROP
+from imgproc import load_uint8, write_image
+from weights import OFFICIAL_WEIGHTS, SHA256, download_weights, sha256_of
 
 DATA = ROOT / 'tests' / 'data'
 

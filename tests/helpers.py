@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import config
-from model import EDSR, LIIF, RDN, MetaSR, Upsample
+import settings
+from imgproc import make_coord
+from model import EDSR, LIIF, RDN, MetaSR, Upsample, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 80  # side of the T91 crops of the `data` fixture: >= patch_size 16 x scale_max 4
@@ -26,7 +27,7 @@ TRANSFORMS = [(h, v, t) for h in (False, True) for v in (False, True) for t in (
 
 def load_test_script():
     """test.py as the module `test_script`, loaded by path once (`import test` could find the standard
-    library's `test` package) and registered, so that common.run_main finds it like any script."""
+    library's `test` package) and registered, so that cli.run_main finds it like any script."""
     if 'test_script' not in sys.modules:
         spec = importlib.util.spec_from_file_location('test_script', ROOT / 'test.py')
         sys.modules['test_script'] = importlib.util.module_from_spec(spec)
@@ -68,10 +69,10 @@ def assert_same_tensors(a, b, atol=1e-6):
 
 
 def check_problems(argv: list[str], job: str) -> str:
-    """The message with which config.check refuses argv's settings for `job`."""
-    cfg = config.parse(argv)
+    """The message with which settings.check refuses argv's settings for `job`."""
+    cfg = settings.parse(argv)
     with pytest.raises(ValueError) as err:
-        config.check(cfg, job)
+        settings.check(cfg, job)
     return str(err.value)
 
 
@@ -125,3 +126,20 @@ def assert_disk_full(done: subprocess.CompletedProcess, path: Path) -> None:
     assert done.returncode == 2 and len(errors) == 1 and 'Traceback' not in done.stderr, done.stderr[-3000:]
     assert 'the disk is full' in errors[0] and str(path) in errors[0], errors[0]
     assert not [p.name for p in path.parent.iterdir() if '.tmp' in p.name]
+
+
+def liif_edsr(**options) -> LIIF:
+    """EDSR-baseline-LIIF (options: hidden_list, feat_unfold, local_ensemble, cell_decode, fast)."""
+    return build_model('liif', 'edsr-baseline', **options)
+
+
+def liif_rdn(**options) -> LIIF:
+    """RDN-LIIF (options as liif_edsr)."""
+    return build_model('liif', 'rdn', **options)
+
+
+def coord_cell(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (coord, cell) query pair, each (H*W, 2), that renders an image of height x width."""
+    coord = make_coord((height, width))
+    cell = torch.tensor([2 / height, 2 / width]).expand_as(coord).clone()
+    return coord, cell

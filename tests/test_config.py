@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 import config
+import settings
 from helpers import check_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_official_recipe():
-    cfg = config.parse([])
+    cfg = settings.parse([])
     assert cfg.experiment == 'edsr-baseline-liif' and cfg.encoder == 'edsr-baseline'
     assert cfg.hidden_list == [256, 256, 256, 256]
     assert cfg.feat_unfold and cfg.local_ensemble and cfg.cell_decode
@@ -45,16 +46,16 @@ def test_defaults_are_the_official_recipe():
     ('--out_dir=runs/x', 'out_dir', 'runs/x'),
 ])
 def test_override_is_typed_like_the_default(arg, name, value):
-    cfg = config.parse([arg])
+    cfg = settings.parse([arg])
     assert getattr(cfg, name) == value
     assert type(getattr(cfg, name)) is type(value)
 
 
 def test_every_setting_can_be_overridden():
-    for name, default in config.defaults().items():
+    for name, default in settings.defaults().items():
         if isinstance(default, str):
             continue  # strings are taken verbatim; covered above
-        assert getattr(config.parse([f'--{name}={default!r}']), name) == default, name
+        assert getattr(settings.parse([f'--{name}={default!r}']), name) == default, name
 
 
 def config_comments() -> dict[str, tuple[str, str]]:
@@ -65,7 +66,7 @@ def config_comments() -> dict[str, tuple[str, str]]:
         if line.startswith('# ----'):
             section = line[len('# ----'):].strip()
         match = re.match(r"^([a-z_][a-z0-9_]*) = .*?  # (.*)$", line)
-        if match and section and match[1] in config.defaults():
+        if match and section and match[1] in settings.defaults():
             found[match[1]] = (section, match[2])
     return found
 
@@ -86,7 +87,7 @@ def expected_settings(script: str) -> set[str]:
 
 
 def test_every_setting_has_a_comment():
-    assert sorted(config_comments()) == sorted(config.defaults())
+    assert sorted(config_comments()) == sorted(settings.defaults())
     assert expected_settings('train') >= {'lr', 'patch_size', 'train_dir', 'chunk', 'threads', 'encoder'}
     assert expected_settings('inference') >= {'scale', 'input', 'weights', 'amp', 'threads', 'encoder'}
 
@@ -98,15 +99,15 @@ def test_help_lists_the_scripts_settings_with_default_and_comment(script):
     assert done.returncode == 0 and done.stderr == ''
     text = done.stdout
     expected = expected_settings(script)
-    for name, (section, comment) in config_comments().items():
+    for name, (_section, comment) in config_comments().items():
         line = next((line for line in text.splitlines() if line.strip().startswith(f'--{name}=')), None)
         if name not in expected:
             assert line is None, f"{script}.py --help shows --{name}, which it does not read"
             continue
         assert line is not None, f"{script}.py --help misses --{name}"
-        default = config.defaults()[name]
+        default = settings.defaults()[name]
         shown = line.strip()[len(f'--{name}='):].split('  ')[0]
-        assert shown == default or getattr(config.parse([f'--{name}={shown}']), name) == default, name
+        assert shown == default or getattr(settings.parse([f'--{name}={shown}']), name) == default, name
         assert comment in text, f"{script}.py --help misses the comment of --{name}"
     for section in SCRIPT_SETTINGS[script][0]:
         assert f'\n  {section}\n' in text
@@ -139,26 +140,26 @@ def test_helper_scripts_keep_their_own_help(script):
 
 @pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
 def test_unknown_setting_lists_the_scripts_settings_only(script):
-    other = sorted(set(config.defaults()) - expected_settings(script))[0]
+    other = sorted(set(settings.defaults()) - expected_settings(script))[0]
     with pytest.raises(ValueError) as err:
-        config.parse([f'--{other}=1'], script)
+        settings.parse([f'--{other}=1'], script)
     message = str(err.value)
     assert message.startswith(f"unknown setting --{other} for {script}.py")
     listed = message.split('Its settings: ')[1].split(' (')[0].split(', ')
     assert set(listed) == expected_settings(script)
     for name in expected_settings(script):  # and all of them are accepted
-        config.parse([f'--{name}={config.defaults()[name]!r}' if not isinstance(config.defaults()[name], str)
-                      else f'--{name}={config.defaults()[name]}'], script)
+        settings.parse([f'--{name}={settings.defaults()[name]!r}' if not isinstance(settings.defaults()[name], str)
+                      else f'--{name}={settings.defaults()[name]}'], script)
 
 
 @pytest.mark.parametrize('script, typo, meant', [('inference', 'scael', 'scale'), ('train', 'batchsize', 'batch_size'),
                                                  ('test', 'test_set', 'test_sets'), ('train', 'epoch', 'epochs')])
 def test_unknown_setting_suggests_the_closest_name(script, typo, meant):
     with pytest.raises(ValueError, match=f"did you mean --{meant}\\?"):
-        config.parse([f'--{typo}=2'], script)
+        settings.parse([f'--{typo}=2'], script)
 
 
-def test_a_new_setting_joins_its_sections_scripts(tmp_path):
+def test_a_new_setting_joins_its_sections_scripts(tmp_path, monkeypatch):
     """Settings are picked per section: a setting added to the data section is read by train.py only."""
     source = (ROOT / 'config.py').read_text().replace(
         "num_workers = 8", "crop_jitter = 0  # a new data setting\nnum_workers = 8")
@@ -166,9 +167,15 @@ def test_a_new_setting_joins_its_sections_scripts(tmp_path):
     spec = importlib.util.spec_from_file_location('config_copy', tmp_path / 'config.py')
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)
-    assert 'crop_jitter' in copy.script_settings('train') and copy.documentation()['crop_jitter'] == ('data', 'a new data setting')
-    assert 'crop_jitter' not in copy.script_settings('test') + copy.script_settings('inference')
-    assert copy.parse(['--crop_jitter=3'], 'train').crop_jitter == 3
+    monkeypatch.setattr(settings, 'config', copy)
+    settings.documentation.cache_clear()
+    try:
+        assert 'crop_jitter' in settings.script_settings('train')
+        assert settings.documentation()['crop_jitter'] == ('data', 'a new data setting')
+        assert 'crop_jitter' not in settings.script_settings('test') + settings.script_settings('inference')
+        assert settings.parse(['--crop_jitter=3'], 'train').crop_jitter == 3
+    finally:
+        settings.documentation.cache_clear()
 
 
 @pytest.mark.parametrize('arg', [
@@ -177,13 +184,13 @@ def test_a_new_setting_joins_its_sections_scripts(tmp_path):
 ])
 def test_wrong_type_is_refused(arg):
     with pytest.raises(ValueError, match=arg.split('=')[0]):
-        config.parse([arg])
+        settings.parse([arg])
 
 
 @pytest.mark.parametrize('arg', ['chunk=10', '--chunk', '-chunk=10'])
 def test_malformed_argument_is_refused(arg):
     with pytest.raises(ValueError, match='--name=value'):
-        config.parse([arg])
+        settings.parse([arg])
 
 
 @pytest.mark.parametrize('experiment, expected', [
@@ -197,33 +204,33 @@ def test_malformed_argument_is_refused(arg):
     ('edsr-baseline-liif-x4', {'scale_min': 4.0, 'scale_max': 4.0}),
 ])
 def test_experiment_sets_its_ablation(experiment, expected):
-    cfg = config.parse([f'--experiment={experiment}'])
+    cfg = settings.parse([f'--experiment={experiment}'])
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert cfg.out_dir == f'results/{experiment}'
-    assert config.model_options(cfg)['encoder'] == expected.get('encoder', 'edsr-baseline')
+    assert settings.model_options(cfg)['encoder'] == expected.get('encoder', 'edsr-baseline')
 
 
 def test_explicit_overrides_win_over_the_experiment_in_any_order():
     for argv in (['--experiment=edsr-baseline-liif-c', '--cell_decode=True'],
                  ['--cell_decode=True', '--experiment=edsr-baseline-liif-c']):
-        cfg = config.parse(argv)
+        cfg = settings.parse(argv)
         assert cfg.experiment == 'edsr-baseline-liif-c' and cfg.cell_decode is True
 
 
 def test_unknown_experiment_lists_the_choices():
     with pytest.raises(ValueError, match='rdn-liif'):
-        config.parse(['--experiment=edsr-liif'])
+        settings.parse(['--experiment=edsr-liif'])
 
 
 def test_test_settings_are_checked(tmp_path, benchmark_root, official_weights):
     good = [f'--test_root={benchmark_root}', f'--weights={official_weights}']
-    config.check(config.parse(good), 'test')
+    settings.check(settings.parse(good), 'test')
     assert 'test_root' in check_problems([f'--test_root={tmp_path / "nowhere"}', good[1]], 'test')
     assert 'weights' in check_problems([good[0], f'--weights={tmp_path / "none.pth"}'], 'test')
     assert 'Set6' in check_problems(good + ['--test_sets=Set5,Set6'], 'test')
     for scales in ('[0]', '[-2]', '[4,1e999]', '[]'):
         assert 'test_scales' in check_problems(good + [f'--test_scales={scales}'], 'test')
-    config.check(config.parse(good + ['--chunk=0']), 'test')  # 0 = automatic chunk size
+    settings.check(settings.parse(good + ['--chunk=0']), 'test')  # 0 = automatic chunk size
     assert 'chunk' in check_problems(good + ['--chunk=-1'], 'test')
     both = check_problems([f'--test_root={tmp_path / "nowhere"}', good[1], '--test_scales=[-1]'], 'test')
     assert 'test_root' in both and 'test_scales' in both  # every problem at once
@@ -233,8 +240,8 @@ def test_inference_settings_are_checked(tmp_path):
     image = tmp_path / 'a.png'
     image.write_bytes(b'')  # check() only needs the path to exist
     good = [f'--input={image}']
-    config.check(config.parse(good), 'inference')
-    config.check(config.parse(good + ['--size=[7,9]', '--scale=0']), 'inference')  # size overrides scale
+    settings.check(settings.parse(good), 'inference')
+    settings.check(settings.parse(good + ['--size=[7,9]', '--scale=0']), 'inference')  # size overrides scale
     assert 'input' in check_problems([f'--input={tmp_path / "missing.png"}'], 'inference')
     for arg, name in [('--scale=0', 'scale'), ('--scale=-2', 'scale'), ('--scale=1e999', 'scale'),
                       ('--size=[0,10]', 'size'), ('--size=[10]', 'size'), ('--size=[10,2.5]', 'size'),
@@ -244,8 +251,8 @@ def test_inference_settings_are_checked(tmp_path):
 
 
 def test_settings_are_saved_and_read_back(tmp_path):
-    cfg = config.parse(['--test_scales=[2.5]', '--experiment=rdn-liif'])
-    config.save(cfg, tmp_path / 'run' / 'config.json')
+    cfg = settings.parse(['--test_scales=[2.5]', '--experiment=rdn-liif'])
+    settings.save(cfg, tmp_path / 'run' / 'config.json')
     assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == vars(cfg)
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import precision
+from checkpoint import model_from_checkpoint
 from imgproc import image_to_tensor, load_uint8, read_image, write_image
-from model import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import fast_liif
 import precision
 import render
 import train
-from common import evaluate
+from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset, DevicePatches, TrainDataset
-from model import liif_edsr, model_from_checkpoint
+from helpers import assert_same_tensors, liif_edsr, load, tiny, tiny_liif
+from image_quality_assessment import evaluate
 from train import train_step
-from helpers import assert_same_tensors, load, tiny, tiny_liif
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get('LIIF_TEST_DEVICE') or ('cuda' if torch.cuda.is_available() else '')
@@ -132,7 +133,7 @@ def test_device_sized_render_equals_small_chunks(model, set5_x4, device):
     if device.type == 'cuda':
         free = torch.cuda.mem_get_info(device)[0]
         assert 0.45 * free <= render.device_budget(device) <= 0.55 * free  # half, whatever else runs meanwhile
-        assert render.decoder_rows(device) is None
+        assert fast_liif.decoder_rows(device) is None
     assert (model.render(lr, size) - model.render(lr, size, chunk=1000)).abs().max().item() <= FP32_ATOL
 
 
@@ -153,7 +154,7 @@ def test_compiled_step_with_cuda_graphs_equals_the_eager_step(data, device, monk
     bound of tests/test_train.py's CPU test: losses rtol 1e-5, weights 1e-3 lr per step)."""
     need_cuda(device, 'CUDA graphs')
     steps, lr_ = 5, 1e-3
-    cfg = train.config.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cuda'))
+    cfg = train.settings.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cuda'))
     monkeypatch.setattr(train, 'make_model', lambda cfg: tiny_liif())  # few kernels to compile
     patches = TrainDataset(data / 'train', 16, sample_q=64, first_k=4)
     batch = torch.utils.data.default_collate([patches[i] for i in range(4)])

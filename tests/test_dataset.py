@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, list_images
 from helpers import TRANSFORMS, pixel_index, same_items, transform
 
+
 def save_png(path, img):
     """Write an HxWx3 RGB array (uint8 or uint16) with OpenCV."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,7 @@ def test_training_input_errors(tmp_path, position_folder):
     with pytest.raises(FileNotFoundError, match='nowhere'):
         TrainDataset(tmp_path / 'nowhere')
     (folder / 'notes.txt').write_text('not an image')
-    (folder / '.a.123.tmp.png').write_bytes(b'half an image')  # what a killed imgproc.replacing leaves
+    (folder / '.a.123.tmp.png').write_bytes(b'half an image')  # what a killed files.replacing leaves
     with pytest.warns(UserWarning, match='notes.txt') as warned:
         assert [p.name for p in list_images(folder)] == ['a.png']
     assert len(warned) == 1 and '.a.123' not in str(warned[0].message)
@@ -240,7 +241,7 @@ def test_training_input_errors(tmp_path, position_folder):
 def test_benchmark_file_pairs(benchmark_root):
     ds = BenchmarkDataset(benchmark_root / 'Set5', 4)
     assert ds.lr_files is not None and len(ds) == 5
-    for i, item in enumerate(ds):
+    for item in ds:
         name = item['name']
         lr = np.asarray(Image.open(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / f'{name}x4.png').convert('RGB'))
         hr = np.asarray(Image.open(benchmark_root / 'Set5' / 'HR' / f'{name}.png').convert('RGB'))

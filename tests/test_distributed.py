@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-import common
 import dataset
+import distributed
 import inference
 import train
 from dataset import PairedDataset, TrainDataset, list_images
@@ -92,10 +92,10 @@ def brute_force_best(costs: list[float], world_size: int) -> float:
 @pytest.mark.parametrize('costs, world_size', [([7, 5, 4, 3, 3, 2, 1], 2), ([9, 8, 2, 2, 2, 1, 1, 1], 3),
                                                ([5.5, 1, 1, 1, 1, 1], 2), ([3, 3], 4), ([], 2)])
 def test_shares_cover_every_item_once_and_balance_the_cost(costs, world_size):
-    split = common.shares(costs, world_size)
+    split = distributed.shares(costs, world_size)
     assert len(split) == world_size and sorted(i for share in split for i in share) == list(range(len(costs)))
     assert all(share == sorted(share) for share in split)
-    assert common.shares(list(costs), world_size) == split  # the same on every process
+    assert distributed.shares(list(costs), world_size) == split  # the same on every process
     if costs:  # longest-first greedy is within 4/3 of the best split (Graham, 1969)
         largest = max(sum(costs[i] for i in share) for share in split)
         assert largest <= 4 / 3 * brute_force_best(costs, world_size) + 1e-9
@@ -109,16 +109,16 @@ def test_a_plain_run_never_initialises_torch_distributed(frames, official_weight
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
         monkeypatch.delenv(name, raising=False)
     [written] = inference.main(infer_args(frames / '3_head.png', f'{tmp_path}/', official_weights))
-    assert written.is_file() and not dist.is_initialized() and common.reports_error()
+    assert written.is_file() and not dist.is_initialized() and distributed.reports_error()
 
 
 def test_before_the_processes_meet_one_process_per_node_reports(monkeypatch):
     """Settings refused before the process group exists are the same for every process: the first
     process of each node says so."""
-    monkeypatch.setattr(common, '_team', None)
+    monkeypatch.setattr(distributed, '_team', None)
     for local_rank, reports in (('0', True), ('1', False), ('3', False)):
         monkeypatch.setenv('LOCAL_RANK', local_rank)
-        assert common.reports_error() == reports
+        assert distributed.reports_error() == reports
 
 
 # ---- inference.py
@@ -283,11 +283,11 @@ def test_paired_images_from_the_cache(tmp_path):
 def test_a_changed_folder_is_decoded_again(tmp_path):
     img = np.full((30, 30, 3), 40, np.uint8)
     write_image(tmp_path / 'train' / 'a.png', img)
-    first = dataset.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
+    first = distributed.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
     os.utime(tmp_path / 'train' / 'a.png', ns=(0, 10 ** 9))  # a new modification time alone
-    second = dataset.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
+    second = distributed.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
     write_image(tmp_path / 'train' / 'a.png', img + 1)
-    third = dataset.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
+    third = distributed.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
     assert len(list((tmp_path / 'cache').glob('*.json'))) == 3
     assert (first[0] == 40).all() and (second[0] == 40).all() and (third[0] == 41).all()
 
@@ -298,5 +298,5 @@ def test_a_cache_folder_without_room_is_refused_before_any_work(tmp_path, monkey
     monkeypatch.setattr(dataset.shutil, 'disk_usage', lambda path: usage._replace(free=14_999))
     with pytest.raises(ValueError, match=re.escape(f"cache_dir {tmp_path / 'cache'}: the 1 decoded training images "
                                                    f"need 0.00 GB (15,000 bytes) but 0.00 GB are free")):
-        dataset.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
+        distributed.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')
     assert not any((tmp_path / 'cache').iterdir())

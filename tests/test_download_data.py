@@ -23,7 +23,7 @@ import pytest
 
 import config
 import scripts.download_data as download_data
-from common import run_main
+from cli import run_main
 from dataset import list_images
 from helpers import assert_disk_full, run_limited
 from imgproc import imresize, load_uint8
@@ -435,7 +435,7 @@ RUNNER = '''
 import json, sys
 from dataclasses import replace
 import scripts.download_data as download_data
-from common import run_main
+from cli import run_main
 table = json.loads(sys.argv[1])
 download_data.SETS = {name: tuple(replace(a, size=table[a.name]['size'], sha256=table[a.name]['sha256'],
                                           folders=tuple(map(tuple, table[a.name]['folders'])))

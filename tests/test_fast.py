@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import fast_liif
 import precision
 import render
-from imgproc import coord_cell, read_image
-from model import EDSR, LIIF, RDN, liif_edsr, model_from_checkpoint
+from checkpoint import model_from_checkpoint
+from helpers import coord_cell, liif_edsr
+from imgproc import read_image
+from model import EDSR, LIIF, RDN
 
 TOL = 1e-5
 
@@ -68,7 +71,7 @@ def test_official_weights_queries_and_predict(official, butterfly_lr):
     with torch.no_grad():
         ref, fast = paths(official, lambda: official(butterfly_lr, coord, cell))
     assert max_diff(ref, fast) <= TOL
-    chunked = official.predict(butterfly_lr, coord, cell, chunk=613)
+    chunked = render.predict(official, butterfly_lr, coord, cell, chunk=613)
     assert max_diff(ref, chunked) <= TOL
 
 
@@ -146,10 +149,12 @@ def test_auto_chunk_and_tile(official, butterfly_lr):
     size = (81, 99)
     ref = official.render(butterfly_lr, size, chunk=4096, tile=0)
     assert max_diff(ref, official.render(butterfly_lr, size)) <= TOL
-    assert official.auto_chunk() > 4096 and official.auto_chunk(8 << 20) < 4096
+    cpu = torch.device('cpu')
+    assert render.auto_chunk(official, render.device_budget(cpu), cpu) > 4096
+    assert render.auto_chunk(official, 8 << 20, cpu) < 4096
     assert max_diff(ref, official.render(butterfly_lr, size, memory_budget=8 << 20)) <= TOL
-    assert official.auto_tile((1, 3, 27, 33)) == 0
-    assert 64 <= official.auto_tile((1, 3, 2048, 2048)) < 1024
+    assert render.auto_tile(official, (1, 3, 27, 33), render.device_budget(cpu)) == 0
+    assert 64 <= render.auto_tile(official, (1, 3, 2048, 2048), render.device_budget(cpu)) < 1024
 
 
 def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly_lr, monkeypatch):
@@ -168,13 +173,13 @@ def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly
     assert budgets == [mib << 19 for mib in (4, 512, 64 << 10)]
     assert chunks[0] == 256 < chunks[1] < chunks[2] and 64 == tiles[0] < tiles[1] < tiles[2]
     assert render.device_budget(cpu) == render.CPU_MEMORY_BUDGET == 1 << 30
-    assert render.decoder_rows(gpu) is None and render.decoder_rows(cpu) == render.CPU_BLOCK_ROWS
+    assert fast_liif.decoder_rows(gpu) is None and fast_liif.decoder_rows(cpu) == fast_liif.CPU_BLOCK_ROWS
     # 4 members x 3 activations of 256 fp32 values: 12 KiB a query more where a chunk is one block
     assert official.bytes_per_query(gpu) - official.bytes_per_query(cpu) == 4 * 3 * 256 * 4
 
     size = (81, 99)  # 8019 queries
     ref = official.render(butterfly_lr, size)  # one chunk in blocks of 4096 rows (1024 queries)
-    monkeypatch.setattr(render, 'decoder_rows', lambda device, fixed=False: None)  # the GPU's blocks, here
+    monkeypatch.setattr(fast_liif, 'decoder_rows', lambda device: None)  # the GPU's blocks, here
     for mib, tile in ((4, 20), (1024, None)):  # 256-query chunks on 2 x 2 LR tiles; 2 chunks, no tiles
         free['bytes'] = mib << 20
         chunk = render.auto_chunk(official, render.device_budget(gpu), gpu)
@@ -183,10 +188,10 @@ def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly
 
 def test_fp32_kernels_agree(official, butterfly_lr, monkeypatch):
     """oneDNN's fused fp32 linear (x86 CPUs) renders what addmm + relu_ renders, within float32 rounding."""
-    if not precision.onednn_linear():
+    if not fast_liif.onednn_linear():
         pytest.skip("oneDNN's fused linear does not run here")
     fused = official.render(butterfly_lr, (54, 66))
-    monkeypatch.setattr(precision, 'onednn_linear', lambda: False)
+    monkeypatch.setattr(fast_liif, 'onednn_linear', lambda: False)
     assert max_diff(fused, official.render(butterfly_lr, (54, 66))) <= TOL
 
 
@@ -215,3 +220,28 @@ def test_bad_amp_and_sizes():
         model.render(lr, (0, 16))
     with pytest.raises(ValueError, match=r'\(B, 3, h, w\)'):
         model.render(lr[0], (16, 16))
+
+
+def test_compiled_blocks_follow_the_chunk(monkeypatch):
+    """A compiled decoder (here a stand-in that records its calls) runs each chunk as one block padded to
+    a multiple of COMPILED_ROUNDING rows (less than that much padding), halves with the chunk after an
+    out-of-memory error, and gives the eager decoder's values."""
+    torch.manual_seed(0)
+    model = LIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]).eval()
+    lr = torch.rand(1, 3, 20, 23)
+    eager = model.render(lr, (61, 70), chunk=1500)
+    calls = []
+
+    def recorded(table, index, inputs, weight, params):
+        calls.append(len(index))
+        if len(calls) == 2:  # the second call runs out of memory: the chunk is halved
+            raise torch.OutOfMemoryError('test: out of memory')
+        return fast_liif.decode_block(table, index, inputs, weight, params)
+    model.decode_block = recorded
+    with pytest.warns(UserWarning, match='out of memory'):
+        compiled = model.render(lr, (61, 70), chunk=1500)
+    rows = [4 * n for n in calls]  # 4 ensemble members a query
+    assert all(r % fast_liif.COMPILED_ROUNDING == 0 for r in rows)
+    assert max(rows) == fast_liif.compiled_rows(4 * 1470)  # 21 rows of 70 queries: 5880 rows -> 8192
+    assert min(rows) == fast_liif.compiled_rows(4 * 700)  # after the error: 750 -> 10 rows of 70
+    assert torch.equal(compiled, eager)

@@ -23,16 +23,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-import config
+import checkpoint
 import imgproc
 import inference
+import settings
 import train
-from common import run_main
+from checkpoint import model_from_checkpoint, read_checkpoint
+from cli import run_main
 from helpers import load_test_script, small, tiny
 from imgproc import ImageError, load_image, write_image
-from model import build_model, model_from_checkpoint, read_checkpoint
+from model import build_model
 from scripts.viewer import MAX_VIEW_PIXELS, MAX_ZOOM, Viewer, make_server, parse_view, serve_in_thread
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -40,7 +44,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def fuzz(examples: int):
     """A fixed number of derandomized examples, no deadline (a busy machine), no example database on disk."""
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+    return hypothesis_settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
 
@@ -77,18 +81,18 @@ VALUE_TEXT = st.one_of(
 
 
 @fuzz(300)
-@given(script=st.sampled_from(sorted(config.SCRIPTS)), data=st.data())
+@given(script=st.sampled_from(sorted(settings.SCRIPTS)), data=st.data())
 def test_any_value_parses_to_the_settings_type_or_is_refused(script, data):
-    """config.parse gives the default's type or a ValueError; config.check then passes or gives a ValueError."""
-    name = data.draw(st.sampled_from(config.script_settings(script)), label='name')
+    """settings.parse gives the default's type or a ValueError; settings.check then passes or gives a ValueError."""
+    name = data.draw(st.sampled_from(settings.script_settings(script)), label='name')
     text = data.draw(VALUE_TEXT, label='text')
     try:
-        cfg = config.parse([f'--{name}={text}'], script)
+        cfg = settings.parse([f'--{name}={text}'], script)
     except ValueError:
         return
-    assert type(getattr(cfg, name)) is type(config.defaults()[name])
+    assert type(getattr(cfg, name)) is type(settings.defaults()[name])
     with contextlib.suppress(ValueError):
-        config.check(cfg, script)
+        settings.check(cfg, script)
 
 
 @pytest.fixture
@@ -101,17 +105,17 @@ def restored_rngs():
     torch.set_rng_state(states[2])
 
 
-NUMBERS = [name for name in config.script_settings('train') if type(config.defaults()[name]) in (int, float)]
+NUMBERS = [name for name in settings.script_settings('train') if type(settings.defaults()[name]) in (int, float)]
 
 
 @fuzz(100)
 @given(name=st.sampled_from(NUMBERS), value=st.one_of(st.integers(), st.floats(), st.integers(-2, 2 ** 33)))
 def test_the_numbers_the_checks_pass_work_for_the_libraries(data, tmp_path_factory, restored_rngs, name, value):
-    """Whatever thread count and seed config.check passes (on settings that are otherwise fine), torch
+    """Whatever thread count and seed settings.check passes (on settings that are otherwise fine), torch
     and NumPy take: a seed of 2**32 or 2**31 threads did not get that far."""
     try:
-        cfg = config.parse(tiny(data, tmp_path_factory.getbasetemp() / 'unused', f'--{name}={value!r}'), 'train')
-        config.check(cfg, 'train')
+        cfg = settings.parse(tiny(data, tmp_path_factory.getbasetemp() / 'unused', f'--{name}={value!r}'), 'train')
+        settings.check(cfg, 'train')
     except ValueError:
         return
     threads = torch.get_num_threads()
@@ -133,13 +137,13 @@ def workdir(tmp_path_factory):
 @fuzz(80)
 @given(script=st.sampled_from(['train', 'test', 'inference']), data=st.data())
 def test_refused_settings_are_one_error_line_and_write_nothing(workdir, script, data):
-    """A command line that config.parse or config.check refuses ends run_main with exit status 2, one
+    """A command line that settings.parse or settings.check refuses ends run_main with exit status 2, one
     `error:` line and nothing written (the scripts run in an empty folder, relative outputs land there)."""
-    names = data.draw(st.lists(st.sampled_from(config.script_settings(script) + ['bogus', 'sacle']), max_size=3))
+    names = data.draw(st.lists(st.sampled_from(settings.script_settings(script) + ['bogus', 'sacle']), max_size=3))
     argv = [f'--{name}={data.draw(VALUE_TEXT)}' for name in names] + data.draw(st.lists(st.text(max_size=8), max_size=1))
     with contextlib.chdir(workdir):  # relative paths (the defaults) are looked for here, and would be written here
         try:
-            config.check(config.parse(argv, script), script)
+            settings.check(settings.parse(argv, script), script)
         except ValueError:
             assert_one_error_line(*run_script(MAINS[script], argv))
     assert not list(workdir.iterdir())
@@ -322,7 +326,7 @@ def checkpoints(small_job, data, tmp_path_factory):
     official = {'model': {'name': 'liif', 'sd': ours['model'], 'args': {
         'encoder_spec': {'name': 'edsr-baseline', 'args': {'no_upsampling': True}},
         'imnet_spec': {'name': 'mlp', 'args': {'out_dim': 3, 'hidden_list': [16]}}}}}
-    cfg = config.parse(tiny(data, folder / 'run', '--epochs=3'), 'train')
+    cfg = settings.parse(tiny(data, folder / 'run', '--epochs=3'), 'train')
     run = train.build_run(cfg, torch.device('cpu'), 1, 4)
     for p in run.model.parameters():
         p.grad = torch.rand_like(p)
@@ -345,7 +349,7 @@ def loads_or_refuses(path: Path, run=None) -> None:
         model_from_checkpoint(path)
     if run is not None:
         with contextlib.suppress(ValueError):
-            train.resume(run, path, master=False)
+            checkpoint.resume(run, path, master=False)
     path.unlink()
 
 
@@ -354,7 +358,7 @@ def loads_or_refuses(path: Path, run=None) -> None:
 def test_random_bytes_are_refused(checkpoints, restored_rngs, data):
     path = checkpoints['folder'] / 'noise.pth'
     path.write_bytes(data)
-    for read in (read_checkpoint, lambda p: train.resume(checkpoints['run'], p, master=False)):
+    for read in (read_checkpoint, lambda p: checkpoint.resume(checkpoints['run'], p, master=False)):
         with pytest.raises(ValueError, match=str(path)):
             read(path)
 
@@ -368,7 +372,7 @@ def test_truncated_checkpoints_are_refused(checkpoints, restored_rngs, which, cu
     with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
         read_checkpoint(path)
     with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
-        train.resume(checkpoints['run'], path, master=False)
+        checkpoint.resume(checkpoints['run'], path, master=False)
 
 
 @fuzz(20)
@@ -427,7 +431,7 @@ def test_junk_of_any_shape_is_refused(checkpoints, restored_rngs, obj):
     with pytest.raises(ValueError):
         read_checkpoint(path)
     with pytest.raises(ValueError):
-        train.resume(checkpoints['run'], path, master=False)
+        checkpoint.resume(checkpoints['run'], path, master=False)
 
 
 @fuzz(20)
@@ -461,7 +465,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(checkpoints, t
     else:
         path.write_bytes(pickle.dumps(payload))
     pickle.loads(pickle.dumps(RunsACommand('true')))  # the payload does run commands when unpickled blindly
-    for read in (read_checkpoint, model_from_checkpoint, lambda p: train.resume(checkpoints['run'], p, master=False)):
+    for read in (read_checkpoint, model_from_checkpoint, lambda p: checkpoint.resume(checkpoints['run'], p, master=False)):
         with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
             read(path)
     status, out, err = run_script(inference.main, [f'--weights={path}', f'--output={tmp_path / "o.png"}'])

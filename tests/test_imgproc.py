@@ -11,8 +11,18 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from imgproc import (ImageError, coord_cell, image_to_tensor, imresize, imresize_torch, load_image,
-                     make_coord, read_image, rgb_to_y, rgb_to_ycbcr, tensor_to_image, write_image)
+from helpers import coord_cell
+from image_quality_assessment import _round_y, _y_255
+from imgproc import (
+    ImageError,
+    image_to_tensor,
+    imresize,
+    load_image,
+    make_coord,
+    read_image,
+    tensor_to_image,
+    write_image,
+)
 
 SCALES = (2, 3, 4)
 
@@ -112,48 +122,16 @@ def test_imresize_sizes_and_invariants():
         imresize(img.astype(np.int32), 2)
 
 
-def test_imresize_torch_matches_numpy_float():
-    rng = np.random.default_rng(3)
-    img = rng.random((17, 23, 3)).astype(np.float32)
-    t = image_to_tensor(img)
-    for kwargs in (dict(scale=2), dict(scale=1 / 3), dict(scale=4), dict(scale=(0.5, 3)), dict(size=(40, 11))):
-        expect = imresize(img, **kwargs)
-        np.testing.assert_allclose(tensor_to_image(imresize_torch(t, **kwargs)), expect, atol=1e-5)
-        batch = imresize_torch(torch.stack([t, 1 - t]), **kwargs)
-        np.testing.assert_allclose(tensor_to_image(batch[1:]), imresize(1 - img, **kwargs), atol=1e-5)
-    double = imresize_torch(t.double(), scale=1 / 3)
-    assert double.dtype == torch.float64
-    np.testing.assert_allclose(double.permute(1, 2, 0).numpy(), imresize(img.astype(np.float64), 1 / 3),
-                               atol=1e-12)
-    with pytest.raises(ValueError):
-        imresize_torch(t.to(torch.uint8), 2)
-
-
-def test_imresize_torch_matches_numpy_on_real_images(benchmark_root):
-    for _, _, s, hr, lr in benchmark_pairs(benchmark_root, sets=('Set5',)):
-        hr_float = hr.astype(np.float32) / 255
-        down = imresize_torch(image_to_tensor(hr_float)[None], 1 / s)
-        np.testing.assert_allclose(tensor_to_image(down), imresize(hr_float, 1 / s), atol=1e-5)
-        up = imresize_torch(image_to_tensor(lr), s)
-        np.testing.assert_allclose(tensor_to_image(up), imresize(lr.astype(np.float32) / 255, s), atol=1e-5)
-
-
-def test_rgb_to_ycbcr_matches_matlab():
-    # values MATLAB's rgb2ycbcr gives for uint8 white, black, red, green and blue
-    rgb = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
-    expect = [[[235, 128, 128], [16, 128, 128], [81, 90, 240], [145, 54, 34], [41, 240, 110]]]
-    np.testing.assert_array_equal(rgb_to_ycbcr(rgb), expect)
-    assert rgb_to_ycbcr(rgb).dtype == np.uint8
-    img = np.random.default_rng(4).random((5, 6, 3))
+def test_luma_matches_matlab():
+    """The Y that SSIM compares is MATLAB rgb2ycbcr's: its values for uint8 white, black, red, green and
+    blue, and the BT.601 studio-swing formula on random colours."""
+    rgb = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.float64)
+    np.testing.assert_array_equal(_round_y(_y_255(rgb, -1)), [[235, 16, 81, 145, 41]])
+    img = np.random.default_rng(4).random((5, 6, 3)) * 255
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    ycbcr = rgb_to_ycbcr(img)  # float: [0, 1] units
-    np.testing.assert_allclose(ycbcr[..., 0] * 255, 16 + 65.481 * r + 128.553 * g + 24.966 * b, atol=1e-10)
-    np.testing.assert_allclose(ycbcr[..., 1] * 255, 128 - 37.797 * r - 74.203 * g + 112 * b, atol=1e-10)
-    np.testing.assert_allclose(ycbcr[..., 2] * 255, 128 + 112 * r - 93.786 * g - 18.214 * b, atol=1e-10)
-    np.testing.assert_allclose(rgb_to_y(img), ycbcr[..., 0] * 255, atol=1e-10)
-    r8, g8, b8 = (np.round(c * 255) for c in (r, g, b))
-    np.testing.assert_allclose(rgb_to_y(np.round(img * 255).astype(np.uint8)),
-                               16 + (65.481 * r8 + 128.553 * g8 + 24.966 * b8) / 255, atol=1e-10)
+    np.testing.assert_allclose(_y_255(img, -1), 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255, atol=1e-10)
+    as_tensor = _y_255(torch.from_numpy(img).permute(2, 0, 1), 0).numpy()
+    np.testing.assert_allclose(as_tensor, _y_255(img, -1), atol=1e-12)
 
 
 def test_write_image_rounds_and_round_trips(tmp_path):

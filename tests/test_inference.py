@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import common
 import inference
-from model import build_model, model_from_checkpoint
+import weights
+from checkpoint import model_from_checkpoint
+from model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 5000
@@ -165,7 +166,7 @@ def test_missing_default_weights_are_fetched(crop, tmp_path, official_weights, m
         return Path(shutil.copy(official_weights, dest))
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(common, 'download_weights', fake_download)
+    monkeypatch.setattr(weights, 'download_weights', fake_download)
     inference.main([f'--input={crop}', '--scale=1', '--output=x.png'])
     assert Path('results/pretrained_models/edsr-baseline-liif.pth').is_file()
 

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 import inference
+import render
 import train
+from checkpoint import load_weights, model_from_checkpoint, read_checkpoint
 from dataset import BenchmarkDataset
-from model import EDSR, RDN, MetaSR, Upsample, build_model, load_weights, model_from_checkpoint, read_checkpoint
 from helpers import tiny
+from model import EDSR, RDN, MetaSR, Upsample, build_model
 
 _spec = importlib.util.spec_from_file_location('test_script', Path(__file__).resolve().parents[1] / 'test.py')
 test_script = importlib.util.module_from_spec(_spec)
@@ -354,7 +356,7 @@ def test_tiled_render_equals_untiled_and_direct_queries(kind, encoder, scale):
         with torch.no_grad():
             direct = model(lr, coord, cell).view(2, *size, 3).permute(0, 3, 1, 2)
         assert (whole - direct).abs().max() <= TOL
-        predicted = model.predict(lr, coord, cell, chunk=301).view(2, *size, 3).permute(0, 3, 1, 2)
+        predicted = render.predict(model, lr, coord, cell, chunk=301).view(2, *size, 3).permute(0, 3, 1, 2)
         assert (predicted - whole).abs().max() <= TOL
 
 
@@ -370,9 +372,10 @@ def test_too_small_tile_margin_is_detected(monkeypatch):
 
 def test_auto_chunk_and_tile_for_every_model():
     for model in (build_model('metasr'), build_model('upsample', 'edsr-baseline', upsample_scale=8)):
-        assert model.auto_tile((1, 3, 32, 32)) == 0
-        assert 64 <= model.auto_tile((1, 3, 4096, 4096)) < 2048
-        assert model.auto_chunk(8 << 20) >= 256
+        budget = render.device_budget(model.device)
+        assert render.auto_tile(model, (1, 3, 32, 32), budget) == 0
+        assert 64 <= render.auto_tile(model, (1, 3, 4096, 4096), budget) < 2048
+        assert render.auto_chunk(model, 8 << 20, model.device) >= 256
 
 
 # ---------------------------------------------------------------- training and the scripts

@@ -12,10 +12,10 @@ import torch
 
 import inference
 import onnx_model
+from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset
 from helpers import small
 from image_quality_assessment import psnr
-from model import model_from_checkpoint
 from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
 from scripts.export_onnx import export_checked
 

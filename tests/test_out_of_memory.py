@@ -7,7 +7,7 @@ import torch
 
 import inference
 import render
-from common import run_main
+from cli import run_main
 from helpers import small
 from imgproc import read_image, write_image
 from model import LIIF, build_model

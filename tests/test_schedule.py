@@ -7,7 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import config
+import settings
 import train
 from helpers import assert_same_tensors, load, tiny
 
@@ -86,7 +86,7 @@ def test_short_experiment_trains_on_cpu(data, tmp_path):
     out = tmp_path / 'short'
     args = tiny(data, out, '--experiment=edsr-baseline-liif-short', '--amp=fp32', '--batch_size=8',
                 '--warmup_steps=5', '--lr=5e-4', '--repeat=20', '--max_steps=60', '--epochs=1000')
-    cfg = config.parse(args)
+    cfg = settings.parse(args)
     assert (cfg.schedule, cfg.amp, cfg.batch_size) == ('cosine', 'fp32', 8)
     result = train.main(args)
     assert result['step'] == 60

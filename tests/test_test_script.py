@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from checkpoint import model_from_checkpoint
 from helpers import load_test_script
-from model import build_model, model_from_checkpoint
+from model import build_model
 
 test_script = load_test_script()
 
@@ -182,9 +183,10 @@ def paired_folder(tmp_path_factory) -> Path:
     return root
 
 
-def rgb_psnr_every_pixel(model, lr: np.ndarray, hr: np.ndarray) -> float:
+def rgb_psnr_every_pixel(model, lr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
     """The official celebA-HQ test, written out: queries at the centres of every pixel of the HR image
-    cropped to 4 x the LR size, decoded by the model's reference path, clamped; PSNR over all RGB values."""
+    cropped to 4 x the LR size, decoded by the model's reference path, clamped; PSNR over all RGB values
+    (the DIV2K test: with `shave` pixels left out on each side)."""
     hr = hr[:4 * lr.shape[0], :4 * lr.shape[1]] / 255
     height, width = hr.shape[:2]
     rows, cols = (-1 + (2 * np.arange(n) + 1) / n for n in (height, width))
@@ -194,7 +196,8 @@ def rgb_psnr_every_pixel(model, lr: np.ndarray, hr: np.ndarray) -> float:
         pred = model(torch.from_numpy(lr.transpose(2, 0, 1) / np.float32(255))[None].float(),
                      torch.from_numpy(coord).float(), torch.from_numpy(np.ascontiguousarray(cell)).float())
     pred = np.clip(pred[0].double().numpy().reshape(height, width, 3), 0, 1)
-    return -10 * math.log10(((pred - hr) ** 2).mean())
+    inside = (slice(shave, height - shave), slice(shave, width - shave))
+    return -10 * math.log10(((pred[inside] - hr[inside]) ** 2).mean())
 
 
 def test_celebahq_protocol_on_paired_folders(paired_folder, tmp_path):
@@ -216,8 +219,26 @@ def test_celebahq_protocol_on_paired_folders(paired_folder, tmp_path):
     assert cv2.imread(str(tmp_path / 'out' / 'images' / 'pairs0' / 'hr' / 'x4' / 'b.png')).shape == (20, 28, 3)
 
 
+def test_div2k_protocol_shaves_scale_plus_six(tmp_path):
+    """test_protocol='div2k' (the official DIV2K validation): RGB PSNR with 4 + 6 pixels shaved at x4, no SSIM."""
+    rng = np.random.default_rng(1)
+    for name, (h, w) in {'0801.png': (12, 11), '0802.png': (10, 13)}.items():
+        for kind, scale in (('lr', 1), ('hr', 4)):
+            (tmp_path / kind).mkdir(exist_ok=True)
+            assert cv2.imwrite(str(tmp_path / kind / name), rng.integers(0, 256, (h * scale, w * scale, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    model = build_model(hidden_list=[16])
+    torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
+    [row] = test_script.main([f'--test_lr_dir={tmp_path / "lr"}', f'--test_dir={tmp_path / "hr"}', '--test_protocol=div2k',
+                              f'--weights={tmp_path / "small.pth"}', '--device=cpu', f'--out_dir={tmp_path / "out"}'])
+    reference = model_from_checkpoint(tmp_path / 'small.pth', fast=False).eval()
+    expected = [rgb_psnr_every_pixel(reference, *(cv2.imread(str(tmp_path / kind / name))[:, :, ::-1]
+                                                  for kind in ('lr', 'hr')), shave=10) for name in ('0801.png', '0802.png')]
+    assert 'ssim' not in row and row['psnr'] == pytest.approx(sum(expected) / 2, abs=1e-4)
+
+
 def test_celebahq_experiments_test_on_the_validation_pairs(paired_folder, tmp_path):
-    cfg = test_script.config.parse(['--experiment=celebAHQ-64-128-upsample'])
+    cfg = test_script.settings.parse(['--experiment=celebAHQ-64-128-upsample'])
     assert (cfg.test_lr_dir, cfg.test_dir, cfg.test_protocol) == ('data/celebAHQ/val/64', 'data/celebAHQ/val/128', 'rgb')
     (tmp_path / 'lr').mkdir()
     cv2.imwrite(str(tmp_path / 'lr' / 'a.png'), np.zeros((6, 5, 3), np.uint8))

@@ -15,10 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import precision
 import train
+from checkpoint import model_from_checkpoint, read_checkpoint
 from dataset import TrainDataset
 from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny, tiny_liif
 from imgproc import load_uint8, write_image
-from model import build_model, model_from_checkpoint, read_checkpoint
+from model import build_model
+
 
 def reference_valid_psnr(state: dict, data: Path) -> float:
     """The official validation PSNR, written out here: PSNR = -10 log10(MSE) over each batch of 16
@@ -141,7 +143,7 @@ def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_w
     official = torch.load(official_weights, map_location='cpu', weights_only=True)['model']['sd']
     official = {k: v for k, v in official.items() if 'sub_mean' not in k and 'add_mean' not in k}
     full = '--hidden_list=[256,256,256,256]'
-    cfg = train.config.parse(tiny(data, tmp_path, f'--init_weights={official_weights}', full))
+    cfg = train.settings.parse(tiny(data, tmp_path, f'--init_weights={official_weights}', full))
     assert_same_tensors(train.make_model(cfg).state_dict(), official, atol=0)
     # end to end: one Adam step of lr 1e-30 moves no float32 weight of this size; with nothing to
     # resume yet, --resume=auto starts from init_weights too
@@ -151,13 +153,13 @@ def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_w
     with pytest.raises(ValueError, match='not a train.py checkpoint'):
         train.main(tiny(data, tmp_path, f'--resume={official_weights}', full))
     with pytest.raises(ValueError, match='does not fit'):
-        train.make_model(train.config.parse(tiny(data, tmp_path, f'--init_weights={official_weights}')))
+        train.make_model(train.settings.parse(tiny(data, tmp_path, f'--init_weights={official_weights}')))
 
 
 def test_ema_follows_its_formula_and_is_validated(data, tmp_path):
     d = 0.9
     out = tmp_path / 'ema'
-    cfg = train.config.parse(tiny(data, out, f'--ema_decay={d}'))
+    cfg = train.settings.parse(tiny(data, out, f'--ema_decay={d}'))
     ema = train.make_model(cfg).state_dict()  # the EMA starts at the initial weights
     results = []
     for steps in (1, 2):  # one step at a time, resuming mid-epoch
@@ -243,7 +245,7 @@ def test_compiled_step_equals_the_eager_step(data, train_root, monkeypatch):
     fraction of lr: the weights stay within 1e-3 lr per step of each other, where one wrong gradient
     (a sign, a term) would move them by up to 2 lr."""
     steps, lr_ = 3, 1e-3
-    cfg = train.config.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cpu'))
+    cfg = train.settings.parse(tiny(data, data, f'--lr={lr_}', '--hidden_list=[16]', '--device=cpu'))
     monkeypatch.setattr(train, 'make_model', lambda cfg: tiny_liif())
     patches = TrainDataset(train_root / 'BSDS200', patch_size=12, sample_q=64, first_k=4, warn=False)
     batch = [torch.utils.data.default_collate([patches[i] for i in range(4)])[k] for k in ('lr', 'coord', 'cell', 'gt')]

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import run_main
+from checkpoint import model_from_checkpoint
+from cli import run_main
 from conftest import butterfly_crop
 from imgproc import load_uint8, pil_resize, quantize
-from model import model_from_checkpoint
 from onnx_model import OnnxModel
-from scripts import make_figure, viewer as viewer_script
+from scripts import make_figure
+from scripts import viewer as viewer_script
 from scripts.viewer import LatestOnly, Superseded, Viewer, bicubic_window, make_server, parse_view, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]

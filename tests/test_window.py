@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import inference
+from checkpoint import model_from_checkpoint
 from helpers import small
-from model import model_from_checkpoint
 from render import check_window
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -13,12 +13,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import config
+import settings
 import train
 from dataset import PairedDataset, VariedDataset, list_images
+from helpers import ROOT, TRANSFORMS, check_problems, load, pixel_index, same_items, transform
 from imgproc import imresize, load_uint8, write_image
 from model import build_model
-from helpers import ROOT, TRANSFORMS, check_problems, load, pixel_index, same_items, transform
 
 
 def as_uint8(t: torch.Tensor) -> np.ndarray:
@@ -373,21 +373,21 @@ def test_data_settings_are_checked(x2_folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('error: LR ') and 'not an integer multiple' in err and err.count('\n') == 1
     # what is fine: paired data with whole images and all queries, validated on paired folders
-    config.check(config.parse([*folders, '--train_data=paired', f'--train_lr_dir={lr_dir}', '--patch_size=0',
+    settings.check(settings.parse([*folders, '--train_data=paired', f'--train_lr_dir={lr_dir}', '--patch_size=0',
                                '--sample_q=0']), 'train')
 
 
 def test_experiments_are_the_official_recipes():
-    x2 = config.parse(['--experiment=edsr-baseline-x2'])
+    x2 = settings.parse(['--experiment=edsr-baseline-x2'])
     assert (x2.train_data, x2.patch_size, x2.sample_q, x2.repeat, x2.batch_size) == ('paired', 48, 0, 20, 16)
     assert x2.train_lr_dir == ['data/DIV2K/DIV2K_train_LR_bicubic/X2'] and x2.train_dir == ['data/DIV2K/DIV2K_train_HR']
     assert (x2.valid_lr_dir, x2.valid_dir) == ('data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'data/DIV2K/DIV2K_valid_HR')
     assert (x2.valid_first, x2.valid_repeat, x2.epochs, x2.milestones, x2.gamma) == (10, 160, 1000, [200, 400, 600, 800], 0.5)
     assert (x2.model, x2.upsample_scale, x2.encoder) == ('upsample', 2, 'edsr-baseline')
-    assert config.parse(['--experiment=rdn-x2']).encoder == 'rdn'
+    assert settings.parse(['--experiment=rdn-x2']).encoder == 'rdn'
     for lr_size, hr_size, scale in ((32, 256, 8), (64, 128, 2)):
-        liif = config.parse([f'--experiment=celebAHQ-{lr_size}-{hr_size}-liif'])
-        up = config.parse([f'--experiment=celebAHQ-{lr_size}-{hr_size}-upsample'])
+        liif = settings.parse([f'--experiment=celebAHQ-{lr_size}-{hr_size}-liif'])
+        up = settings.parse([f'--experiment=celebAHQ-{lr_size}-{hr_size}-upsample'])
         for cfg in (liif, up):
             assert (cfg.train_data, cfg.size_min, cfg.size_max, cfg.sample_q) == ('varied', lr_size, hr_size, 1024)
             assert (cfg.epochs, cfg.milestones, cfg.gamma, cfg.batch_size, cfg.repeat) == (200, [100], 0.1, 16, 1)
@@ -423,7 +423,7 @@ def tiny(name: str, x2_folders, celeb_root, out_dir, *extra: str) -> list[str]:
 def test_experiment_trains(name, x2_folders, celeb_root, tmp_path):
     argv = tiny(name, x2_folders, celeb_root, tmp_path, '--max_steps=2')
     # the data the recipe asks for
-    data = train.training_set(config.parse(argv))
+    data = train.training_set(settings.parse(argv))
     if name.startswith('celebAHQ'):
         lr_size, hr_size = (int(x) for x in name.split('-')[1:3])
         assert isinstance(data, VariedDataset) and (data.size_min, data.size_max) == (lr_size, hr_size)
