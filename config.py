@@ -18,7 +18,8 @@ tf32 = False  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores (faster
 model = 'liif'  # 'liif', 'metasr', 'upsample' (the encoder's own up-sampler, no decoder: the fixed-scale baselines) or any registered model (--help lists them)
 encoder = 'edsr-baseline'  # 'edsr-baseline' or 'rdn'
 upsample_scale = 2  # scale of the 'upsample' model's pixel-shuffle up-sampler (EDSR 2/3/4/8, RDN 2/3/4)
-hidden_list = [256, 256, 256, 256]  # LIIF decoder MLP hidden sizes (MetaSR's is fixed: [256])
+hidden_list = [256, 256, 256, 256]  # LIIF / LTE decoder MLP hidden sizes (MetaSR's is fixed: [256])
+hidden_dim = 256  # LTE: amplitude and frequency channels (an even number: cos and sin of hidden_dim / 2 phases)
 feat_unfold = True  # LIIF: feed the 3x3-unfolded feature to the decoder
 local_ensemble = True  # LIIF: blend the 4 nearest latent codes by area
 cell_decode = True  # LIIF: give the decoder the query's cell size
@@ -115,6 +116,9 @@ EXPERIMENTS = {
     'edsr-baseline-liif-x3': {'scale_min': 3.0, 'scale_max': 3.0},
     'edsr-baseline-liif-x4': {'scale_min': 4.0, 'scale_max': 4.0},
     'edsr-baseline-metasr': {'model': 'metasr'},
+    # LTE (Lee and Jin, CVPR 2022): its official configs keep LIIF's recipe and use a [256, 256, 256] MLP
+    'edsr-baseline-lte': {'model': 'lte', 'hidden_list': [256, 256, 256]},
+    'rdn-lte': {'model': 'lte', 'encoder': 'rdn', 'hidden_list': [256, 256, 256]},
     'rdn-metasr': {'model': 'metasr', 'encoder': 'rdn'},
     # fixed-scale baselines on DIV2K's X2 LR files: 48-px LR patches, every HR pixel of the patch a query
     'edsr-baseline-x2': {'model': 'upsample', 'upsample_scale': 2, **_DIV2K_X2},

@@ -1,9 +1,10 @@
-"""The models: one contract (SRModel), one registry (MODELS), the encoders, LIIF, MetaSR and the
-fixed-scale EDSR-baseline / RDN baselines.
+"""The models: one contract (SRModel), one registry (MODELS), the encoders, LIIF, MetaSR, the
+fixed-scale EDSR-baseline / RDN baselines and LTE.
 
 LIIF: Chen, Liu, Wang, "Learning Continuous Image Representation with Local Implicit Image Function",
-CVPR 2021. MetaSR: Hu et al., "Meta-SR", CVPR 2019, as the LIIF paper's baseline. Parameter names
-follow the official LIIF release so its checkpoints load unchanged.
+CVPR 2021. MetaSR: Hu et al., "Meta-SR", CVPR 2019, as the LIIF paper's baseline. LTE: Lee and Jin,
+"Local Texture Estimator for Implicit Representation Function", CVPR 2022. Parameter names follow the
+official releases so their checkpoints load unchanged.
 
 Conventions: `lr` is (B, 3, h, w) RGB in [0, 1]; `coord` and `cell` are (B, Q, 2), row axis first,
 in the [-1, 1] square whose pixel centres are -1 + (2i + 1) / n. Every model maps `model(lr, coord,
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 import fast_liif
 import render as engine
-from render import Lookup, nearest_index, pixel_centres, real
+from render import Lookup, nearest_index, pixel_centres, real, spans
 
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
 UPSAMPLE_SCALES = {'edsr-baseline': [2, 3, 4, 8], 'rdn': [2, 3, 4]}  # the official up-samplers' scales
@@ -520,3 +521,155 @@ class Upsample(SRModel):
 
     def bytes_per_lr_pixel(self) -> int:
         return 4 * self.encoder.peak_channels
+
+
+# ---------------------------------------------------------------- LTE
+
+def hidden_dim_rule(value) -> str | None:
+    """LTE's hidden_dim: a positive even int (cos and sin of hidden_dim / 2 phases)."""
+    if type(value) is not int or value <= 0 or value % 2:
+        return f"hidden_dim must be a positive even int, got {reprlib.repr(value)}"
+    return None
+
+
+def official_lte_options(model_spec: dict) -> dict:
+    """The model options of an official LTE checkpoint's {'name': 'lte', 'args': ...} spec; one
+    ValueError saying what is wrong for a spec this project does not build."""
+    try:
+        args = model_spec['args']
+        encoder = args['encoder_spec']
+        imnet = args['imnet_spec']
+        upsamples = not encoder.get('args', {}).get('no_upsampling', False)
+        mlp = imnet['name'] == 'mlp' and imnet['args'].get('out_dim', 3) == 3
+        options = dict(model='lte', encoder=encoder['name'], hidden_list=list(imnet['args']['hidden_list']),
+                       hidden_dim=args.get('hidden_dim', 256))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"its LTE model spec is incomplete (no {e})") from None
+    if upsamples:
+        raise ValueError("its LTE has an up-sampling encoder (no_upsampling is not set)")
+    if not mlp:
+        raise ValueError(f"its LTE decoder is not an MLP to RGB: {reprlib.repr(imnet)}")
+    return options
+
+
+def bilinear_taps(c: torch.Tensor, n) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two pixels (2, *c.shape) and their weights (2, *c.shape) that
+    grid_sample(mode='bilinear', padding_mode='border', align_corners=False) blends at coordinates c
+    on an axis of n pixels: the position ((c + 1) n - 1) / 2 clamped to [0, n - 1]; at n - 1 the upper
+    tap has weight 0 (clamped onto the last pixel)."""
+    p = (((c + 1) * real(n) - 1) / 2).clamp(0, n - 1)
+    low = p.floor()
+    i0 = low.long()
+    i1 = (i0 + 1).clamp(max=n - 1)
+    return torch.stack([i0, i1]), torch.stack([low + 1 - p, p - low])
+
+
+@register
+class LTE(SRModel):
+    """LTE (Lee and Jin, CVPR 2022), the official function (its parameter names, so its checkpoints load).
+
+    The function, per query at coordinate x with cell c, LR size (h, w), encoder feature z:
+    - amplitudes A = coef(z) and frequencies F = freq(z), 3x3 convolutions of z (hidden_dim channels each);
+    - per ensemble member (the 4 nearest LR pixels, as LIIF's local ensemble): the member pixel's A and
+      F, delta = (x - its centre) * (h, w), and the basis
+      b_k = pi * (F[2k] * delta_y + F[2k + 1] * delta_x + phase_k(c_y * h, c_x * w)), k < hidden_dim / 2,
+      with `phase` a bias-free Linear(2, hidden_dim / 2); the decoder input is A * [cos(b), sin(b)];
+    - the members' MLP outputs blended by the area diagonally opposite each (LIIF's weights), plus the
+      LR image sampled bilinearly at x (grid_sample, border padding, align_corners=False), all in the
+      normalised units (lr - 0.5) / 0.5 and scaled back by * 0.5 + 0.5.
+
+    Through the engine: the latent holds [A, F, normalised LR] per LR pixel, so a tile of it carries
+    everything decode reads; a per-axis look-up has 4 rows: the two ensemble shifts (index, delta), then
+    the two bilinear taps (index, weight) of the axis, so the skip is exact under windows and LR tiles.
+    """
+    name, official = 'lte', 'lte'
+    settings = ('hidden_list', 'hidden_dim')
+    option_rules = {'hidden_dim': hidden_dim_rule}
+
+    def __init__(self, encoder: nn.Module, encoder_name: str, hidden_list: list[int] = (256, 256, 256),
+                 hidden_dim: int = 256):
+        super().__init__()
+        self.encoder = encoder
+        self.hidden_dim = hidden_dim
+        self.options = dict(model='lte', encoder=encoder_name, hidden_list=list(hidden_list), hidden_dim=hidden_dim)
+        self.coef = nn.Conv2d(encoder.out_dim, hidden_dim, 3, padding=1)
+        self.freq = nn.Conv2d(encoder.out_dim, hidden_dim, 3, padding=1)
+        self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
+        self.imnet = MLP(hidden_dim, 3, list(hidden_list))
+
+    @classmethod
+    def from_official(cls, spec: dict) -> dict | None:
+        return official_lte_options(spec)
+
+    def encode(self, lr: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * hidden_dim + 3, h, w): amplitudes, the frequencies' row components (the official
+        channels 0, 2, 4, ...), their column components (1, 3, 5, ...), and the normalised LR image."""
+        inp = normalise(lr)
+        feat = self.encoder(inp)
+        freq = self.freq(feat)
+        # cat promotes: the image stays fp32 under autocast
+        return torch.cat([self.coef(feat), freq[:, 0::2], freq[:, 1::2], inp], 1)
+
+    def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
+        """Rows 0-1: the ensemble shifts -1, +1 (index, delta in LIIF's units); rows 2-3: the bilinear
+        taps (index, weight). The cell term is the cell in the axis's LR units times 2, c * n."""
+        index, rel = axis_lookups(c, n, local_ensemble=True)
+        taps, weights = bilinear_taps(c, n)
+        return Lookup(torch.cat([index, taps]), torch.cat([rel, weights]), cell * n)
+
+    def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
+        """RGB (*Q, 3) in [0, 1] units (unclamped) from an `encode` output."""
+        b, _, h, w = latent.shape
+        offset = batch_index(b, rows.index) * (h * w)
+        index, inputs, weight = fast_liif.member_inputs(rows.index[:2], cols.index[:2], rows.rel[:2], cols.rel[:2], w,
+                                              offset, pair(rows.cell, cols.cell).unsqueeze(-2))
+        taps, tap_rel, _ = fast_liif.member_inputs(rows.index[2:], cols.index[2:], rows.rel[2:], cols.rel[2:], w, offset, None)
+        tap_weight = tap_rel[..., 0] * tap_rel[..., 1]  # the row weight times the column weight
+        table = latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1]).contiguous()  # one row per LR pixel
+        rgb = self._decode(table, index.flatten(0, -2), inputs.flatten(0, -3), weight.flatten(0, -2),
+                           taps.flatten(0, -2), tap_weight.flatten(0, -2))
+        return rgb.view(*index.shape[:-1], 3)
+
+    def _decode(self, table, index, inputs, weight, taps, tap_weight) -> torch.Tensor:
+        """`_decode_block` over blocks of engine.decoder_rows rows (one block while building a graph)."""
+        if torch.is_grad_enabled():
+            return self._decode_block(table, index, inputs, weight, taps, tap_weight)
+        step = max(1, (fast_liif.decoder_rows(table.device) or index.numel()) // index.shape[1])
+        return torch.cat([self._decode_block(table, *(t[s:e] for t in (index, inputs, weight, taps, tap_weight)))
+                          for s, e in spans(index.shape[0], step)])
+
+    def _decode_block(self, table, index, inputs, weight, taps, tap_weight) -> torch.Tensor:
+        """RGB (n, 3) of n queries: index (n, M) table rows of the members, inputs (n, M, 4) = [delta_y,
+        delta_x, cell_y * h, cell_x * w], weight (n, M); taps and tap_weight (n, 4), the bilinear skip's."""
+        n, m = index.shape
+        d = self.hidden_dim
+        # the basis in fp32 at least: a bf16 phase of several periods keeps too little of its fraction
+        dtype = torch.promote_types(table.dtype, torch.float32)
+        code = table.index_select(0, index.flatten()).to(dtype)
+        amplitude, freq_y, freq_x = code[:, :d], code[:, d:3 * d // 2], code[:, 3 * d // 2:2 * d]
+        delta_y, delta_x, cell = inputs.flatten(0, 1).to(dtype).split([1, 1, 2], -1)
+        phase = torch.addmm(torch.addcmul(freq_y * delta_y, freq_x, delta_x), cell, self.phase.weight.to(dtype).t())
+        x = amplitude * torch.cat([torch.cos(torch.pi * phase), torch.sin(torch.pi * phase)], -1)
+        layers = [layer for layer in self.imnet.layers if isinstance(layer, nn.Linear)]
+        for i, layer in enumerate(layers):
+            x = fast_liif.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype), relu=i < len(layers) - 1)
+        rgb = (x.view(n, m, 3).to(dtype) * weight.unsqueeze(-1)).sum(1)
+        skip = table[:, 2 * d:].index_select(0, taps.flatten()).view(n, -1, 3).to(dtype)
+        skip = (skip * tap_weight.unsqueeze(-1)).sum(1)
+        return (rgb + skip) * 0.5 + 0.5
+
+    @property
+    def tile_margin(self) -> int:
+        """The encoder's receptive radius and the 3x3 amplitude and frequency convolutions; the skip
+        reads LR pixels next to the looked-up ones, inside the rectangle the look-ups span."""
+        return self.encoder.receptive_radius + 1
+
+    def bytes_per_query(self, device: torch.device) -> int:
+        # per member: index, inputs, weight, the skip's tap index and weight, the look-ups' temporaries; the
+        # gathered codes, phases, basis and MLP activations count only where a whole chunk is one decoder block
+        whole = fast_liif.decoder_rows(device) is None
+        d, widest = self.hidden_dim, max(self.options['hidden_list'])
+        return 4 * (8 + 16 + 4 + 8 + 4 + 16 + whole * 4 * (2 * d + 3 + d // 2 + d + 3 * widest))
+
+    def bytes_per_lr_pixel(self) -> int:
+        return 4 * (self.encoder.peak_channels + 2 * (2 * self.hidden_dim + 3))

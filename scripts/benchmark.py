@@ -10,6 +10,7 @@ LIIF rendering and training.
     python scripts/benchmark.py --sizes=0 --ddp_memory --train_dir=T91,BSDS200   # node memory of 1, 2, 4 processes
     python scripts/benchmark.py --sizes=0 --ddp_memory --stand_in=200   # the same on 200 DIV2K-sized images
     python scripts/benchmark.py --sizes=0 --dist_speed              # inference.py: 2 processes vs 1, same cores
+    python scripts/benchmark.py --sizes=0 --models --cases=64x4 --threads=1   # LTE beside LIIF's two paths
 
 In one process, for each LR size and scale, the modes run alternately (reference fp32, fast fp32,
 fast bf16 where supported, fast fp16 on CUDA, and on CUDA the compiled decoder (compile_decoder, CUDA
@@ -50,7 +51,9 @@ processes that map it, so the sum counts each page once; pages of the cache file
 touched yet sit in the page cache and are not in any PSS, hence the second column, PSS + the cache
 file (an upper bound on the node's memory). --stand_in=N writes N smooth synthetic PNGs of DIV2K's
 size (2040x1356) into out_dir once and trains on them. --dist_speed times inference.py on a folder of
-real crops, alone (2 threads) and under torchrun (2 processes of 1 thread), alternately.
+real crops, alone (2 threads) and under torchrun (2 processes of 1 thread), alternately. --models times
+EDSR-baseline-LTE beside EDSR-baseline-LIIF's fast and reference paths (random weights: the time does not
+depend on them), fp32, alternately, at --cases.
 """
 import argparse
 import ctypes
@@ -257,6 +260,24 @@ def run_grid(args, device: torch.device, results: dict) -> None:
                   f"| {'yes' if compiled else 'no'} | {pixels / 1e6 / t:.3f} | {ref_time / t:.2f} "
                   f"| {flops / t / 1e12:.3g} | {100 * flops / t / 1e12 / floor:.1f} | {peak:.0f} | {diff:.2e} |",
                   flush=True)
+
+
+def run_models(args, device: torch.device) -> None:
+    """MP/s of EDSR-baseline-LTE beside EDSR-baseline-LIIF (fast and reference), alternately in one process."""
+    torch.manual_seed(0)
+    models = {'LIIF fast': build_model('liif'), 'LIIF reference': build_model('liif', fast=False),
+              'LTE': build_model('lte', hidden_list=[256, 256, 256])}
+    runs = {name: functools.partial(net.to(device).eval().render, chunk=args.chunk) for name, net in models.items()}
+    print(f"\n# LTE beside LIIF on {machine_name(device)}, torch {torch.__version__}; {args.warmup} warm-up + "
+          f"{args.repeats} timed rounds, median\n")
+    print("| LR | scale | output | model | MP/s | x LIIF fast |\n|---|---|---|---|---|---|")
+    for size, scale in args.cases:
+        lr, _ = lr_input(size, device)
+        out_size = (round(size * scale), round(size * scale))
+        times = time_variants(args, device, runs, lr, out_size)
+        for name, (t, _, _) in times.items():
+            print(f"| {size}x{size} | x{scale:g} | {out_size[0]}x{out_size[1]} | {name} "
+                  f"| {out_size[0] * out_size[1] / 1e6 / t:.3f} | {times['LIIF fast'][0] / t:.2f} |", flush=True)
 
 
 def to_batch(img: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -597,6 +618,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--memory_steps', type=int, default=10, help="--ddp_memory: training steps per run")
     parser.add_argument('--stand_in', type=int, default=0, help="--ddp_memory on N DIV2K-sized synthetic images")
     parser.add_argument('--dist_speed', action='store_true', help="inference.py: 2 processes vs 1 on the same cores")
+    parser.add_argument('--models', action='store_true', help="LTE beside LIIF's fast and reference paths at --cases")
     args = parser.parse_args()
     try:
         args.cases = ([(int(size), float(scale)) for size, scale in (case.split('x') for case in args.cases.split(','))]
@@ -620,7 +642,9 @@ def main() -> None:
     use_tf32(False)  # fp32 rows are true fp32, as in the three scripts by default
     results = {'device': machine_name(device), 'torch': torch.__version__, 'cuda': torch.version.cuda,
                'batch': args.batch, 'render': [], 'psnr': [], 'train': [], 'loader': None}
-    if args.cases:
+    if args.models:
+        run_models(args, device)
+    elif args.cases:
         run_grid(args, device, results)
     if args.psnr:
         run_psnr(args, device, results)

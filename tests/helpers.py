@@ -14,7 +14,7 @@ import torch
 
 import settings
 from imgproc import make_coord
-from model import EDSR, LIIF, RDN, MetaSR, Upsample, build_model
+from model import EDSR, LIIF, LTE, RDN, MetaSR, Upsample, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 80  # side of the T91 crops of the `data` fixture: >= patch_size 16 x scale_max 4
@@ -99,13 +99,15 @@ def same_items(a, b):
 
 
 def small(kind: str):
-    """Small random models of every kind: LIIF (fast and reference), MetaSR, the baselines."""
+    """Small random models of every kind: LIIF (fast and reference), MetaSR, LTE, the baselines."""
     torch.manual_seed(3)
     if kind.startswith('liif'):
         return LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32],
                     fast=kind == 'liif-fast').eval()
     if kind == 'metasr':
         return MetaSR(RDN(g0=8, n_blocks=2, n_layers=2, growth=8), 'rdn').eval()
+    if kind == 'lte':
+        return LTE(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32], hidden_dim=16).eval()
     scale = int(kind[-1])
     return Upsample(EDSR(n_resblocks=2, n_feats=16, upsample_scale=scale), 'edsr-baseline', scale).eval()
 

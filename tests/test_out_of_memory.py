@@ -52,7 +52,7 @@ def tight(model, error, decode_above: float = float('inf'), encode_above: float 
     return done
 
 
-@pytest.mark.parametrize('kind', ['liif-fast', 'liif-reference', 'metasr'])
+@pytest.mark.parametrize('kind', ['liif-fast', 'liif-reference', 'metasr', 'lte'])
 @pytest.mark.parametrize('error', sorted(ERRORS))
 def test_the_decoder_running_out_halves_the_chunk_and_gives_the_same_image(kind, error):
     model, lr = small(kind), torch.rand(2, 3, 40, 33)

@@ -45,7 +45,7 @@ def assert_windows_are_crops(model, lr, size, tile, seed):
         assert (part - crop).abs().max() <= TOL, (size, (top, left, height, width), tile)
 
 
-@pytest.mark.parametrize('kind', ['liif-fast', 'liif-reference', 'metasr', 'upsample-2', 'upsample-3'])
+@pytest.mark.parametrize('kind', ['liif-fast', 'liif-reference', 'metasr', 'lte', 'upsample-2', 'upsample-3'])
 def test_window_equals_crop_of_whole_render(kind):
     model = small(kind)
     lr = torch.rand(2, 3, 31, 23)  # odd, not square
