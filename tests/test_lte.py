@@ -12,11 +12,16 @@ import torch
 import torch.nn.functional as F
 
 import settings
+import test as test_script
 import train
 from checkpoint import model_from_checkpoint, read_checkpoint
+from dataset import BenchmarkDataset
 from helpers import load, tiny
+from image_quality_assessment import psnr
+from imgproc import image_to_tensor, quantize, read_image
 from model import EDSR, LTE, RDN, build_model
 from onnx_model import CHECK_TOL, OnnxModel, export, self_check
+from scripts.viewer import Viewer, parse_view
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -307,3 +312,25 @@ def test_training_resumes_exactly(data, tmp_path, capsys):
     assert a['options'] == {'model': 'lte', 'encoder': 'edsr-baseline', 'hidden_list': [16], 'hidden_dim': 8}
     for key in a['model']:
         assert torch.equal(a['model'][key], b['model'][key]), key
+
+
+@pytest.mark.slow
+def test_test_script_and_the_viewer_run_it(benchmark_root, tmp_path):
+    """test.py scores an LTE checkpoint as the benchmark protocol says, and the viewer shows its window
+    render; both equal the model's own render of the same input."""
+    torch.manual_seed(0)
+    model = build_model('lte', hidden_list=[16], hidden_dim=8).eval()
+    torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'lte.pth')
+    [row] = test_script.main([f'--weights={tmp_path / "lte.pth"}', f'--test_root={benchmark_root}', '--test_sets=Set5',
+                              '--test_scales=4', f'--out_dir={tmp_path / "out"}', '--device=cpu'])
+    items = BenchmarkDataset(benchmark_root / 'Set5', 4)
+    with torch.no_grad():
+        scores = [float(psnr(model.render(item['lr'][None], item['hr'].shape[-2:]).clamp(0, 1), item['hr'][None], 4))
+                  for item in items]
+    assert row['psnr'] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
+    image = benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / 'birdx4.png'
+    viewer = Viewer(image, model)
+    view = viewer.render(parse_view('mode=liif&zoom=3.5&top=10&left=20&height=30&width=40', viewer.shape))
+    lr = image_to_tensor(read_image(image))[None]
+    whole = model.render(lr, (round(lr.shape[2] * 3.5), round(lr.shape[3] * 3.5)))[0, :, 10:40, 20:60]
+    assert np.abs(view.astype(float) - quantize(whole[None], 8).astype(float)).max() <= 1
