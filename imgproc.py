@@ -158,6 +158,20 @@ def pil_resample(img: np.ndarray, first: np.ndarray, fixed: np.ndarray) -> np.nd
     return np.clip(acc >> 22, 0, 255).astype(np.uint8)
 
 
+def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+    """The window (top, left, height, width) of pil_resize(img, size) (PIL bicubic of an 8-bit
+    HxWx3 image), computed from the input rows and columns it needs only: the same pixels."""
+    top, left, height, width = window
+    rows_first, rows_fixed = bicubic_taps(img.shape[0], size[0], top, top + height)
+    cols_first, cols_fixed = bicubic_taps(img.shape[1], size[1], left, left + width)
+    r0 = int(rows_first.min())
+    r1 = min(img.shape[0], int(rows_first.max()) + rows_fixed.shape[1])
+    # Pillow resizes along the width first, then the height, rounding to 8 bits in between (an axis
+    # that keeps its size gets weights 1, 0, ...: the same as Pillow skipping that pass)
+    wide = pil_resample(img[r0:r1].swapaxes(0, 1), cols_first, cols_fixed).swapaxes(0, 1)
+    return pil_resample(wide, rows_first - r0, rows_fixed)
+
+
 def pil_resample_torch(img: torch.Tensor, first: torch.Tensor, fixed: torch.Tensor,
                        length: torch.Tensor) -> torch.Tensor:
     """pil_resample along dim 1 of a batch of 8-bit images (B, L, ...) on any device, each image b with

@@ -32,9 +32,9 @@ from files import (
     check_writable,
     replacing,
 )
-from imgproc import image_to_tensor, load_uint8, quantize, read_image
+from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_image
 from render import output_size
-from scripts.viewer import Viewer, bicubic_window, make_server, serve_in_thread
+from scripts.viewer import Viewer, make_server, serve_in_thread
 from weights import resolve_weights
 
 GAP = 6  # pixels between panels

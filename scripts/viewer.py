@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 import config
 from checkpoint import model_from_checkpoint
 from cli import ArgumentParser, load_onnx, pick_device, run_main, set_threads
-from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_image
+from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_image
 from onnx_model import OnnxModel
 from precision import AMP_DTYPES, check_amp, machine_name
 from render import check_size, check_window, output_size
@@ -156,20 +156,6 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
     if view.height * view.width > MAX_VIEW_PIXELS:
         raise ValueError(f"the window has {view.height * view.width:,} pixels, more than {MAX_VIEW_PIXELS:,}")
     return view
-
-
-def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
-    """The window (top, left, height, width) of imgproc.pil_resize(img, size) (PIL bicubic of an 8-bit
-    HxWx3 image), computed from the input rows and columns it needs only: the same pixels."""
-    top, left, height, width = window
-    rows_first, rows_fixed = bicubic_taps(img.shape[0], size[0], top, top + height)
-    cols_first, cols_fixed = bicubic_taps(img.shape[1], size[1], left, left + width)
-    r0 = int(rows_first.min())
-    r1 = min(img.shape[0], int(rows_first.max()) + rows_fixed.shape[1])
-    # Pillow resizes along the width first, then the height, rounding to 8 bits in between (an axis
-    # that keeps its size gets weights 1, 0, ...: the same as Pillow skipping that pass)
-    wide = pil_resample(img[r0:r1].swapaxes(0, 1), cols_first, cols_fixed).swapaxes(0, 1)
-    return pil_resample(wide, rows_first - r0, rows_fixed)
 
 
 class Viewer:

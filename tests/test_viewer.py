@@ -22,11 +22,11 @@ from PIL import Image
 from checkpoint import model_from_checkpoint
 from cli import run_main
 from conftest import butterfly_crop
-from imgproc import load_uint8, pil_resize, quantize
+from imgproc import bicubic_window, load_uint8, pil_resize, quantize
 from onnx_model import OnnxModel
 from scripts import make_figure
 from scripts import viewer as viewer_script
-from scripts.viewer import LatestOnly, Superseded, Viewer, bicubic_window, make_server, parse_view, serve_in_thread
+from scripts.viewer import LatestOnly, Superseded, Viewer, make_server, parse_view, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_thread')
