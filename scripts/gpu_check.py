@@ -102,7 +102,8 @@ EXPECTED_S = {
 LIMIT_FACTOR, LIMIT_SLACK_S = 1.3, 10
 # The CUDA tests' parts that run on a CPU within the dry run's time (LIIF_TEST_DEVICE=cpu; the official
 # weights through the tests' own fixture, as on the GPU machine)
-# (the bf16 ones take minutes where bf16 is not native; compiling the official decoder too)
+# (the bf16 ones take minutes where bf16 is not native; tests/test_compiled_decoder.py compiles a small
+# decoder on the CPU)
 DRY_RUN_TESTS = 'not bf16 and not compiled_decoder'
 
 # per mode: the sizes each stage runs at (the dry run only proves that every stage runs)
