@@ -61,7 +61,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool
     cuBLASLt's fused bias + ReLU on CUDA; on x86 CPUs oneDNN's fused linear in fp32 (no bias copy and no
     ReLU pass: renders 1.08-1.46x faster than MKL's addmm + relu_ on an AVX2 EPYC) and in bf16 where it
     is native (AMX: half the time of addmm + relu_). addmm and an in-place ReLU otherwise."""
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():  # inductor fuses its own kernels
         if relu and x.is_cuda:
             return torch._addmm_activation(bias, x, weight.t())
         if x.device.type == 'cpu' and (x.dtype == torch.float32 and onednn_linear()

@@ -41,7 +41,8 @@ backward pass computes gradients of inputs and of weights, each a forward's mult
 times the DataLoader alone on the real TrainDataset (train.py's workers and settings) in patches per
 second, one worker's rate, the draws alone and DevicePatches' patches per second on the device, and
 says whether the loader keeps up with the fastest loader-fed row (>= 1.5x its patches/s). --json writes
-every row to a file as well. --no_compile leaves out the compiled rows.
+every row to a file as well (replaced whole after each row). --no_compile leaves out the compiled rows;
+--compiled_only keeps only them (with the reference render, or the fast fp32 step, they are compared with).
 
 --ddp_memory runs train.py under torchrun (gloo, CPU; --memory_steps steps) with 1, 2 and 4 processes
 (--procs), with and without the node's shared cache (node_cache), and samples the node's memory every
@@ -78,6 +79,7 @@ import config
 import settings
 from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, list_images
+from files import replacing
 from image_quality_assessment import evaluate
 from imgproc import image_size, read_image
 from model import build_model
@@ -181,7 +183,7 @@ def render_variants(args, device: torch.device) -> list[tuple[str, bool, str, bo
     """(path, fast, amp, compiled) of every render mode this device runs, the reference first."""
     amps = ['fp32'] + ['bf16'] * bf16_supported(device) + ['fp16'] * (device.type == 'cuda')
     variants = [('reference', False, 'fp32', False)] * (not args.no_reference)
-    variants += [('fast', True, amp, False) for amp in amps]
+    variants += [('fast', True, amp, False) for amp in amps] * (not args.compiled_only)
     if device.type == 'cuda' and not args.no_compile:
         variants += [('fast', True, amp, True) for amp in amps if amp != 'fp16']
     return variants + [('onnx', True, 'fp32', False)] * args.onnx
@@ -292,6 +294,7 @@ def run_psnr(args, device: torch.device, results: dict) -> None:
         print("\nSet5 / Set14 x4 PSNR needs the benchmark data: skipped")
         return
     variants = [v for v in render_variants(args, device) if v[0] == 'fast']
+    variants = [('fast', True, 'fp32', False)] * args.compiled_only + variants  # the base of the differences
     models, weights = load_models(device, variants)
     print(f"\n| x4 PSNR (dB), {weights} | " + ' | '.join(f"{amp}{' compiled' * c}" for _, _, amp, c in variants) + ' |')
     print('|---' * (len(variants) + 1) + '|')
@@ -349,18 +352,21 @@ def write_json(args, results: dict) -> None:
     so that a stage stopped at its time limit keeps what it measured."""
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + '\n')
+        with replacing(args.json) as tmp:  # a reader (or a stop at a time limit) never sees half a file
+            tmp.write_text(json.dumps(results, indent=2) + '\n')
 
 
 def train_variants(args, device: torch.device) -> list[tuple[str, bool, str, bool, bool]]:
     """(path, fast, amp, compile, device_data) of every training mode, the fast fp32 one first; the
-    device-data rows in the amp with native speed (bf16 where supported), eager and compiled."""
+    device-data rows in the amp with native speed (bf16 where supported), eager and compiled; with
+    compiled_only the fast fp32 one (the base of the ratios) and the compiled ones."""
     amps = ['fp32'] + ['bf16'] * bf16_supported(device) + ['fp16'] * (device.type == 'cuda')
     compiles = [False] + [True] * (not args.no_compile)
     variants = [('fast', True, 'fp32', False, False), ('reference', False, 'fp32', False, False)]
     variants += [('fast', True, amp, False, False) for amp in amps[1:]]
     variants += [('fast', True, amp, True, False) for amp in amps[:2] * (not args.no_compile)]
-    return variants + [('fast', True, amps[:2][-1], c, True) for c in compiles]
+    variants += [('fast', True, amps[:2][-1], c, True) for c in compiles]
+    return [v for v in variants if v[3] or v == variants[0]] if args.compiled_only else variants
 
 
 def step_run(args, device: torch.device, fast: bool, amp: str, compiled: bool):
@@ -381,7 +387,8 @@ def time_steps(args, device: torch.device, variant, batch: dict, patches: Device
     def steps(n: int) -> None:
         for _ in range(n):
             b = patches(draws[len(losses) % len(draws)]) if device_data else batch
-            losses.append(train_step(run.net, run.optimizer, run.scaler, autocast, b['lr'], b['coord'], b['cell'], b['gt']))
+            loss = train_step(run.net, run.optimizer, run.scaler, autocast, b['lr'], b['coord'], b['cell'], b['gt'])
+            losses.append(loss.clone())  # a copy: with CUDA graphs the next replay overwrites the step's output
     warmup_s = timed(lambda: steps(args.train_warmup), device)[0]
     seconds, peak, _ = timed(lambda: steps(args.train_steps), device)
     return {'path': name, 'amp': amp, 'compile': compiled, 'data': 'device' if device_data else 'loader',
@@ -602,6 +609,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--peak_tflops', type=float, default=0,
                         help="the GPU's dense bf16 peak for the %% floor column (0: a fp32 matmul measured now)")
     parser.add_argument('--no_compile', action='store_true', help="leave out the compiled modes")
+    parser.add_argument('--compiled_only', action='store_true',
+                        help="only the compiled modes (and the reference or fast fp32 row they are compared with)")
     parser.add_argument('--train', action='store_true', help="also time training steps per mode")
     parser.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
     parser.add_argument('--train_dir', default='', help="training folders, comma-separated (default: DIV2K or the 291)")
