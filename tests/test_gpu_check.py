@@ -79,7 +79,7 @@ def test_a_sigterm_mid_stage_leaves_the_report_in_the_pack(shared, tmp_path):
 def test_the_rehearsal_refuses_downloads(tmp_path):
     """In the rehearsal's environment the weights' downloader fails (pip finds no index) instead of
     fetching what a bare machine could not."""
-    code = "import sys; from common import download_weights; download_weights(sys.argv[1])"
+    code = "import sys; from weights import download_weights; download_weights(sys.argv[1])"
     proc = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'w.pth')], cwd=ROOT, capture_output=True,
                           text=True, env=gpu_check.offline_env(tmp_path), timeout=120)
     assert proc.returncode != 0 and 'could not fetch the official weights' in proc.stderr
