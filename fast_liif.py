@@ -23,7 +23,7 @@ from render import Lookup, spans
 # (4 MiB) stay in the cache. A GPU decodes a whole chunk in one call.
 CPU_BLOCK_ROWS = 4096
 # A compiled decoder records one graph per block shape: blocks are the chunk's rows rounded up to a
-# multiple of COMPILED_ROUNDING (at most that much padding, 0.3 % of a default chunk), and at most
+# multiple of COMPILED_ROUNDING (less padding than that: 3.4 % of a default chunk's 120,000 rows), and at most
 # COMPILED_MAX_ROWS (1 GiB of fp32 activations: enough to keep a large GPU busy).
 COMPILED_ROUNDING = 1 << 12
 COMPILED_MAX_ROWS = 1 << 20
