@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from dataset import check_patch_queries, check_scale_range, check_size_range, check_varied_queries
-from imgproc import replacing
+from imgproc import FORMATS, HOLDS_16_BITS, replacing
 from model import option_problems
 from precision import check_amp_name
 
@@ -99,7 +99,12 @@ scale_hw = []  # [height factor, width factor] for anisotropic output; overrides
 size = []  # exact output [height, width]; overrides scale and scale_hw
 window = []  # [top, left, height, width]: write only this part of the output ([] = all of it)
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
-bits = 8  # output PNG bit depth: 8 or 16
+bits = 0  # output bit depth: 0 = the input's (8 or 16), or 8 or 16 (16 needs PNG or TIFF)
+alpha = 'model'  # an input's alpha: 'model' (rendered like a gray image) or 'bicubic' (PIL bicubic)
+quality = 95  # JPEG and WebP output quality, 1-100
+strip_metadata = False  # write no EXIF (the ICC colour profile is kept)
+format = ''  # a folder's outputs: 'png', 'jpg', 'webp', 'tif' or 'bmp' for all ('' = each input's own)
+recursive = False  # a folder: its subfolders too, mirrored in the output folder
 overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
@@ -448,8 +453,16 @@ def _check_inference(problems: _Problems, cfg: SimpleNamespace) -> None:
     else:
         problems.positive('scale')
     problems.positive('max_pixels')
-    if cfg.bits not in (8, 16):
-        problems.append(f"bits must be 8 or 16, got {cfg.bits}")
+    if cfg.bits not in (0, 8, 16):
+        problems.append(f"bits must be 0 (the input's), 8 or 16, got {cfg.bits}")
+    if cfg.alpha not in ('model', 'bicubic'):
+        problems.append(f"alpha must be 'model' or 'bicubic', got {cfg.alpha!r}")
+    if type(cfg.quality) is not int or not 1 <= cfg.quality <= 100:
+        problems.append(f"quality must be an int in [1, 100], got {cfg.quality!r}")
+    if cfg.format and '.' + str(cfg.format).lower() not in FORMATS:
+        problems.append(f"format must be '' or one of {', '.join(f[1:] for f in FORMATS)}, got {cfg.format!r}")
+    elif cfg.format and cfg.bits == 16 and FORMATS['.' + cfg.format.lower()] not in HOLDS_16_BITS:
+        problems.append(f"bits=16 needs format 'png' or 'tif', got {cfg.format!r}")
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

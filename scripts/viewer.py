@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import load_onnx, pick_device, resolve_weights, run_main, set_threads  # noqa: E402
-from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_image  # noqa: E402
+from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_picture, to_integer  # noqa: E402
+from inference import upscaled_alpha  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
 from precision import AMP_DTYPES, check_amp, machine_name  # noqa: E402
@@ -159,7 +160,8 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
 
 def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
     """The window (top, left, height, width) of imgproc.pil_resize(img, size) (PIL bicubic of an 8-bit
-    HxWx3 image), computed from the input rows and columns it needs only: the same pixels."""
+    HxWx3 image; each channel alike, an alpha too), computed from the input rows and columns it needs
+    only: the same pixels."""
     top, left, height, width = window
     rows_first, rows_fixed = bicubic_taps(img.shape[0], size[0], top, top + height)
     cols_first, cols_fixed = bicubic_taps(img.shape[1], size[1], left, left + width)
@@ -175,9 +177,12 @@ class Viewer:
     """One image and the model that renders its views."""
 
     def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel, amp: str = 'fp32'):
-        self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits
-        device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
-        self.lr = image_to_tensor(read_image(path))[None].to(device)
+        self.picture = read_picture(path)  # an alpha is rendered (inference.upscaled_alpha) and shown
+        self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits, RGB or RGBA
+        if self.picture.alpha is not None:
+            self.image8 = np.dstack([self.image8, to_integer(self.picture.alpha)])
+        self.device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
+        self.lr = image_to_tensor(self.picture.rgb)[None].to(self.device)
         self.model, self.amp, self.name = model, amp, Path(path).name
         self.queue = LatestOnly()
         self.image_png = encode_png(self.image8)
@@ -191,11 +196,20 @@ class Viewer:
                 'max_view_pixels': MAX_VIEW_PIXELS}
 
     def render(self, view: View) -> np.ndarray:
-        """The view's HxWx3 uint8 pixels; the model's views one at a time (Superseded when dropped)."""
+        """The view's HxWx3 (HxWx4 with an alpha) uint8 pixels; the model's views one at a time
+        (Superseded when dropped)."""
         size = output_size(*self.shape, view.zoom)
         if view.mode == 'bicubic':
             return bicubic_window(self.image8, size, view.window)
-        return self.queue.run(lambda: quantize(self.render_model(size, view.window), 8))
+        return self.queue.run(lambda: self.render_pixels(size, view.window))
+
+    def render_pixels(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+        """The model's window as 8-bit RGB, or RGBA with the alpha rendered as inference.py renders it."""
+        colour = quantize(self.render_model(size, window), 8)
+        if self.picture.alpha is None:
+            return colour
+        cfg = SimpleNamespace(alpha='model', chunk=0, amp=self.amp)
+        return np.dstack([colour, quantize(upscaled_alpha(self.model, self.device, self.picture, size, window, cfg))])
 
     def render_model(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> torch.Tensor:
         """The model's (1, 3, height, width) window of the whole render of `size` (through ONNX Runtime
@@ -206,7 +220,9 @@ class Viewer:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    ok, data = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]), PNG_FAST)
+    """An HxWx3 RGB or HxWx4 RGBA uint8 image as a PNG file's bytes."""
+    bgr = np.concatenate([rgb[:, :, 2::-1], rgb[:, :, 3:]], axis=2)
+    ok, data = cv2.imencode('.png', np.ascontiguousarray(bgr), PNG_FAST)
     if not ok:
         raise ValueError("could not encode a PNG")
     return data.tobytes()
@@ -433,7 +449,7 @@ def print_view_times(viewer: Viewer, zooms: list[float]) -> None:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
-    load_uint8(args.input)  # a bad image fails here, before the model loads
+    read_picture(args.input)  # a bad image fails here, before the model loads
     weights = resolve_weights(args.weights)
     if weights.suffix.lower() == '.onnx':
         model = load_onnx(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
