@@ -324,7 +324,7 @@ def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
 
 # Pillow modes read_picture takes, by what they hold; anything else (CMYK with alpha, 32-bit integer or
 # float samples, ...) is refused. CMYK becomes RGB (OpenCV's libjpeg conversion, Adobe's inverted CMYK too).
-GRAY_MODES = ('1', 'L', 'LA', 'La', 'I;16', 'I;16B', 'I;16L', 'I;16N')
+GRAY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N')  # 'I': 32-bit samples are refused by decode
 COLOUR_MODES = ('P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK', 'YCbCr')
 EXIF_FORMATS = ('JPEG', 'MPO', 'WEBP', 'PNG')  # inputs whose EXIF is carried (a TIFF's tags describe its own layout)
 

@@ -2,7 +2,6 @@
 with EXIF orientation applied first. Each input is made here by a real encoder (Pillow, OpenCV) from a
 crop of Set5 butterfly; each output is checked against the official model's render of what the rule
 says it renders, quantised here from the equations (round half up of v * (2^bits - 1))."""
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 import inference
-from imgproc import header_size, load_image
+from imgproc import header_size, load_image, write_picture
 from model import model_from_checkpoint
 from scripts.viewer import View, Viewer
 
@@ -143,6 +142,12 @@ def test_16_bit_rgb_comes_out_16_bit_rgb(tmp_path, official_weights, model, colo
     eight = cv2.imread(str(upscale(tmp_path / 'rgb16.png', tmp_path / 'sr8.png', official_weights, '--bits=8')),
                        cv2.IMREAD_UNCHANGED)
     assert eight.dtype == np.uint8
+    # OpenCV writes 16-bit colour, Pillow cannot: the profile and EXIF chunks are added to its PNG
+    icc, exif = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes(), Image.Exif()
+    exif[MAKE] = 'TestMaker'
+    profiled = Image.open(write_picture(tmp_path / 'profiled.png', deep, icc, exif.tobytes()))
+    assert profiled.info['icc_profile'] == icc and profiled.getexif()[MAKE] == 'TestMaker'
+    assert np.array_equal(cv2.imread(str(tmp_path / 'profiled.png'), cv2.IMREAD_UNCHANGED)[:, :, ::-1], deep)
 
 
 def test_cmyk_jpeg_comes_out_in_its_colours(tmp_path, official_weights, model, colour):
@@ -247,3 +252,12 @@ def test_the_viewer_shows_the_alpha_it_renders(tmp_path, official_weights, model
     view = shown.render(View('liif', SCALE, 5, 6, 30, 40))
     assert np.array_equal(view, whole[5:35, 6:46])  # RGBA, as inference.py writes it
     assert shown.render(View('bicubic', SCALE, 0, 0, 40, 48)).shape == (40, 48, 4)
+
+
+def test_onnx_weights_give_the_same_rgba(tmp_path, official_weights, colour, disc):
+    from scripts.export_onnx import export_checked
+    export_checked(official_weights, tmp_path / 'liif.onnx')
+    Image.fromarray(np.dstack([colour, disc])[2:18, 4:20]).save(tmp_path / 'rgba.png')
+    onnx = np.asarray(Image.open(upscale(tmp_path / 'rgba.png', tmp_path / 'onnx.png', tmp_path / 'liif.onnx')))
+    torch_made = np.asarray(Image.open(upscale(tmp_path / 'rgba.png', tmp_path / 'pt.png', official_weights)))
+    assert onnx.shape == (32, 32, 4) and close(onnx, torch_made)  # the export agrees to 1e-5 before rounding
