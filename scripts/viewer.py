@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 from common import load_onnx, pick_device, resolve_weights, run_main, set_threads  # noqa: E402
-from imgproc import bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_picture, to_integer  # noqa: E402
+from imgproc import (bicubic_taps, image_to_tensor, load_uint8, pil_resample, quantize, read_picture,  # noqa: E402
+                     to_integer)
 from inference import upscaled_alpha  # noqa: E402
 from model import model_from_checkpoint  # noqa: E402
 from onnx_model import OnnxModel  # noqa: E402
