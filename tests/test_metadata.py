@@ -79,6 +79,8 @@ def test_rgba_colour_is_its_own_render_and_alpha_the_render_of_alpha(tmp_path, o
     # a window of the output is the same pixels, alpha included
     part = np.asarray(Image.open(upscale(source, tmp_path / 'part.png', official_weights, '--window=[7,9,20,25]')))
     assert np.array_equal(part, got[7:27, 9:34])
+    chunks = np.asarray(Image.open(upscale(source, tmp_path / 'chunks.png', official_weights, '--chunk=97')))
+    assert np.array_equal(chunks, got)  # and so is a render in small chunks
     # --alpha=bicubic: Pillow's bicubic of the alpha; its 8-bit path here rounds between its two passes
     # too, so the two differ by up to 2 steps
     bicubic = np.asarray(Image.open(upscale(source, tmp_path / 'b.png', official_weights, '--alpha=bicubic')))
