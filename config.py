@@ -86,7 +86,12 @@ scale_hw = []  # [height factor, width factor] for anisotropic output; overrides
 size = []  # exact output [height, width]; overrides scale and scale_hw
 window = []  # [top, left, height, width]: write only this part of the output ([] = all of it)
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
-bits = 8  # output PNG bit depth: 8 or 16
+bits = 0  # output bit depth: 0 = the input's (8 or 16), or 8 or 16 (16 needs PNG or TIFF)
+alpha = 'model'  # an input's alpha: 'model' (rendered like a gray image) or 'bicubic' (PIL bicubic)
+quality = 95  # JPEG and WebP output quality, 1-100
+strip_metadata = False  # write no EXIF (the ICC colour profile is kept)
+format = ''  # a folder's outputs: 'png', 'jpg', 'webp', 'tif' or 'bmp' for all ('' = each input's own)
+recursive = False  # a folder: its subfolders too, mirrored in the output folder
 overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],

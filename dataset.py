@@ -2,7 +2,8 @@
 LR / HR folders, ground truths of varying size, and benchmark (LR, HR) pairs.
 
 The pipeline is 8-bit like the official one: images are kept as uint8 and LR images are made by PIL
-bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257).
+bicubic resizing of 8-bit pixels. 16-bit files are converted to 8 bits by rounding (v16 / 257), an
+alpha channel is dropped, gray is replicated to RGB and EXIF orientation is applied (imgproc.load_image).
 """
 import functools
 import math
@@ -29,15 +30,17 @@ from imgproc import (
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files of a folder in sorted name order; other files are skipped with a warning, hidden
-    ones (.name: a write that a killed run left behind, files.replacing) silently."""
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files of a folder (and its subfolders, `recursive`) in sorted path order; other files
+    are skipped with a warning, hidden ones (.name: a write that a killed run left behind,
+    files.replacing) silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.'))
+    files = sorted(p for p in (folder.rglob('*') if recursive else folder.iterdir())
+                   if p.is_file() and not any(part.startswith('.') for part in p.relative_to(folder).parts))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    others = [str(p.relative_to(folder)) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         warnings.warn(f"{folder}: skipping {len(others)} non-image file(s): {', '.join(others)}", stacklevel=2)
     if not images:

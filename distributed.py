@@ -222,7 +222,7 @@ def leave() -> None:
 
 # ---- the node cache: one decoded copy of the training images per node, memory-mapped by every process
 
-CACHE_FORMAT = 'liif-uint8-v1'  # what a cache file holds (load_uint8's pixels, one image after the other)
+CACHE_FORMAT = 'liif-uint8-v2'  # what a cache file holds (load_uint8's pixels as shown, one image after the other)
 
 
 def cache_key(files: list[Path]) -> str:

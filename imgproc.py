@@ -1,6 +1,11 @@
-"""Image processing: coordinates, image I/O, colour conversion and resizing."""
+"""Image processing: coordinates, image I/O (with what files carry beyond pixels: alpha, bit depth,
+colour profile, orientation, EXIF), colour conversion and resizing."""
+import io
 import math
+import struct
 import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -40,6 +45,8 @@ def header_size(path: str | Path, whole: bool = False) -> tuple[int, int] | None
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 height, width = im.height, im.width
+                if orientation_of(im) >= 5:  # shown turned a quarter: as it is shown (orient)
+                    height, width = width, height
                 if whole and height * width <= MAX_IMAGE_PIXELS:
                     _read_to_end(im)
     except Image.UnidentifiedImageError:
@@ -72,9 +79,19 @@ def _read_to_end(im: Image.Image) -> None:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as stored: HxWx3 RGB, uint8 or uint16. Grayscale is replicated to 3 channels
-    (like the official PIL `convert('RGB')`) and an alpha channel is dropped. The file is checked first
-    (header_size with `whole`): too large, truncated or damaged files are refused with ImageError."""
+    """An image file as shown (its EXIF orientation applied): HxWx3 RGB, uint8 or uint16. Grayscale is
+    replicated to 3 channels (like the official PIL `convert('RGB')`) and an alpha channel is dropped.
+    The file is checked first (header_size with `whole`): too large, truncated or damaged files are
+    refused with ImageError."""
+    img = decode(path)
+    if img.shape[2] <= 2:  # gray (+ alpha)
+        return np.repeat(img[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
+
+
+def decode(path: str | Path) -> np.ndarray:
+    """The samples of an image file as OpenCV decodes them (HxWxC: gray, gray + alpha, BGR or BGRA;
+    uint8 or uint16), turned as the file is shown (orient), after load_image's checks."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image {path} does not exist")
@@ -91,11 +108,45 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path} has unsupported sample type {img.dtype} (8- or 16-bit expected)")
     if img.ndim == 2:
         img = img[:, :, None]
-    if img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
-    if img.shape[2] == 2:  # gray + alpha
-        return np.repeat(img[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
+    try:
+        with Image.open(path) as im:
+            return orient(img, orientation_of(im))
+    except Image.UnidentifiedImageError:  # a format only OpenCV reads: no orientation to apply
+        return img
+
+
+ORIENTATION = 0x0112  # the EXIF / TIFF tag saying how the stored pixels are turned for display
+# EXIF orientation -> (transpose, reverse the rows, reverse the columns) that shows the stored pixels as
+# meant, in that order (EXIF 2.3, tag 274; the same turns as PIL.ImageOps.exif_transpose)
+ORIENTATIONS = {1: (False, False, False), 2: (False, False, True), 3: (False, True, True),
+                4: (False, True, False), 5: (True, False, False), 6: (True, False, True),
+                7: (True, True, True), 8: (True, True, False)}
+
+
+def orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored HxW[xC] pixels as shown, for an EXIF orientation (anything but 2-8 leaves them as they are)."""
+    transpose, rows, cols = ORIENTATIONS.get(orientation, ORIENTATIONS[1])
+    img = img.swapaxes(0, 1) if transpose else img
+    return np.ascontiguousarray(img[::-1 if rows else 1, ::-1 if cols else 1])
+
+
+def exif_of(im: Image.Image) -> Image.Exif:
+    """An open image's EXIF without decoding its pixels (a PNG's eXIf chunk when it comes before the
+    pixel data, where nearly every writer puts it; Pillow would decode the whole file to look further)."""
+    if im.format != 'PNG':
+        return im.getexif()
+    exif = Image.Exif()
+    if 'exif' in im.info:
+        exif.load(im.info['exif'])
+    return exif
+
+
+def orientation_of(im: Image.Image) -> int:
+    """An open image's EXIF orientation (1 = as stored)."""
+    try:
+        return int(exif_of(im).get(ORIENTATION, 1))
+    except (TypeError, ValueError, SyntaxError, struct.error):  # a damaged EXIF block: shown as stored
+        return 1
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
@@ -122,6 +173,12 @@ def pil_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if img.dtype != np.uint8:
         raise TypeError(f"pil_resize takes 8-bit images, got {img.dtype}")
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def pil_resize_float(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PIL bicubic resize (pil_resize's) of an HxW float plane to size = (height, width), in Pillow's float
+    mode: no 8-bit rounding, float32 out (not clamped)."""
+    return np.array(Image.fromarray(plane.astype(np.float32)).resize((size[1], size[0]), Image.BICUBIC))
 
 
 def bicubic_taps(in_size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +217,8 @@ def pil_resample(img: np.ndarray, first: np.ndarray, fixed: np.ndarray) -> np.nd
 
 def bicubic_window(img: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
     """The window (top, left, height, width) of pil_resize(img, size) (PIL bicubic of an 8-bit
-    HxWx3 image), computed from the input rows and columns it needs only: the same pixels."""
+    HxWx3 image; each channel alike, an alpha too), computed from the input rows and columns it needs
+    only: the same pixels."""
     top, left, height, width = window
     rows_first, rows_fixed = bicubic_taps(img.shape[0], size[0], top, top + height)
     cols_first, cols_fixed = bicubic_taps(img.shape[1], size[1], left, left + width)
@@ -238,6 +296,111 @@ def write_image(path: str | Path, img: np.ndarray, bits: int = 8) -> Path:
     with replacing(path) as tmp, open(tmp, 'wb') as f:
         f.write(data)
     return path
+
+
+# Pillow modes read_picture takes, by what they hold; anything else (CMYK with alpha, 32-bit integer or
+# float samples, ...) is refused. CMYK becomes RGB (OpenCV's libjpeg conversion, Adobe's inverted CMYK too).
+GRAY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N')  # 'I': 32-bit samples are refused by decode
+COLOUR_MODES = ('P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK', 'YCbCr')
+EXIF_FORMATS = ('JPEG', 'MPO', 'WEBP', 'PNG')  # inputs whose EXIF is carried (a TIFF's tags describe its own layout)
+
+
+@dataclass
+class Picture:
+    """An image file as inference reads it: the colour the model sees, and what its output carries again."""
+    rgb: np.ndarray  # HxWx3 float32 in [0, 1] as shown (EXIF orientation applied); gray replicated to RGB
+    alpha: np.ndarray | None  # HxW float32 in [0, 1]; None when the file has no transparency
+    gray: bool  # the file holds one colour channel
+    bits: int  # 8 or 16: the file's sample depth
+    icc: bytes | None  # the embedded ICC colour profile
+    exif: bytes | None  # the EXIF block without its orientation (applied to the pixels already)
+
+
+def read_picture(path: str | Path) -> Picture:
+    """An image file with its alpha, gray-ness, bit depth, ICC profile and EXIF (the same samples and
+    checks as load_image). ImageError for what cannot be read: float samples, unknown modes."""
+    img = decode(path)
+    try:
+        im = Image.open(path)
+    except Image.UnidentifiedImageError:  # OpenCV decodes layouts Pillow refuses (e.g. an alpha-only TIFF)
+        im = None
+    if im is None or im.mode not in GRAY_MODES + COLOUR_MODES:
+        raise ImageError(f"{path} has an unsupported layout ({im.mode if im else 'unknown to Pillow'}): gray, RGB, "
+                         f"CMYK or palette, with or without alpha, 8 or 16 bits expected")
+    with im:
+        gray, icc, exif = im.mode in GRAY_MODES, im.info.get('icc_profile'), exif_of(im)
+        if im.mode == 'CMYK':  # its profile describes CMYK, not the RGB read here
+            icc = None
+        carry_exif = im.format in EXIF_FORMATS
+    exif.pop(ORIENTATION, None)
+    colour = img[:, :, :1] if gray or img.shape[2] <= 2 else img[:, :, 2::-1]  # OpenCV gives LA as BGRA
+    return Picture(rgb=np.repeat(to_float(colour), 3 // colour.shape[2], axis=2),
+                   alpha=to_float(img[:, :, -1]) if img.shape[2] in (2, 4) else None,
+                   gray=gray, bits=8 if img.dtype == np.uint8 else 16, icc=icc or None,
+                   exif=exif.tobytes() if carry_exif and len(exif) else None)
+
+
+# The formats write_picture writes, by extension, and what each holds beyond 8-bit colour. Pillow writes
+# no 16-bit colour: those PNGs and TIFFs are OpenCV's, and such a TIFF keeps no profile or EXIF.
+FORMATS = {'.png': 'PNG', '.jpg': 'JPEG', '.jpeg': 'JPEG', '.webp': 'WEBP', '.tif': 'TIFF', '.tiff': 'TIFF',
+           '.bmp': 'BMP'}
+HOLDS_ALPHA = ('PNG', 'WEBP', 'TIFF')
+HOLDS_16_BITS = ('PNG', 'TIFF')
+
+
+def format_holds(suffix: str, channels: int, bits: int) -> set[str]:
+    """What a file of `suffix` holds of an image of `channels` (1 gray, 2 gray + alpha, 3 RGB, 4 RGBA)
+    samples of `bits` beyond 8-bit colour: 'alpha', '16-bit', 'ICC' (profile), 'EXIF'."""
+    kind = FORMATS[suffix.lower()]
+    tags = kind != 'BMP' and not (kind == 'TIFF' and bits == 16 and channels > 1)
+    return ({'alpha'} if kind in HOLDS_ALPHA else set()) | ({'16-bit'} if kind in HOLDS_16_BITS else set()) \
+        | ({'ICC', 'EXIF'} if tags else set())
+
+
+def three_to_one(t: torch.Tensor) -> torch.Tensor:
+    """A render (B, 3, H, W) of a one-channel image replicated to RGB (gray, or alpha) back to one
+    channel (B, 1, H, W): the mean of the three."""
+    return t.mean(1, keepdim=True)
+
+
+def write_picture(path: str | Path, pixels: np.ndarray, icc: bytes | None = None, exif: bytes | None = None,
+                  quality: int = 95) -> Path:
+    """Write HxWxC uint8 / uint16 samples (C: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA) in the format of
+    the extension, with the ICC profile and EXIF where it holds them (`format_holds` says what it does:
+    the caller gives only what fits); `quality` for JPEG and WebP. Whole or not at all (`replacing`)."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"cannot write {path}: unsupported image extension '{path.suffix}' "
+                         f"({', '.join(FORMATS)} expected)")
+    if pixels.shape[2] == 2 and (kind == 'TIFF' or pixels.dtype == np.uint16):  # gray + alpha as RGBA:
+        # nothing here writes 16-bit gray + alpha, and OpenCV reads a gray + alpha TIFF without its alpha
+        pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+    if pixels.dtype == np.uint16 and pixels.shape[2] > 1:  # 16-bit colour: OpenCV
+        bgra = np.concatenate([pixels[:, :, 2::-1], pixels[:, :, 3:]], axis=2)
+        data = cv2.imencode(path.suffix, np.ascontiguousarray(bgra))[1].tobytes()
+        if kind == 'PNG':
+            data = png_with_chunks(data, icc, exif)
+    else:
+        options = {'icc_profile': icc, 'exif': exif, 'quality': quality if kind in ('JPEG', 'WEBP') else None}
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(
+            buffer, kind, **{k: v for k, v in options.items() if v is not None})
+        data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
+    return path
+
+
+def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """A PNG file with an iCCP (ICC profile) and an eXIf chunk put right after its IHDR (PNG 1.2, 3rd ed.)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    extra = chunk(b'iCCP', b'ICC profile\0\0' + zlib.compress(icc)) if icc else b''
+    if exif:
+        extra += chunk(b'eXIf', exif.removeprefix(b'Exif\0\0'))
+    return png[:33] + extra + png[33:]  # the 8-byte signature and the 25-byte IHDR chunk come first
 
 
 def image_to_tensor(img: np.ndarray) -> torch.Tensor:

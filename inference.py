@@ -10,7 +10,12 @@ Output size: with a factor s (or separate height/width factors), an h x w input 
 round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
 exactly H x W. Output path: --output (a file for one image, a folder for a folder; one image goes
 into a folder given as an existing folder or a path ending in '/'), else
-results/inference/<name>_x<scale>.png (<name>_x<sh>x<sw>.png, <name>_<H>x<W>.png).
+results/inference/<name>_x<scale>.<ext> (<name>_x<sh>x<sw>.<ext>, <name>_<H>x<W>.<ext>), <ext> the
+input's own (--format to change it). --recursive=True takes a folder's subfolders too, mirrored.
+The output keeps what the input carries (docs/images.md): alpha (rendered by the model, or PIL
+bicubic with --alpha=bicubic), one gray channel, 16-bit samples, the ICC profile and EXIF (none
+with --strip_metadata=True); EXIF orientation is applied first. What the output format cannot hold
+is dropped with one warning line.
 Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, in
 windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 import settings
@@ -34,7 +40,19 @@ from cli import checkpoint_model, format_scale, load_onnx, pick_device, run_main
 from dataset import IMAGE_SUFFIXES, list_images
 from distributed import Team, join, shares
 from files import check_writable
-from imgproc import image_size, image_to_tensor, quantize, read_image, write_image
+from imgproc import (
+    FORMATS,
+    HOLDS_16_BITS,
+    Picture,
+    format_holds,
+    image_size,
+    image_to_tensor,
+    pil_resize_float,
+    quantize,
+    read_picture,
+    three_to_one,
+    write_picture,
+)
 from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
 from render import check_size, check_window, output_size
@@ -57,23 +75,31 @@ def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
     one image goes to cfg.output, or into it with the default name when it is a folder (it exists
     as one, or ends in '/')."""
     source = Path(cfg.input)
-    name = f'{source.stem}_{size_tag(cfg)}.png'
+    name = output_name(source, cfg)
     into_folder = not cfg.output or cfg.output.endswith(('/', '\\')) or Path(cfg.output).is_dir()
     folder = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR
     if source.is_dir():
         if not into_folder and Path(cfg.output).suffix:
             raise ValueError(f"output {cfg.output!r} looks like a file name, but input {cfg.input!r} is a folder: "
                              f"give an output folder")
-        inputs = list_images(source)  # sorted; other files are skipped with a warning
-        return [(p, folder / f'{p.stem}_{size_tag(cfg)}.png') for p in inputs]
+        if cfg.recursive and folder.resolve().is_relative_to(source.resolve()):
+            raise ValueError(f"output folder {folder} is inside input folder {source}: with recursive=True a "
+                             f"rerun would take the outputs as inputs; give a folder outside it")
+        inputs = list_images(source, cfg.recursive)  # sorted; other files are skipped with a warning
+        return [(p, folder / p.parent.relative_to(source) / output_name(p, cfg)) for p in inputs]
     if into_folder:
         return [(source, folder / name)]
     if Path(cfg.output).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"output {cfg.output!r}: for one input image, give an image file name "
                          f"({', '.join(IMAGE_SUFFIXES)}) or a folder (ending in '/')")
-    if cfg.bits == 16 and Path(cfg.output).suffix.lower() not in ('.png', '.tif', '.tiff'):
+    if cfg.bits == 16 and FORMATS[Path(cfg.output).suffix.lower()] not in HOLDS_16_BITS:
         raise ValueError(f"output {cfg.output!r}: 16-bit output needs a .png or .tif file")
     return [(source, Path(cfg.output))]
+
+
+def output_name(source: Path, cfg: SimpleNamespace) -> str:
+    """<stem>_<size tag> with the input's extension, or cfg.format's."""
+    return f"{source.stem}_{size_tag(cfg)}{'.' + cfg.format if cfg.format else source.suffix}"
 
 
 def checked_size(source: Path, cfg: SimpleNamespace,
@@ -81,7 +107,7 @@ def checked_size(source: Path, cfg: SimpleNamespace,
     """The output size for the image at `source` and the window of it to write (cfg.window, else all
     of it), refused when empty, outside the output or beyond cfg.max_pixels. lr_size: the image's
     (height, width) when known (from its header); else the image is read."""
-    lr_h, lr_w = lr_size or read_image(source).shape[:2]
+    lr_h, lr_w = lr_size or read_picture(source).rgb.shape[:2]
     try:
         height, width = output_size(lr_h, lr_w, cfg.scale_hw or cfg.scale, cfg.size)
         if height < 1 or width < 1:
@@ -117,15 +143,50 @@ def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.dev
     return model
 
 
-def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
-    """Render the image at `source` and write it to `target`; returns the line that says so."""
-    lr = image_to_tensor(read_image(source))[None]
-    size, window = checked_size(source, cfg, lr.shape[2:])
+def render(model, device: torch.device, lr: torch.Tensor, size: tuple[int, int], window: tuple[int, int, int, int],
+           cfg: SimpleNamespace, progress: bool) -> torch.Tensor:
+    """The (1, 3, h, w) window of the model's render of lr (1, 3, H, W) at `size`, on the CPU for ONNX Runtime."""
     if not isinstance(model, torch.nn.Module):  # ONNX Runtime, on the CPU
-        sr = torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
-    else:
-        sr = model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
-    write_image(target, quantize(sr, cfg.bits))
+        return torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
+    return model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
+
+
+def upscaled_alpha(model, device: torch.device, picture: Picture, size: tuple[int, int],
+                   window: tuple[int, int, int, int], cfg: SimpleNamespace) -> torch.Tensor:
+    """The window of the output's alpha, (1, 1, h, w) in [0, 1] units: a constant alpha (fully opaque, fully
+    clear) stays exactly that constant, which a render of a constant image is not to the last bit; any
+    other is rendered as a gray image (three_to_one), or resized by PIL bicubic with cfg.alpha='bicubic'."""
+    top, left, height, width = window
+    alpha = picture.alpha
+    if alpha.min() == alpha.max():
+        return torch.full((1, 1, height, width), float(alpha.flat[0]))
+    if cfg.alpha == 'bicubic':  # the whole plane resized, then cut: the same for every window
+        return torch.from_numpy(pil_resize_float(alpha, size)[top:top + height, left:left + width])[None, None]
+    gray = torch.from_numpy(np.repeat(alpha[None, None], 3, axis=1))
+    return three_to_one(render(model, device, gray, size, window, cfg, progress=False))
+
+
+def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
+    """Render the image at `source` and write it to `target` with what the input carries that its format
+    holds (a warning line names the rest); returns the line that says so."""
+    picture = read_picture(source)
+    lr = image_to_tensor(picture.rgb)[None]
+    size, window = checked_size(source, cfg, lr.shape[2:])
+    sr = render(model, device, lr, size, window, cfg, progress)
+    alpha, bits = picture.alpha is not None, cfg.bits or picture.bits
+    exif = None if cfg.strip_metadata else picture.exif
+    holds = format_holds(target.suffix, (1 if picture.gray else 3) + alpha, bits)
+    carried = {'alpha': alpha, '16-bit': bits == 16, 'ICC': picture.icc, 'EXIF': exif}
+    lost = [name for name, kept in carried.items() if kept and name not in holds]
+    if lost:
+        print(f"warning: {target}: {target.suffix} cannot hold the input's {', '.join(lost)}: written without",
+              file=sys.stderr)
+    bits = bits if '16-bit' in holds else 8
+    planes = [quantize(three_to_one(sr) if picture.gray else sr, bits)]
+    if alpha and 'alpha' in holds:
+        planes.append(quantize(upscaled_alpha(model, device, picture, size, window, cfg), bits))
+    write_picture(target, np.concatenate(planes, axis=2), picture.icc if 'ICC' in holds else None,
+                  exif if 'EXIF' in holds else None, cfg.quality)
     part = f" window {list(window)}" if cfg.window else ""
     return f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})"
 

@@ -16,6 +16,7 @@ import config
 from dataset import check_patch_queries, check_scale_range, check_size_range, check_varied_queries
 from files import found, replacing
 from image_quality_assessment import PROTOCOLS
+from imgproc import FORMATS, HOLDS_16_BITS
 from model import ENCODERS, MODELS, model_keys, option_problems
 from precision import check_amp_name
 
@@ -314,8 +315,16 @@ def _check_inference(problems: _Problems, cfg: SimpleNamespace) -> None:
     else:
         problems.positive('scale')
     problems.positive('max_pixels')
-    if cfg.bits not in (8, 16):
-        problems.append(f"bits must be 8 or 16, got {cfg.bits}")
+    if cfg.bits not in (0, 8, 16):
+        problems.append(f"bits must be 0 (the input's), 8 or 16, got {cfg.bits}")
+    if cfg.alpha not in ('model', 'bicubic'):
+        problems.append(f"alpha must be 'model' or 'bicubic', got {cfg.alpha!r}")
+    if type(cfg.quality) is not int or not 1 <= cfg.quality <= 100:
+        problems.append(f"quality must be an int in [1, 100], got {cfg.quality!r}")
+    if cfg.format and '.' + str(cfg.format).lower() not in FORMATS:
+        problems.append(f"format must be '' or one of {', '.join(f[1:] for f in FORMATS)}, got {cfg.format!r}")
+    elif cfg.format and cfg.bits == 16 and FORMATS['.' + cfg.format.lower()] not in HOLDS_16_BITS:
+        problems.append(f"bits=16 needs format 'png' or 'tif', got {cfg.format!r}")
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 import config
 from checkpoint import model_from_checkpoint
 from cli import ArgumentParser, load_onnx, pick_device, run_main, set_threads
-from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_image
+from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_picture, to_integer
+from inference import upscaled_alpha
 from onnx_model import OnnxModel
 from precision import AMP_DTYPES, check_amp, machine_name
 from render import check_size, check_window, output_size
@@ -162,9 +163,12 @@ class Viewer:
     """One image and the model that renders its views."""
 
     def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel, amp: str = 'fp32'):
-        self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits
-        device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
-        self.lr = image_to_tensor(read_image(path))[None].to(device)
+        self.picture = read_picture(path)  # an alpha is rendered (inference.upscaled_alpha) and shown
+        self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits, RGB or RGBA
+        if self.picture.alpha is not None:
+            self.image8 = np.dstack([self.image8, to_integer(self.picture.alpha)])
+        self.device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
+        self.lr = image_to_tensor(self.picture.rgb)[None].to(self.device)
         self.model, self.amp, self.name = model, amp, Path(path).name
         self.queue = LatestOnly()
         self.image_png = encode_png(self.image8)
@@ -178,11 +182,20 @@ class Viewer:
                 'max_view_pixels': MAX_VIEW_PIXELS}
 
     def render(self, view: View) -> np.ndarray:
-        """The view's HxWx3 uint8 pixels; the model's views one at a time (Superseded when dropped)."""
+        """The view's HxWx3 (HxWx4 with an alpha) uint8 pixels; the model's views one at a time
+        (Superseded when dropped)."""
         size = output_size(*self.shape, view.zoom)
         if view.mode == 'bicubic':
             return bicubic_window(self.image8, size, view.window)
-        return self.queue.run(lambda: quantize(self.render_model(size, view.window), 8))
+        return self.queue.run(lambda: self.render_pixels(size, view.window))
+
+    def render_pixels(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+        """The model's window as 8-bit RGB, or RGBA with the alpha rendered as inference.py renders it."""
+        colour = quantize(self.render_model(size, window), 8)
+        if self.picture.alpha is None:
+            return colour
+        cfg = SimpleNamespace(alpha='model', chunk=0, amp=self.amp)
+        return np.dstack([colour, quantize(upscaled_alpha(self.model, self.device, self.picture, size, window, cfg))])
 
     def render_model(self, size: tuple[int, int], window: tuple[int, int, int, int]) -> torch.Tensor:
         """The model's (1, 3, height, width) window of the whole render of `size` (through ONNX Runtime
@@ -193,7 +206,9 @@ class Viewer:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    ok, data = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]), PNG_FAST)
+    """An HxWx3 RGB or HxWx4 RGBA uint8 image as a PNG file's bytes."""
+    bgr = np.concatenate([rgb[:, :, 2::-1], rgb[:, :, 3:]], axis=2)
+    ok, data = cv2.imencode('.png', np.ascontiguousarray(bgr), PNG_FAST)
     if not ok:
         raise ValueError("could not encode a PNG")
     return data.tobytes()
@@ -413,7 +428,7 @@ def print_view_times(viewer: Viewer, zooms: list[float]) -> None:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
-    load_uint8(args.input)  # a bad image fails here, before the model loads
+    read_picture(args.input)  # a bad image fails here, before the model loads
     weights = resolve_weights(args.weights)
     if weights.suffix.lower() == '.onnx':
         model = load_onnx(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)

@@ -77,8 +77,8 @@ def test_default_output_path_and_folder_input(crop, tmp_path, official_weights, 
         written = inference.main([f'--input={folder}', '--output=outs', f'--weights={official_weights}',
                                   '--scale_hw=[2,1]'])
     assert written == [Path('outs/a_x2x1.png'), Path('outs/b_x2x1.png')]
-    a, b = read_rgb(written[0]), read_rgb(written[1])
-    assert a.shape == b.shape == (82, 36, 3) and b.dtype == np.uint8
+    a, b = read_rgb(written[0]), cv2.imread(str(written[1]), cv2.IMREAD_UNCHANGED)
+    assert a.shape == (82, 36, 3) and b.shape == (82, 36) and b.dtype == np.uint16  # gray and 16-bit, as its input
 
     [written] = inference.main([f'--input={crop}', '--output=deep.png', f'--weights={official_weights}',
                                 '--size=[9,8]', '--bits=16'])

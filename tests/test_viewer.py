@@ -621,3 +621,43 @@ def test_save_view_downloads_the_shown_window(page, model, viewer):
         time.sleep(0.05)
     time.sleep(0.2)  # the download's last bytes
     assert_within_one_level(png(path.read_bytes()), reference(model, viewer, 3.5, shown_window(page_state(page))))
+
+
+@browser
+def test_alpha_is_shown_over_a_checkerboard_and_save_view_keeps_it(crop, model, tmp_path):
+    """An RGBA crop (its left third fully clear, a ramp after it): the canvas shows the checkerboard's two
+    greys where it is clear, and the saved view is RGBA with the server's alpha."""
+    rgb = load_uint8(crop)
+    alpha = np.clip(np.arange(56) * 12 - 200, 0, 255).astype(np.uint8)[None].repeat(64, axis=0)
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / 'rgba.png')
+    shown = Viewer(tmp_path / 'rgba.png', model)
+    server = make_server(shown, '127.0.0.1', 0)
+    serve_in_thread(server)
+    driver = make_figure.headless_chromium(320, 240, tmp_path)
+    try:
+        driver.get(f'http://127.0.0.1:{server.server_address[1]}/')
+        make_figure.wait_ready(driver)
+        driver.execute_script('viewer.fit(); viewer.zoomAt(3, 0, 0)')
+        make_figure.wait_ready(driver)
+        s = page_state(driver)
+        top, left, h, w = window = shown_window(s)
+        canvas = make_figure.canvas_pixels(driver)[s['oy'] + top:s['oy'] + top + h, s['ox'] + left:s['ox'] + left + w]
+        expected = shown.render(viewer_script.View('liif', 3, *window))
+        assert left == 0 and (expected[:, :40, 3] == 0).all()  # output columns 0-39: input columns below 14
+        assert set(np.unique(canvas[:, :40])) == {0x66, 0x99}
+        driver.find_element('id', 'save').click()
+        path = tmp_path / 'rgba_x3.00.png'
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the download's last bytes
+        assert path.exists(), sorted(p.name for p in tmp_path.iterdir())
+        saved = np.asarray(Image.open(path))
+        assert saved.shape == expected.shape == (h, w, 4)
+        assert np.abs(saved[:, :, 3].astype(int) - expected[:, :, 3]).max() <= 1
+        opaque = expected[:, :, 3] == 255  # a canvas keeps colour exactly only where it is opaque
+        assert np.abs(saved[opaque][:, :3].astype(int) - expected[opaque][:, :3]).max() <= 1
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()

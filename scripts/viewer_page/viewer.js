@@ -135,35 +135,57 @@ function setStatus(status) {
                              loading: 'loading\u2026'}[status];
 }
 
-function paint(mode) {  // the browser's scaling of the input, then the server's pixels over it
+// a checkerboard under the image shows its transparency (an alpha channel); Save view leaves it out
+const checker = (() => {
+  const tile = document.createElement('canvas');
+  tile.width = tile.height = 16;
+  const c = tile.getContext('2d');
+  c.fillStyle = '#999';
+  c.fillRect(0, 0, 16, 16);
+  c.fillStyle = '#666';
+  c.fillRect(0, 0, 8, 8);
+  c.fillRect(8, 8, 8, 8);
+  return ctx.createPattern(tile, 'repeat');
+})();
+
+function paint(mode, c = ctx, backdrop = true) {  // the browser's scaling of the input, then the server's pixels over it
   const win = visibleWindow();
   if (!win) return;
   const [H, W] = renderSize(state.zoom);
   const sy = state.info.height / H, sx = state.info.width / W;
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(state.image, win.left * sx, win.top * sy, win.width * sx, win.height * sy,
-                state.ox + win.left, state.oy + win.top, win.width, win.height);
+  const under = (x, y, w, h) => {  // what a (transparent) layer is drawn on: the checkerboard, or nothing
+    if (backdrop) { c.fillStyle = checker; c.fillRect(x, y, w, h); } else c.clearRect(x, y, w, h);
+  };
+  under(state.ox + win.left, state.oy + win.top, win.width, win.height);
+  c.imageSmoothingEnabled = true;
+  c.imageSmoothingQuality = 'high';
+  c.drawImage(state.image, win.left * sx, win.top * sy, win.width * sx, win.height * sy,
+              state.ox + win.left, state.oy + win.top, win.width, win.height);
   for (const t of state.tiles[mode]) {
-    if (t.zoom === state.zoom) ctx.drawImage(t.bitmap, state.ox + t.left, state.oy + t.top);
+    if (t.zoom !== state.zoom) continue;
+    under(state.ox + t.left, state.oy + t.top, t.bitmap.width, t.bitmap.height);  // not over the preview
+    c.drawImage(t.bitmap, state.ox + t.left, state.oy + t.top);
   }
+}
+
+function paintAll(c = ctx, backdrop = true) {  // the LIIF view, and bicubic right of the divider in compare mode
+  paint('liif', c, backdrop);
+  if (!state.compare) return;
+  const x = Math.round(state.split * canvas.width);
+  c.save();
+  c.beginPath();
+  c.rect(x, 0, canvas.width - x, canvas.height);
+  c.clip();
+  paint('bicubic', c, backdrop);
+  c.restore();
 }
 
 function draw() {
   ctx.fillStyle = '#1e1e1e';
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  paint('liif');
+  paintAll();
   divider.hidden = !state.compare;
-  if (state.compare) {
-    const x = Math.round(state.split * canvas.width);
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(x, 0, canvas.width - x, canvas.height);
-    ctx.clip();
-    paint('bicubic');
-    ctx.restore();
-    divider.style.left = `${x / devicePixelRatio}px`;
-  }
+  if (state.compare) divider.style.left = `${Math.round(state.split * canvas.width) / devicePixelRatio}px`;
   const [H, W] = renderSize(state.zoom);
   $('zoom').textContent = `x${state.zoom.toFixed(2)}`;
   $('size').textContent = `output ${H} x ${W} px (h x w)`;
@@ -185,8 +207,9 @@ function save() {  // the visible part of the render, as shown, as a PNG downloa
   const out = document.createElement('canvas');
   out.width = win.width;
   out.height = win.height;
-  out.getContext('2d').drawImage(canvas, state.ox + win.left, state.oy + win.top, win.width, win.height,
-                                 0, 0, win.width, win.height);
+  const c = out.getContext('2d');  // painted again without the checkerboard: an alpha stays transparent
+  c.translate(-(state.ox + win.left), -(state.oy + win.top));
+  paintAll(c, false);
   out.toBlob(blob => {
     const link = document.createElement('a');
     link.href = URL.createObjectURL(blob);
