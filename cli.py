@@ -1,5 +1,6 @@
 """What the three scripts share: the command-line wrapper (help, one-line errors, quiet closed pipes),
-the device and threads, seeding, and the model a script runs (a checkpoint, or an ONNX export).
+the device and threads, seeding, and the model a script runs (a checkpoint, or an ONNX export) and its
+renders of a window, an image's alpha included.
 
 Elsewhere: settings and their checks (settings.py), models (model.py), checkpoints (checkpoint.py), the
 official weights (weights.py), torchrun (distributed.py), files (files.py), scores (image_quality_assessment.py).
@@ -19,8 +20,9 @@ from tqdm import tqdm
 import settings
 from checkpoint import model_from_checkpoint, read_checkpoint
 from distributed import leave, reports_error, under_torchrun
+from imgproc import Picture, pil_resize_float, three_to_one
 from model import model_keys, model_name
-from onnx_model import OnnxModel
+from onnx_model import WINDOW_QUERIES, OnnxModel
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -86,6 +88,30 @@ def load_onnx(cfg: SimpleNamespace, argv: list[str], weights: str | Path) -> Onn
     model = OnnxModel(weights, threads=cfg.threads)
     adopt_model_settings(cfg, argv, model.options, weights)
     return model
+
+
+def render_window(model, device: torch.device, lr: torch.Tensor, size: tuple[int, int],
+                  window: tuple[int, int, int, int], cfg: SimpleNamespace, progress: bool) -> torch.Tensor:
+    """The (1, 3, h, w) window of the model's render of lr (1, 3, H, W) at `size` (cfg.chunk, cfg.amp): a
+    PyTorch model on `device`, or an ONNX Runtime one (OnnxModel) on the CPU."""
+    if not isinstance(model, torch.nn.Module):  # ONNX Runtime, on the CPU
+        return torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
+    return model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
+
+
+def upscaled_alpha(model, device: torch.device, picture: Picture, size: tuple[int, int],
+                   window: tuple[int, int, int, int], cfg: SimpleNamespace) -> torch.Tensor:
+    """The window of the output's alpha, (1, 1, h, w) in [0, 1] units: a constant alpha (fully opaque, fully
+    clear) stays exactly that constant, which a render of a constant image is not to the last bit; any
+    other is rendered as a gray image (three_to_one), or resized by PIL bicubic with cfg.alpha='bicubic'."""
+    top, left, height, width = window
+    alpha = picture.alpha
+    if alpha.min() == alpha.max():
+        return torch.full((1, 1, height, width), float(alpha.flat[0]))
+    if cfg.alpha == 'bicubic':  # the whole plane resized, then cut: the same for every window
+        return torch.from_numpy(pil_resize_float(alpha, size)[top:top + height, left:left + width])[None, None]
+    gray = torch.from_numpy(np.repeat(alpha[None, None], 3, axis=1))
+    return three_to_one(render_window(model, device, gray, size, window, cfg, progress=False))
 
 
 def seed_everything(seed: int) -> None:

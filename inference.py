@@ -36,24 +36,30 @@ import numpy as np
 import torch
 
 import settings
-from cli import checkpoint_model, format_scale, load_onnx, pick_device, run_main, set_threads
+from cli import (
+    checkpoint_model,
+    format_scale,
+    load_onnx,
+    pick_device,
+    render_window,
+    run_main,
+    set_threads,
+    upscaled_alpha,
+)
 from dataset import IMAGE_SUFFIXES, list_images
 from distributed import Team, join, shares
 from files import check_writable
 from imgproc import (
     FORMATS,
     HOLDS_16_BITS,
-    Picture,
     format_holds,
     image_size,
     image_to_tensor,
-    pil_resize_float,
     quantize,
     read_picture,
     three_to_one,
     write_picture,
 )
-from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
 from render import check_size, check_window, output_size
 from weights import resolve_weights
@@ -143,36 +149,13 @@ def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.dev
     return model
 
 
-def render(model, device: torch.device, lr: torch.Tensor, size: tuple[int, int], window: tuple[int, int, int, int],
-           cfg: SimpleNamespace, progress: bool) -> torch.Tensor:
-    """The (1, 3, h, w) window of the model's render of lr (1, 3, H, W) at `size`, on the CPU for ONNX Runtime."""
-    if not isinstance(model, torch.nn.Module):  # ONNX Runtime, on the CPU
-        return torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
-    return model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
-
-
-def upscaled_alpha(model, device: torch.device, picture: Picture, size: tuple[int, int],
-                   window: tuple[int, int, int, int], cfg: SimpleNamespace) -> torch.Tensor:
-    """The window of the output's alpha, (1, 1, h, w) in [0, 1] units: a constant alpha (fully opaque, fully
-    clear) stays exactly that constant, which a render of a constant image is not to the last bit; any
-    other is rendered as a gray image (three_to_one), or resized by PIL bicubic with cfg.alpha='bicubic'."""
-    top, left, height, width = window
-    alpha = picture.alpha
-    if alpha.min() == alpha.max():
-        return torch.full((1, 1, height, width), float(alpha.flat[0]))
-    if cfg.alpha == 'bicubic':  # the whole plane resized, then cut: the same for every window
-        return torch.from_numpy(pil_resize_float(alpha, size)[top:top + height, left:left + width])[None, None]
-    gray = torch.from_numpy(np.repeat(alpha[None, None], 3, axis=1))
-    return three_to_one(render(model, device, gray, size, window, cfg, progress=False))
-
-
 def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
     """Render the image at `source` and write it to `target` with what the input carries that its format
     holds (a warning line names the rest); returns the line that says so."""
     picture = read_picture(source)
     lr = image_to_tensor(picture.rgb)[None]
     size, window = checked_size(source, cfg, lr.shape[2:])
-    sr = render(model, device, lr, size, window, cfg, progress)
+    sr = render_window(model, device, lr, size, window, cfg, progress)
     alpha, bits = picture.alpha is not None, cfg.bits or picture.bits
     exif = None if cfg.strip_metadata else picture.exif
     holds = format_holds(target.suffix, (1 if picture.gray else 3) + alpha, bits)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import model_from_checkpoint  # noqa: E402
-from dataset import list_images  # noqa: E402
-from imgproc import Picture, load_uint8, pil_resize_float, quantize, to_integer  # noqa: E402
-from inference import upscaled_alpha  # noqa: E402
+from checkpoint import model_from_checkpoint
+from cli import upscaled_alpha
+from dataset import list_images
+from imgproc import Picture, load_uint8, pil_resize_float, quantize, to_integer
 
 
 def masks(image: np.ndarray) -> dict[str, np.ndarray]:

@@ -53,9 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config
 from checkpoint import model_from_checkpoint
-from cli import ArgumentParser, load_onnx, pick_device, run_main, set_threads
+from cli import ArgumentParser, load_onnx, pick_device, run_main, set_threads, upscaled_alpha
 from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_picture, to_integer
-from inference import upscaled_alpha
 from onnx_model import OnnxModel
 from precision import AMP_DTYPES, check_amp, machine_name
 from render import check_size, check_window, output_size
@@ -163,7 +162,7 @@ class Viewer:
     """One image and the model that renders its views."""
 
     def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel, amp: str = 'fp32'):
-        self.picture = read_picture(path)  # an alpha is rendered (inference.upscaled_alpha) and shown
+        self.picture = read_picture(path)  # an alpha is rendered (cli.upscaled_alpha) and shown
         self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits, RGB or RGBA
         if self.picture.alpha is not None:
             self.image8 = np.dstack([self.image8, to_integer(self.picture.alpha)])
