@@ -93,6 +93,7 @@ def test_every_setting_has_a_comment():
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
+@pytest.mark.slow
 def test_help_lists_the_scripts_settings_with_default_and_comment(script):
     done = subprocess.run([sys.executable, f'{script}.py', '--help'], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
@@ -120,6 +121,7 @@ def test_help_lists_the_scripts_settings_with_default_and_comment(script):
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPT_SETTINGS))
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(script):
     """`python inference.py --help | head -3` where head has already gone: no traceback, status 1."""
     proc = subprocess.Popen([sys.executable, f'{script}.py', '--help'], cwd=ROOT, stdout=subprocess.PIPE,
@@ -130,6 +132,7 @@ def test_a_closed_pipe_ends_quietly(script):
 
 
 @pytest.mark.parametrize('script', ['make_lr', 'prepare_celebahq'])
+@pytest.mark.slow
 def test_helper_scripts_keep_their_own_help(script):
     """Scripts with their own argparse options (not config.py's) answer --help with those."""
     done = subprocess.run([sys.executable, f'scripts/{script}.py', '--help'], cwd=ROOT, capture_output=True,
@@ -256,6 +259,7 @@ def test_settings_are_saved_and_read_back(tmp_path):
     assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == vars(cfg)
 
 
+@pytest.mark.slow
 def test_script_reports_a_bad_setting_without_traceback():
     done = subprocess.run([sys.executable, 'inference.py', '--scael=2'], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

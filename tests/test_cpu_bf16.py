@@ -88,6 +88,7 @@ def test_native_bf16_on_this_cpu_follows_its_flags(monkeypatch):
         precision.native_cpu_bf16.cache_clear()
 
 
+@pytest.mark.slow
 def test_public_op_branch_matches_fp32_and_warns_once(official_weights, benchmark_root, monkeypatch, capsys):
     """Without native bf16: the bf16 decoder uses addmm (the fused op never sees bf16), and one stderr line
     per process says that fp32 is faster here, however many renders follow."""
@@ -111,6 +112,7 @@ def test_public_op_branch_matches_fp32_and_warns_once(official_weights, benchmar
     precision.warn_slow_bf16.cache_clear()
 
 
+@pytest.mark.slow
 def test_scripts_bf16_with_onednn_limited_to_avx2(official_weights, train_root, benchmark_root, tmp_path):
     """inference.py (a render) and train.py (two steps and a validation) with --amp=bf16 in processes
     whose oneDNN may not use more than AVX2: they finish, warn once, and the image matches fp32."""

@@ -174,6 +174,7 @@ def test_dataloader_workers_give_the_same_batches(train_root):
     (2, 7, 20, (1.0, 1.05), 400, True),  # crops of 20 or 21 pixels: Pillow's same-size and 21 -> 20 passes
     (0, 2, 12, (2.0, 3.3), 100, False),
 ])
+@pytest.mark.slow
 def test_device_patches_equal_the_loaders_items(train_root, seed, epoch, patch_size, scales, sample_q, augment):
     """The items made by DevicePatches (here on CPU tensors) from the dataset's draws equal the
     DataLoader's bit for bit: integer Pillow arithmetic, the same flips, queries and coordinates."""

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-import dataset
 import distributed
 import inference
 import train
@@ -129,6 +128,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_meet_on_localhost_with_more_processes_than_images(frames, official_weights, alone, tmp_path):
     """Two torchrun launches (--nnodes=2, one process each) meet through the c10d rendezvous on 127.0.0.1,
     for one image (an image input: always written, over an old file): one process has nothing to do."""
@@ -161,6 +161,7 @@ def children(pid: int) -> dict[int, str]:
     return ranks
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_run_and_the_rerun_finishes_it(frames, official_weights, alone, tmp_path):
     cmd = torchrun(['inference.py', *infer_args(frames, f'{tmp_path}/', official_weights)])
     with open(tmp_path / 'log.txt', 'w') as log:
@@ -189,6 +190,7 @@ def test_a_killed_process_ends_the_run_and_the_rerun_finishes_it(frames, officia
     assert re.search(rf'inference: 100%.*{left}/{left}', rerun.stderr)
 
 
+@pytest.mark.slow
 def test_a_failing_image_stops_every_process_with_one_error_line(frames, official_weights, tmp_path):
     folder = tmp_path / 'in'
     folder.mkdir()
@@ -217,6 +219,7 @@ def tiny_set(benchmark_root, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_tables_one_writes(tiny_set, official_weights, tmp_path):
     args = [f'--test_root={tiny_set}', '--test_sets=Tiny', '--test_scales=[2,3.5]', f'--weights={official_weights}',
             '--device=cpu', '--save_images=True']
@@ -234,6 +237,7 @@ def test_two_processes_write_the_tables_one_writes(tiny_set, official_weights, t
 
 # ---- train.py and the node's shared cache
 
+@pytest.mark.slow
 def test_a_ddp_step_equals_one_process_with_the_same_global_batch(data, tmp_path):
     single = tmp_path / 'single'
     train.main(tiny(data, single, '--epochs=1'))
@@ -295,7 +299,7 @@ def test_a_changed_folder_is_decoded_again(tmp_path):
 def test_a_cache_folder_without_room_is_refused_before_any_work(tmp_path, monkeypatch):
     write_image(tmp_path / 'train' / 'a.png', np.zeros((100, 50, 3), np.uint8))
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(dataset.shutil, 'disk_usage', lambda path: usage._replace(free=14_999))
+    monkeypatch.setattr(distributed.shutil, 'disk_usage', lambda path: usage._replace(free=14_999))
     with pytest.raises(ValueError, match=re.escape(f"cache_dir {tmp_path / 'cache'}: the 1 decoded training images "
                                                    f"need 0.00 GB (15,000 bytes) but 0.00 GB are free")):
         distributed.shared_images(list_images(tmp_path / 'train'), tmp_path / 'cache')

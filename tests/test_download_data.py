@@ -201,6 +201,7 @@ def test_the_table_holds_the_official_sources_and_the_layout_config_reads():
     assert download_data.chosen_sets('div2k,benchmark', Path('data')) == ['div2k-train', 'div2k-valid', 'benchmark']
 
 
+@pytest.mark.slow
 def test_list_and_celebahq_at_the_command_line(tmp_path):
     script = [sys.executable, str(ROOT / 'scripts' / 'download_data.py')]
     listed = subprocess.run([*script, '--list'], capture_output=True, text=True, timeout=120)
@@ -232,6 +233,7 @@ def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     assert not (tmp_path / 'data').exists()
 
 
+@pytest.mark.slow
 def test_default_root_and_source_then_train_and_test_on_the_default_layout(sets, archives, contents, tmp_path,
                                                                            monkeypatch, capsys, official_weights):
     """No --root and no --mirror: the table's own sources (pointed at the test server), into ./data; then
@@ -446,6 +448,7 @@ sys.exit(run_main(download_data.main, sys.argv[2:]))
 '''
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_downloading_keeps_the_part_and_a_rerun_continues(sets, archives, contents, tmp_path,
                                                                               capsys):
     """The archive's file reaches the file-size limit half way: one `error:` line naming the .part file, no

@@ -58,6 +58,7 @@ def butterfly_lr(benchmark_root):
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
 
 
+@pytest.mark.slow
 def test_official_weights_render_non_integer_anisotropic(official, butterfly_lr):
     size = (45, 70)  # x1.67 by x2.12 from 27x33
     ref, fast = paths(official, lambda: official.render(butterfly_lr, size, chunk=997))
@@ -76,6 +77,7 @@ def test_official_weights_queries_and_predict(official, butterfly_lr):
 
 
 @pytest.mark.parametrize('feat_unfold,local_ensemble,cell_decode', list(itertools.product([True, False], repeat=3)))
+@pytest.mark.slow
 def test_every_ablation_random_weights(feat_unfold, local_ensemble, cell_decode):
     torch.manual_seed(1)
     model = LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 24],
@@ -114,6 +116,7 @@ def test_fast_gradients_match_reference():
 
 @pytest.mark.parametrize('encoder', [EDSR(n_resblocks=2, n_feats=16), RDN(g0=8, n_blocks=2, n_layers=2, growth=8)],
                          ids=['edsr', 'rdn'])
+@pytest.mark.slow
 def test_tiled_equals_untiled(encoder):
     """Small encoders (radius 6 and 7) so that an image many tile margins wide stays cheap."""
     torch.manual_seed(5)
@@ -127,6 +130,7 @@ def test_tiled_equals_untiled(encoder):
     assert max_diff(model.render(lr, size, chunk=2000), tiled) <= TOL
 
 
+@pytest.mark.slow
 def test_too_small_tile_margin_is_detected(monkeypatch):
     """The tiled test can fail: with a margin far short of the receptive radius, tiles differ."""
     torch.manual_seed(6)
@@ -144,6 +148,7 @@ def test_official_weights_tiled(official, butterfly_lr):
     assert max_diff(whole, tiled) <= TOL
 
 
+@pytest.mark.slow
 def test_auto_chunk_and_tile(official, butterfly_lr):
     """chunk=None picks a chunk from the memory budget; large inputs tile, small ones do not."""
     size = (81, 99)
@@ -157,6 +162,7 @@ def test_auto_chunk_and_tile(official, butterfly_lr):
     assert 64 <= render.auto_tile(official, (1, 3, 2048, 2048), render.device_budget(cpu)) < 1024
 
 
+@pytest.mark.slow
 def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly_lr, monkeypatch):
     """A GPU's budget is half its free memory (torch.cuda.mem_get_info, mocked: a CUDA device object
     needs no GPU), its decoder decodes a whole chunk per call and its chunk counts the MLP's
@@ -186,6 +192,7 @@ def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly
         assert max_diff(ref, official.render(butterfly_lr, size, chunk=chunk, tile=tile)) <= TOL, chunk
 
 
+@pytest.mark.slow
 def test_fp32_kernels_agree(official, butterfly_lr, monkeypatch):
     """oneDNN's fused fp32 linear (x86 CPUs) renders what addmm + relu_ renders, within float32 rounding."""
     if not fast_liif.onednn_linear():
@@ -196,6 +203,7 @@ def test_fp32_kernels_agree(official, butterfly_lr, monkeypatch):
 
 
 @pytest.mark.parametrize('native', [True, False])
+@pytest.mark.slow
 def test_bf16_close_to_fp32(official, butterfly_lr, native, monkeypatch):
     """bf16 autocast on both decoder branches: oneDNN's fused op where the CPU has native bf16, public
     addmm elsewhere (forced here). bf16 keeps 8 significant bits (relative rounding 2^-9); through the

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 test_script = load_test_script()
 
 
+@pytest.mark.slow
 def test_train_keeps_its_last_checkpoint_and_resumes_exactly(data, tmp_path):
     straight = tmp_path / 'straight'
     train.main(tiny(data, straight, '--epochs=2'))  # epoch-1.pth: last.pth as it was after epoch 1
@@ -40,6 +41,7 @@ def test_train_keeps_its_last_checkpoint_and_resumes_exactly(data, tmp_path):
     assert_same_tensors(b['rng'], a['rng'], atol=0)
 
 
+@pytest.mark.slow
 def test_inference_leaves_the_earlier_output(benchmark_root, official_weights, tmp_path):
     crop = tmp_path / 'crop.png'
     write_image(crop, cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'bird.png'))[:40, :36])
@@ -65,6 +67,7 @@ def many_small(benchmark_root, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_test_script_keeps_the_previous_tables_together(many_small, official_weights, tmp_path):
     args = [f'--test_root={many_small}', '--test_sets=Many', f'--weights={official_weights}', f'--out_dir={tmp_path}']
     test_script.main([*args, '--test_scales=[2]'])
@@ -79,6 +82,7 @@ def test_test_script_keeps_the_previous_tables_together(many_small, official_wei
     assert {name: (tmp_path / name).read_bytes() for name in tables} == tables
 
 
+@pytest.mark.slow
 def test_make_figure_leaves_the_earlier_figure(benchmark_root, official_weights, tmp_path):
     image = tmp_path / 'lr.png'
     write_image(image, cv2.imread(str(benchmark_root / 'Set5' / 'LR_bicubic' / 'X4' / 'birdx4.png')))

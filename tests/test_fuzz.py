@@ -82,6 +82,7 @@ VALUE_TEXT = st.one_of(
 
 @fuzz(300)
 @given(script=st.sampled_from(sorted(settings.SCRIPTS)), data=st.data())
+@pytest.mark.slow
 def test_any_value_parses_to_the_settings_type_or_is_refused(script, data):
     """settings.parse gives the default's type or a ValueError; settings.check then passes or gives a ValueError."""
     name = data.draw(st.sampled_from(settings.script_settings(script)), label='name')
@@ -410,6 +411,7 @@ def key_paths(obj, prefix=()) -> list[tuple]:
 
 @fuzz(40)
 @given(which=st.sampled_from(['ours', 'official', 'train']), data=st.data())
+@pytest.mark.slow
 def test_wrong_dictionaries_load_or_are_refused(checkpoints, restored_rngs, which, data):
     """A real checkpoint with any part (at any depth) replaced by junk or removed: taken or refused."""
     ckpt = copy.deepcopy(checkpoints[which])

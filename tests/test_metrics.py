@@ -49,6 +49,7 @@ def bicubic_figures(root, set_name: str, s: int) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize('set_name', ['Set5', 'Set14'])
+@pytest.mark.slow
 def test_bicubic_baseline_matches_published(benchmark_root, set_name):
     for s in SCALES:
         measured_psnr, measured_ssim = bicubic_figures(benchmark_root, set_name, s)

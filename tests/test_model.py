@@ -153,6 +153,7 @@ def max_diff_both_paths(model, lr, coord, cell, switches) -> dict[str, float]:
 
 @pytest.mark.parametrize('hidden_list', [[256, 256, 256, 256], [256, 256]], ids=['hidden4', 'hidden2'])
 @pytest.mark.parametrize('switches', SWITCHES, ids=lambda s: 'unfold%d-ens%d-cell%d' % s)
+@pytest.mark.slow
 def test_forward_matches_reference_random_weights(switches, hidden_list):
     feat_unfold, local_ensemble, cell_decode = switches
     torch.manual_seed(sum(b << i for i, b in enumerate(switches)) + len(hidden_list))
@@ -192,6 +193,7 @@ def set5_lr_crops(benchmark_root):
     return torch.cat([to_tensor(c) for c in crops])
 
 
+@pytest.mark.slow
 def test_forward_matches_reference_official_weights(official_model, set5_lr_crops):
     gen = torch.Generator().manual_seed(2)
     lr = set5_lr_crops

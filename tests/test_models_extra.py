@@ -160,6 +160,7 @@ def all_queries(h: int, w: int, own_scale: int, gen: torch.Generator) -> tuple[t
 
 
 @pytest.mark.parametrize('encoder', ['edsr-baseline', 'rdn'])
+@pytest.mark.slow
 def test_metasr_matches_reference(encoder):
     torch.manual_seed(0)
     model = build_model('metasr', encoder).eval()
@@ -176,6 +177,7 @@ def test_metasr_matches_reference(encoder):
 
 
 @pytest.mark.parametrize('encoder,scale', BASELINES)
+@pytest.mark.slow
 def test_baseline_matches_reference(encoder, scale):
     torch.manual_seed(scale)
     model = build_model('upsample', encoder, upsample_scale=scale).eval()
@@ -277,6 +279,7 @@ def save_official(model, path: Path) -> dict:
 @pytest.mark.parametrize('kind,encoder,scale', [('metasr', 'edsr-baseline', 0), ('metasr', 'rdn', 0),
                                                 ('upsample', 'edsr-baseline', 3), ('upsample', 'edsr-baseline', 8),
                                                 ('upsample', 'rdn', 4)])
+@pytest.mark.slow
 def test_official_checkpoints_load_and_give_the_same_outputs(kind, encoder, scale, tmp_path):
     torch.manual_seed(4)
     model = build_model(kind, encoder, upsample_scale=scale or 2).eval()
@@ -343,6 +346,7 @@ def small(kind: str, encoder: str, scale: int):
 @pytest.mark.parametrize('kind,encoder,scale', [('metasr', 'edsr-baseline', 0), ('metasr', 'rdn', 0),
                                                 ('upsample', 'edsr-baseline', 3), ('upsample', 'edsr-baseline', 8),
                                                 ('upsample', 'rdn', 2)])
+@pytest.mark.slow
 def test_tiled_render_equals_untiled_and_direct_queries(kind, encoder, scale):
     torch.manual_seed(6)
     model = small(kind, encoder, scale)
@@ -380,6 +384,7 @@ def test_auto_chunk_and_tile_for_every_model():
 
 # ---------------------------------------------------------------- training and the scripts
 
+@pytest.mark.slow
 def test_metasr_experiment_trains_and_resumes(data, tmp_path):  # noqa: F811
     """edsr-baseline-metasr, tiny: 1 epoch + a resume to 2 equals 2 epochs straight."""
     args = ['--experiment=edsr-baseline-metasr']
@@ -399,6 +404,7 @@ def test_metasr_experiment_trains_and_resumes(data, tmp_path):  # noqa: F811
     assert isinstance(model_from_checkpoint(tmp_path / 'straight' / 'best.pth'), MetaSR)
 
 
+@pytest.mark.slow
 def test_rdn_metasr_and_baseline_train_a_few_steps(data, tmp_path):  # noqa: F811
     result = train.main(tiny(data, tmp_path / 'rdn', '--experiment=rdn-metasr', '--max_steps=1'))
     assert result['step'] == 1 and np.isfinite(result['last_psnr'])

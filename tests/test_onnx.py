@@ -39,6 +39,7 @@ def real_crops(benchmark_root: Path, rows: int, cols: int) -> np.ndarray:
     return np.stack(crops).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_one_file_renders_any_size_and_window_as_pytorch(exported, official_weights, benchmark_root):
     """Several (LR size, output size, window) triples through one session: the shapes are dynamic."""
     model = model_from_checkpoint(official_weights).eval()
@@ -60,6 +61,7 @@ def test_one_file_renders_any_size_and_window_as_pytorch(exported, official_weig
 
 
 @pytest.mark.parametrize('kind', ['liif-reference', 'metasr', 'upsample-2', 'upsample-3'])
+@pytest.mark.slow
 def test_every_model_exports(kind, tmp_path):
     model = small(kind)
     export(model, tmp_path / 'm.onnx')
@@ -67,6 +69,7 @@ def test_every_model_exports(kind, tmp_path):
     assert self_check(tmp_path / 'm.onnx', model) <= CHECK_TOL
 
 
+@pytest.mark.slow
 def test_set5_x4_through_onnx_runtime_gives_the_official_score(exported, benchmark_root):
     session = OnnxModel(exported)
     dataset = BenchmarkDataset(benchmark_root / 'Set5', 4)
@@ -137,6 +140,7 @@ def test_export_that_disagrees_is_removed(official_weights, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_script_errors_are_one_line(tmp_path):
     (tmp_path / 'text.pth').write_text('not a checkpoint')
     for args in ([f'--weights={tmp_path / "text.pth"}', f'--output={tmp_path / "m.onnx"}'],

@@ -80,6 +80,7 @@ def test_resume_mid_warmup_equals_a_straight_run(data, tmp_path):
     assert b['scheduler'] == a['scheduler'] and b['scheduler']['last_epoch'] == 8
 
 
+@pytest.mark.slow
 def test_short_experiment_trains_on_cpu(data, tmp_path):
     """The short-GPU-run experiment (cosine, warm-up) at tiny sizes in fp32: 60 steps of batch 8 on the
     8 crops; the mean loss of steps 41-60 is below that of steps 1-20 and validation improves."""

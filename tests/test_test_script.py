@@ -26,6 +26,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_official_checkpoint_reproduces_set5_x4(benchmark_root, official_weights, tmp_path):
     summary = test_script.main([f'--test_root={benchmark_root}', f'--weights={official_weights}',
                                 '--test_sets=Set5', '--test_scales=[4]', f'--out_dir={tmp_path}'])

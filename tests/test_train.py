@@ -110,6 +110,7 @@ def train_leg(argv: list[str], log: Path) -> None:
     assert done.returncode == 0, log.read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path):
     """SIGKILL at any moment, resume from last.pth: the weights and the optimiser state equal those of an
     uninterrupted run of as many epochs, bit for bit."""
@@ -156,6 +157,7 @@ def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_w
         train.make_model(train.settings.parse(tiny(data, tmp_path, f'--init_weights={official_weights}')))
 
 
+@pytest.mark.slow
 def test_ema_follows_its_formula_and_is_validated(data, tmp_path):
     d = 0.9
     out = tmp_path / 'ema'
@@ -206,6 +208,7 @@ def test_exploding_lr_stops_with_a_message(data, tmp_path, capsys):
         assert all(v.isfinite().all() for v in load(path)['model'].values())
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path):
     result = train.main(tiny(data, tmp_path, '--amp=bf16', '--max_steps=2'))
     assert result['step'] == 2 and math.isfinite(result['last_psnr'])
@@ -236,6 +239,7 @@ def test_device_data_trains_as_the_loader_does(data, tmp_path):
     assert_same_tensors(b['optimizer'], a['optimizer'], atol=0)
 
 
+@pytest.mark.slow
 def test_compiled_step_equals_the_eager_step(data, train_root, monkeypatch):
     """compile=True (torch.compile of the objective: forward, loss and backward) takes the eager steps
     in fp32: a tiny LIIF (few kernels to compile) through build_run and wrap, 3 Adam steps at lr 1e-3.
@@ -298,6 +302,7 @@ def test_a_refused_run_writes_nothing(data, tmp_path, official_weights, setup, a
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
 def test_corrupt_resume_is_one_error_line_and_exit_2(data, tmp_path):
     (tmp_path / 'corrupt.pth').write_bytes(b'garbage')
     done = subprocess.run([sys.executable, 'train.py', *tiny(data, tmp_path / 'out', f'--resume={tmp_path}/corrupt.pth')],

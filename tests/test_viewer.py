@@ -143,6 +143,7 @@ def test_latest_only_runs_one_job_and_drops_superseded_waiting_ones():
 # ---------------------------------------------------------------- the server
 
 @pytest.mark.parametrize('zoom, window', [(2.5, (10, 7, 50, 60)), (0.75, (0, 0, 48, 42)), (4.3, (200, 150, 40, 30))])
+@pytest.mark.slow
 def test_a_view_is_the_window_of_the_whole_render(server, viewer, model, zoom, window):
     query = '&'.join(f'{k}={v}' for k, v in zip(('top', 'left', 'height', 'width'), window))
     status, kind, body = get(server, f'/render?mode=liif&zoom={zoom}&{query}')
@@ -326,6 +327,7 @@ def thread_cpu_seconds(pid: int) -> float:
     return most
 
 
+@pytest.mark.slow
 def test_command_binds_127_0_0_1_by_default_and_stops_cleanly_on_ctrl_c(crop, official_weights):
     process, port = start_viewer(crop, official_weights)
     idle = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
@@ -430,6 +432,7 @@ def onnx_file(official_weights, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_onnx_weights_show_the_same_views(crop, onnx_file, model, viewer, capsys):
     onnx_viewer = Viewer(crop, OnnxModel(onnx_file, threads=1))
     view = parse_view('mode=liif&zoom=3.3&top=20&left=10&height=60&width=70', onnx_viewer.shape)
@@ -514,6 +517,7 @@ def check_pixels(page, model, viewer) -> None:
 
 
 @browser
+@pytest.mark.slow
 def test_page_fits_the_image_and_zooms_at_a_point_to_the_model_window(page, model, viewer):
     page.execute_script('viewer.fit()')
     make_figure.wait_ready(page)
@@ -581,6 +585,7 @@ def test_trackpad_and_touch_pinch_zoom(page):
 
 
 @browser
+@pytest.mark.slow
 def test_drag_pans_and_the_new_window_is_rendered(page, model, viewer):
     from selenium.webdriver.common.action_chains import ActionChains
     page.execute_script('viewer.fit(); viewer.zoomAt(4.5, 160, 100)')

@@ -46,6 +46,7 @@ def assert_windows_are_crops(model, lr, size, tile, seed):
 
 
 @pytest.mark.parametrize('kind', ['liif-fast', 'liif-reference', 'metasr', 'lte', 'upsample-2', 'upsample-3'])
+@pytest.mark.slow
 def test_window_equals_crop_of_whole_render(kind):
     model = small(kind)
     lr = torch.rand(2, 3, 31, 23)  # odd, not square

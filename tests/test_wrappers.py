@@ -247,6 +247,7 @@ def celeb_folders(celeb_root) -> tuple:
     return celeb_root / 'train' / '32', celeb_root / 'train' / '256'
 
 
+@pytest.mark.slow
 def test_prepare_celebahq_script(tmp_path, train_root):
     """scripts/prepare_celebahq.py: <out>/<split>/<size>/<name>.png, 256 = PIL bicubic of the original,
     the smaller sizes PIL bicubic of the 256 image (the official resize script's chain)."""
@@ -420,6 +421,7 @@ def tiny(name: str, x2_folders, celeb_root, out_dir, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize('name', EXPERIMENTS)
+@pytest.mark.slow
 def test_experiment_trains(name, x2_folders, celeb_root, tmp_path):
     argv = tiny(name, x2_folders, celeb_root, tmp_path, '--max_steps=2')
     # the data the recipe asks for
@@ -466,6 +468,7 @@ def tiny_paired_liif(x2_folders, out_dir, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize('name', ['paired-liif', 'celebAHQ-32-256-liif'])
+@pytest.mark.slow
 def test_resume_continues_as_if_never_stopped(name, x2_folders, celeb_root, tmp_path, capsys):
     """Paired data with LIIF and varied data: two epochs straight equal one epoch, then a resumed second one."""
     def args(out, *extra):
