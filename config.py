@@ -19,6 +19,7 @@ from dataset import check_patch_queries, check_scale_range, check_size_range, ch
 from imgproc import replacing
 from model import option_problems
 from precision import check_amp_name
+from video import check_encoder
 
 # ---- experiment
 experiment = 'edsr-baseline-liif'  # a name from EXPERIMENTS below
@@ -92,7 +93,7 @@ test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images 
 test_protocol = 'benchmark'  # 'benchmark' (PSNR of Y, border = scale, and SSIM) or 'rgb' (PSNR in RGB, every pixel: celebA-HQ's)
 
 # ---- inference
-input = 'figure/example_lr.png'  # an image or a folder of images
+input = 'figure/example_lr.png'  # an image, a video (mp4, mkv, mov, webm, avi) or a folder of them
 output = ''  # output file or folder; '' = results/inference/<input name>_x<scale>.png
 scale = 4.0  # output / input size; ignored when size is set
 scale_hw = []  # [height factor, width factor] for anisotropic output; overrides scale
@@ -101,6 +102,11 @@ window = []  # [top, left, height, width]: write only this part of the output ([
 max_pixels = 200_000_000  # refuse outputs with more pixels than this
 bits = 8  # output PNG bit depth: 8 or 16
 overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
+codec = 'libx264'  # video output encoder: 'libx264', 'libx265', 'libvpx-vp9' or 'ffv1' (lossless)
+crf = 18  # video quality, lower is better and bigger: x264/x265 0-51, VP9 0-63 (ffv1 ignores it)
+preset = 'medium'  # x264/x265 speed preset, 'ultrafast' to 'veryslow' (slower: smaller files at the same crf)
+pix_fmt = 'yuv420p'  # video pixel format; a source deeper than 8 bits gets its 10-bit form where the codec has one
+frames = []  # video: [start, end) frame numbers to render, a preview ([] = every frame)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
              'valid_lr_dir': 'data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'sample_q': 0}
@@ -450,6 +456,12 @@ def _check_inference(problems: _Problems, cfg: SimpleNamespace) -> None:
     problems.positive('max_pixels')
     if cfg.bits not in (8, 16):
         problems.append(f"bits must be 8 or 16, got {cfg.bits}")
+    problems.rule(check_encoder, cfg.codec, cfg.pix_fmt, cfg.preset)
+    if type(cfg.crf) is not int or not 0 <= cfg.crf <= 63:
+        problems.append(f"crf must be an int in [0, 63], got {cfg.crf!r}")
+    if cfg.frames and (len(cfg.frames) != 2 or any(type(n) is not int for n in cfg.frames)
+                       or not 0 <= cfg.frames[0] < cfg.frames[1]):
+        problems.append(f"frames must be [start, end] frame numbers with 0 <= start < end, got {cfg.frames!r}")
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

@@ -24,19 +24,19 @@ from imgproc import (bicubic_taps, header_size, image_to_tensor, load_image, loa
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files of a folder in sorted name order; other files are skipped with a warning, hidden
-    ones (.name: a write that a killed run left behind, imgproc.replacing) silently."""
+def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """The image files (those with `suffixes`) of a folder in sorted name order; other files are skipped
+    with a warning, hidden ones (.name: a write that a killed run left behind, imgproc.replacing) silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.'))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    images = [p for p in files if p.suffix.lower() in suffixes]
+    others = [p.name for p in files if p.suffix.lower() not in suffixes]
     if others:
         warnings.warn(f"{folder}: skipping {len(others)} non-image file(s): {', '.join(others)}")
     if not images:
-        raise ValueError(f"{folder} holds no image files (expected {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{folder} holds no image files (expected {', '.join(suffixes)})")
     return images
 
 

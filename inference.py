@@ -22,6 +22,7 @@ stopped) unless --overwrite=True; one image is always written.
 Under torchrun each process takes a share of the images, balanced by output pixels, on its own GPU
 (LOCAL_RANK) or the CPU; the outputs are the same bytes as one process writes (docs/distributed.md).
 """
+import functools
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from imgproc import image_to_tensor, quantize, read_image, write_image
 from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
 from render import check_size, check_window, output_size
+from video import VIDEO_SUFFIXES, frame_size, is_video, upscale_video
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
 
@@ -50,22 +52,37 @@ def size_tag(cfg: SimpleNamespace) -> str:
     return f'x{format_scale(cfg.scale)}'
 
 
+def output_name(source: Path, cfg: SimpleNamespace) -> str:
+    """The default output file name: a PNG for an image, the same container for a video."""
+    return f'{source.stem}_{size_tag(cfg)}{source.suffix if is_video(source) else ".png"}'
+
+
+def input_size(source: Path) -> tuple[int, int]:
+    """(height, width) of an image or of a video's frames, from the file's header."""
+    return frame_size(source) if is_video(source) else image_size(source)
+
+
 def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
     """(input, output) path pairs for cfg.input and cfg.output. A folder input needs a folder output;
     one image goes to cfg.output, or into it with the default name when it is a folder (it exists
     as one, or ends in '/')."""
     source = Path(cfg.input)
-    name = f'{source.stem}_{size_tag(cfg)}.png'
+    name = output_name(source, cfg)
     into_folder = not cfg.output or cfg.output.endswith(('/', '\\')) or Path(cfg.output).is_dir()
     folder = Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_DIR
     if source.is_dir():
         if not into_folder and Path(cfg.output).suffix:
             raise ValueError(f"output {cfg.output!r} looks like a file name, but input {cfg.input!r} is a folder: "
                              f"give an output folder")
-        inputs = list_images(source)  # sorted; other files are skipped with a warning
-        return [(p, folder / f'{p.stem}_{size_tag(cfg)}.png') for p in inputs]
+        inputs = list_images(source, IMAGE_SUFFIXES + VIDEO_SUFFIXES)  # sorted; other files skipped with a warning
+        return [(p, folder / output_name(p, cfg)) for p in inputs]
     if into_folder:
         return [(source, folder / name)]
+    if is_video(source):
+        if not is_video(cfg.output):
+            raise ValueError(f"output {cfg.output!r}: for a video, give a video file name "
+                             f"({', '.join(VIDEO_SUFFIXES)}) or a folder (ending in '/')")
+        return [(source, Path(cfg.output))]
     if Path(cfg.output).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"output {cfg.output!r}: for one input image, give an image file name "
                          f"({', '.join(IMAGE_SUFFIXES)}) or a folder (ending in '/')")
@@ -115,14 +132,24 @@ def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.dev
     return model
 
 
+def render_tensor(model, device: torch.device, cfg: SimpleNamespace, lr: torch.Tensor, size: tuple[int, int],
+                  window: tuple[int, int, int, int] | None = None, progress: bool = False) -> torch.Tensor:
+    """The render of lr (1, 3, h, w) at `size` (its `window`): the PyTorch model's render.render on
+    `device`, or ONNX Runtime's on the CPU. Images and video frames both go through here."""
+    if not isinstance(model, torch.nn.Module):
+        return torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
+    return model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
+
+
 def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
-    """Render the image at `source` and write it to `target`; returns the line that says so."""
+    """Render the image or video at `source` and write it to `target`; returns the line that says so."""
+    if is_video(source):
+        size = checked_size(source, cfg, frame_size(source))[0]
+        render = functools.partial(render_tensor, model, device, cfg)
+        return upscale_video(render, source, target, size, cfg, progress)
     lr = image_to_tensor(read_image(source))[None]
     size, window = checked_size(source, cfg, lr.shape[2:])
-    if not isinstance(model, torch.nn.Module):  # ONNX Runtime, on the CPU
-        sr = torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
-    else:
-        sr = model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
+    sr = render_tensor(model, device, cfg, lr, size, window, progress)
     write_image(target, quantize(sr, cfg.bits))
     part = f" window {list(window)}" if cfg.window else ""
     return f"{source} ({lr.shape[2]}x{lr.shape[3]}) -> {target} ({size[0]}x{size[1]}{part})"
@@ -139,7 +166,7 @@ def main(argv: list[str]) -> list[Path]:
         return run_share(cfg, argv, team)
     jobs = still_to_do(plan(cfg), cfg)
     for source, _ in jobs:
-        checked_size(source, cfg)
+        checked_size(source, cfg, frame_size(source) if is_video(source) else None)
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     model = load(cfg, argv, resolve_weights(cfg.weights), team.device) if jobs else None
@@ -152,7 +179,7 @@ def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple[Path, P
     """Rank 0's plan under torchrun: the images still to do, checked from their headers, in world_size
     shares balanced by output pixels."""
     jobs = still_to_do(plan(cfg), cfg)
-    windows = [checked_size(source, cfg, image_size(source))[1] for source, _ in jobs]
+    windows = [checked_size(source, cfg, input_size(source))[1] for source, _ in jobs]
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     return [[jobs[i] for i in share] for share in shares([h * w for _, _, h, w in windows], world_size)]
