@@ -5,6 +5,7 @@
     python inference.py --input=photos/ --scale_hw=[2,3] --output=out/
     python inference.py --input=photo.png --size=[1080,1920] --output=photo_1080p.png
     python inference.py --input=photo.png --scale=16 --window=[0,0,512,512]   # one part of the output
+    python inference.py --input=clip.mp4 --size=[1080,1920]   # a video, sound and subtitles copied (docs/video.md)
 
 Output size: with a factor s (or separate height/width factors), an h x w input gives
 round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
@@ -15,7 +16,8 @@ Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime o
 windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
 part alone. For a folder, outputs already there are skipped (an interrupted run finishes where it
-stopped) unless --overwrite=True; one image is always written.
+stopped) unless --overwrite=True; one image is always written. A video (mp4, mkv, mov, webm, avi) is
+rendered frame by frame through the same render and written in its own container (video.py).
 
     torchrun --standalone --nproc_per_node=4 inference.py --input=frames/ --output=out/   # 4 GPUs (or CPU processes)
 
@@ -38,7 +40,7 @@ from imgproc import image_to_tensor, quantize, read_image, write_image
 from onnx_model import WINDOW_QUERIES
 from precision import check_amp, use_tf32
 from render import check_size, check_window, output_size
-from video import VIDEO_SUFFIXES, frame_size, is_video, upscale_video
+from video import VIDEO_SUFFIXES, frame_count, frame_size, is_video, upscale_video
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
 
@@ -60,6 +62,16 @@ def output_name(source: Path, cfg: SimpleNamespace) -> str:
 def input_size(source: Path) -> tuple[int, int]:
     """(height, width) of an image or of a video's frames, from the file's header."""
     return frame_size(source) if is_video(source) else image_size(source)
+
+
+def frames_of(source: Path, cfg: SimpleNamespace) -> int:
+    """How many frames `source` gives: a video's (its cfg.frames part), refusing a damaged one and a window
+    (a video is rendered whole); 1 for an image."""
+    if not is_video(source):
+        return 1
+    if cfg.window:
+        raise ValueError(f"{source}: window applies to images; a video is rendered whole")
+    return frame_count(source, cfg.frames)
 
 
 def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
@@ -167,6 +179,7 @@ def main(argv: list[str]) -> list[Path]:
     jobs = still_to_do(plan(cfg), cfg)
     for source, _ in jobs:
         checked_size(source, cfg, frame_size(source) if is_video(source) else None)
+        frames_of(source, cfg)
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     model = load(cfg, argv, resolve_weights(cfg.weights), team.device) if jobs else None
@@ -176,13 +189,14 @@ def main(argv: list[str]) -> list[Path]:
 
 
 def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple[Path, Path]]]:
-    """Rank 0's plan under torchrun: the images still to do, checked from their headers, in world_size
-    shares balanced by output pixels."""
+    """Rank 0's plan under torchrun: the images and videos still to do, checked from their headers, in
+    world_size shares balanced by output pixels (times frames: a video goes whole to one process)."""
     jobs = still_to_do(plan(cfg), cfg)
     windows = [checked_size(source, cfg, input_size(source))[1] for source, _ in jobs]
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
-    return [[jobs[i] for i in share] for share in shares([h * w for _, _, h, w in windows], world_size)]
+    costs = [h * w * frames_of(source, cfg) for (source, _), (_, _, h, w) in zip(jobs, windows)]
+    return [[jobs[i] for i in share] for share in shares(costs, world_size)]
 
 
 def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:

@@ -16,6 +16,7 @@ output path, and a rerun starts that video over. See docs/video.md.
 """
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,9 +51,9 @@ def check_encoder(codec: str, pix_fmt: str, preset: str) -> None:
     except (av.FFmpegError, ValueError):
         raise ValueError(f"codec {codec!r} is not a video encoder here (try libx264, libx265, libvpx-vp9 "
                          f"or ffv1)") from None
-    formats = [f.name for f in encoder.video_formats or []]
     if encoder.type != 'video':
         raise ValueError(f"codec {codec!r} is not a video encoder")
+    formats = [f.name for f in encoder.video_formats]
     if pix_fmt not in formats:
         raise ValueError(f"pix_fmt {pix_fmt!r} is not one that {codec} takes: {', '.join(formats)}")
     if codec in ('libx264', 'libx265') and preset not in X26X_PRESETS:
@@ -75,8 +76,8 @@ def frame_size(source: Path) -> tuple[int, int]:
 def even_size(size: tuple[int, int], pix_fmt: str, source: Path) -> tuple[int, int]:
     """`size` with each side whose chroma `pix_fmt` subsamples rounded up to an even number (x264, x265
     and VP9 refuse odd ones there), saying so in a warning."""
-    fmt = av.VideoFormat(pix_fmt)
-    even = (2 * fmt.chroma_height(2) <= 2 and size[0] % 2, 2 * fmt.chroma_width(2) <= 2 and size[1] % 2)
+    fmt = av.VideoFormat(pix_fmt)  # a chroma plane half as tall (wide) as 2 luma rows (columns): subsampled
+    even = (fmt.chroma_height(2) == 1 and size[0] % 2, fmt.chroma_width(2) == 1 and size[1] % 2)
     if not any(even):
         return size
     rounded = (size[0] + even[0], size[1] + even[1])
@@ -85,20 +86,15 @@ def even_size(size: tuple[int, int], pix_fmt: str, source: Path) -> tuple[int, i
     return rounded
 
 
-class opened:
-    """av.open(source) for reading, any FFmpeg failure a ValueError that names the file."""
-
-    def __init__(self, source: Path):
-        try:
-            self.container = av.open(str(source))
-        except av.FFmpegError as e:
-            raise ValueError(f"{source}: not a readable video ({e.strerror or e})") from None
-
-    def __enter__(self):
-        return self.container
-
-    def __exit__(self, *exc) -> None:
-        self.container.close()
+@contextmanager
+def opened(source: Path):
+    """av.open(source) for reading, a file FFmpeg cannot open a ValueError that names it."""
+    try:
+        container = av.open(str(source))
+    except av.FFmpegError as e:
+        raise ValueError(f"{source}: not a readable video ({e.strerror or e})") from None
+    with container:
+        yield container
 
 
 def frame_times(source: Path) -> list[int]:
@@ -117,14 +113,20 @@ def frame_times(source: Path) -> list[int]:
     return sorted(times)
 
 
-def chosen_frames(times: list[int], frames: list[int], source: Path) -> tuple[int, int | None]:
-    """The timestamps [start, end) of --frames=[first, last + 1] (end None: to the end); all without it."""
+def chosen_frames(times: list[int], frames: list[int], source: Path) -> tuple[int, int | None, int]:
+    """The timestamps [start, end) of --frames=[first, last + 1] (end None: to the end; all frames without
+    it) and how many frames that is."""
     if not times:
         raise ValueError(f"{source}: the video stream holds no frames")
     first, last = frames or (0, len(times))
     if first >= len(times):
         raise ValueError(f"{source}: frames={frames} starts past its {len(times)} frames")
-    return times[first], times[last] if last < len(times) else None
+    return times[first], times[last] if last < len(times) else None, min(last, len(times)) - first
+
+
+def frame_count(source: Path, frames: list[int]) -> int:
+    """The number of frames of `source` (of its part `frames`); a damaged or truncated file is refused."""
+    return chosen_frames(frame_times(source), frames, source)[2]
 
 
 def items(container, video) -> Iterator:
@@ -220,8 +222,7 @@ def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: Sim
     """Write `source`'s frames cfg.frames, rendered at `size`, and its other streams into the open
     container `out`; returns the number of frames written."""
     times, first = frame_times(source), first_frame(source)
-    start, end = chosen_frames(times, cfg.frames, source)
-    wanted = sum(start <= t and (end is None or t < end) for t in times)
+    start, end, wanted = chosen_frames(times, cfg.frames, source)
     deep = first.format.components[0].bits > 8
     with opened(source) as container:
         video = video_stream(container, source)
@@ -254,8 +255,6 @@ def upscale_video(render: Render, source: Path, target: Path, size: tuple[int, i
                   progress: bool) -> str:
     """Render the video at `source` at `size` (even_size: rounded for the pixel format) into `target`,
     whole or not at all; returns the line that says so. FFmpeg's failures name the file."""
-    if cfg.window:
-        raise ValueError(f"{source}: window applies to images; a video is rendered whole")
     size = even_size(size, cfg.pix_fmt, source)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -13,7 +13,7 @@ import torch
 import config
 import inference
 from common import run_main
-from helpers import assert_disk_full, run_limited, small
+from helpers import ROOT, assert_disk_full, check_problems, run_limited, small
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -217,3 +217,11 @@ def test_a_full_disk_mid_encode_leaves_nothing(official_weights, tmp_path):
                         '--scale=2', '--codec=ffv1', '--pix_fmt=bgr0', '--threads=1'], 12_000)  # ~5 kB a frame
     assert_disk_full(done, out)
     assert not list(out.parent.iterdir())
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--codec=aac', "codec 'aac' is not a video encoder"), ('--pix_fmt=rgb24', "pix_fmt 'rgb24' is not one that"),
+    ('--preset=fastest', "preset 'fastest'"), ('--crf=64', 'crf must be'), ('--frames=[3,3]', 'frames must be'),
+    ('--frames=[2]', 'frames must be')])
+def test_video_settings_are_checked(arg, message):
+    assert message in check_problems([f'--input={ROOT / "figure" / "example_lr.png"}', arg], 'inference')
