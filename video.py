@@ -155,7 +155,10 @@ def add_video(out, video, first: av.VideoFrame, size: tuple[int, int], cfg: Simp
     pix_fmt = deep_format(cfg.codec, cfg.pix_fmt) if first.format.components[0].bits > 8 else cfg.pix_fmt
     options = {'crf': str(cfg.crf), 'preset': cfg.preset} if cfg.codec in ('libx264', 'libx265') else \
         {'crf': str(cfg.crf), 'b': '0'} if cfg.codec == 'libvpx-vp9' else {}
-    stream = out.add_stream(cfg.codec, rate=video.average_rate or video.guessed_rate, options=options)
+    try:
+        stream = out.add_stream(cfg.codec, rate=video.average_rate or video.guessed_rate, options=options)
+    except ValueError as e:  # the container cannot hold this codec
+        raise ValueError(f"{video.container.name}: {e}; choose another --codec (.webm: libvpx-vp9)") from None
     stream.height, stream.width, stream.pix_fmt = *size, pix_fmt
     stream.time_base = stream.codec_context.time_base = video.time_base  # each frame keeps its timestamp
     context = stream.codec_context

@@ -35,9 +35,9 @@ def scene(i: int, size=SIZE) -> np.ndarray:
 
 
 def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_fmt='yuv420p', size=SIZE,
-              audio='aac', subtitles=True) -> Path:
+              audio='aac', subtitles=True, full_range=False) -> Path:
     """A clip at 10 fps (vfr: 50, 150, 100 ms steps), an audio track of the same length and two subtitle
-    cues (mov_text in mp4, SubRip in mkv)."""
+    cues (mov_text in mp4, SubRip in mkv); full_range: YCbCr over 0-255, tagged so."""
     mp4 = path.suffix == '.mp4'
     with av.open(str(path), 'w') as out:  # every stream is added before the first packet
         video = out.add_stream(codec, rate=10)
@@ -45,11 +45,13 @@ def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_
         video.time_base = video.codec_context.time_base = Fraction(1, 1000)
         if rotation:
             video.set_display_rotation(rotation)
+        video.codec_context.color_range = 2 if full_range else 1  # JPEG (full) or MPEG (limited)
         sound = out.add_stream(audio, rate=48000 if audio == 'libopus' else 8000) if audio else None
         text = out.add_mux_stream('mov_text' if mp4 else 'subrip') if subtitles else None
         t, steps = 0, [50, 150, 100] if vfr else [100]
         for i in range(count):
-            frame = av.VideoFrame.from_ndarray(scene(i, size), format='rgb24')
+            frame = av.VideoFrame.from_ndarray(scene(i, size), format='rgb24').reformat(
+                format=pix_fmt, dst_color_range=video.codec_context.color_range)
             frame.pts, frame.time_base = t, video.time_base
             t += steps[i % len(steps)]
             out.mux(video.encode(frame))
@@ -197,12 +199,14 @@ def test_bad_inputs_give_one_error_and_no_output(official_weights, tmp_path, cap
             if packet.size:
                 packet.stream = copy
                 out.mux(packet)
+    make_clip(tmp_path / 'clip.webm', count=2, size=(24, 32), codec='libvpx-vp9', audio='libopus', subtitles=False)
     (tmp_path / 'noise.mp4').write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
     cases = [('sound_only.mkv', [], 'no video stream'), ('noise.mp4', [], 'not a readable video'),
              ('sound.mkv', ['--codec=nope'], "codec 'nope' is not a video encoder"),
-             ('sound.mkv', ['--frames=[5,9]'], 'starts past its 3 frames')]
+             ('sound.mkv', ['--frames=[5,9]'], 'starts past its 3 frames'),
+             ('clip.webm', [], "'webm' format does not support 'libx264'")]
     for name, extra, message in cases:
-        out = tmp_path / 'out' / 'x.mkv'
+        out = tmp_path / 'out' / f'x{Path(name).suffix}'
         status, errors = run([f'--input={tmp_path / name}', f'--output={out}', f'--weights={official_weights}',
                               *extra], capsys)
         assert status == 2 and len(errors) == 1 and message in errors[0], (name, errors)
@@ -225,3 +229,17 @@ def test_a_full_disk_mid_encode_leaves_nothing(official_weights, tmp_path):
     ('--frames=[2]', 'frames must be')])
 def test_video_settings_are_checked(arg, message):
     assert message in check_problems([f'--input={ROOT / "figure" / "example_lr.png"}', arg], 'inference')
+
+
+def test_a_full_range_source_keeps_its_range(model, tmp_path):
+    clip = make_clip(tmp_path / 'full.mkv', count=3, codec='ffv1', pix_fmt='yuv444p', audio='', subtitles=False,
+                     full_range=True)
+    ins = decoded(clip)
+    assert ins[0].color_range == 2  # JPEG (full) range
+    # the decoding honours it: the frames encoded (a limited-range reading would stretch them by 255/219)
+    assert all(np.abs(rgb(frame) - scene(i)).max() <= YUV444_LEVELS for i, frame in enumerate(ins))
+    out = upscale(model, clip, tmp_path / 'out.mkv', '--codec=ffv1', '--pix_fmt=yuv444p')
+    frames = decoded(out)
+    assert {f.color_range for f in frames} == {2}
+    for got, frame in zip(frames, ins):
+        assert np.abs(rgb(got) - image_render(model, frame)).max() <= YUV444_LEVELS
