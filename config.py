@@ -94,7 +94,7 @@ test_protocol = 'benchmark'  # 'benchmark' (PSNR of Y, border = scale, and SSIM)
 
 # ---- inference
 input = 'figure/example_lr.png'  # an image, a video (mp4, mkv, mov, webm, avi) or a folder of them
-output = ''  # output file or folder; '' = results/inference/<input name>_x<scale>.png
+output = ''  # output file or folder; '' = results/inference/<input name>_x<scale>.png (a video: its own container)
 scale = 4.0  # output / input size; ignored when size is set
 scale_hw = []  # [height factor, width factor] for anisotropic output; overrides scale
 size = []  # exact output [height, width]; overrides scale and scale_hw

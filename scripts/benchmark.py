@@ -586,10 +586,11 @@ def run_video(args, device: torch.device) -> None:
     runs, weights, _ = renderers(args, device, variants)
     folder = Path(args.out_dir) / 'video'
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"# inference.py's video path on {machine_name(device)}, torch {torch.__version__}\n{weights}; {args.video_frames} frame(s) per clip; libx264 yuv420p crf 18 preset medium\n")
+    print(f"# inference.py's video path on {machine_name(device)}, torch {torch.__version__}\n{weights}; "
+          f"{args.video_frames} frame(s) per clip; libx264 yuv420p crf 18 preset medium\n")
     print("| input | output | path | frames/s | model s/frame | pipeline s/frame | pipeline / model |")
     print("|---|---|---|---|---|---|---|")
-    cfg = config.parse(['--codec=libx264'], 'inference')
+    cfg = config.parse([], 'inference')  # libx264, yuv420p, crf 18, preset medium
     for lr_size, size in VIDEO_CASES:
         clip = video_clip(folder / f'clip_{lr_size[0]}p.mp4', lr_size, args.video_frames)
         for (name, *_), run in runs.items():
