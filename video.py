@@ -261,7 +261,8 @@ def upscale_video(render: Render, source: Path, target: Path, size: tuple[int, i
     size = even_size(size, cfg.pix_fmt, source)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with replacing(target) as tmp, av.open(str(tmp), 'w') as out:
+        # bitexact: no random Matroska segment ID, so a rerun writes the same bytes
+        with replacing(target) as tmp, av.open(str(tmp), 'w', options={'fflags': '+bitexact'}) as out:
             done = transcode(source, out, render, size, cfg, progress)
     except av.FFmpegError as e:
         if e.errno in NO_SPACE:
