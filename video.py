@@ -232,7 +232,7 @@ def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: Sim
         stream, copies = add_video(out, video, first, size, cfg), copy_streams(container, out)
         offset = start - times[0]  # a part (--frames) starts where the whole did
         seconds = [t * video.time_base if t is not None else None for t in (start, end, offset)]  # the part
-        done = 0
+        decoded = done = 0
         with tqdm(total=wanted, unit='frame', disable=not progress, desc=source.name, leave=False) as bar:
             for item in items(container, video):
                 if isinstance(item, av.Packet):
@@ -240,11 +240,14 @@ def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: Sim
                         item.stream = copies[item.stream.index]
                         out.mux(item)
                     continue
-                if end is not None and item.pts >= end:
+                # frames leave the decoder in presentation order: the k-th has the k-th packet time (as FFmpeg's
+                # best-effort timestamps; AVI's B-frames carry no times of their own)
+                pts, decoded = times[min(decoded, len(times) - 1)], decoded + 1
+                if end is not None and pts >= end:
                     break
-                if item.pts >= start:
+                if pts >= start:
                     frame = to_frame(render(to_tensor(item, deep), size), deep, stream.codec_context)
-                    frame.pts, frame.time_base, frame.duration = item.pts - offset, video.time_base, item.duration
+                    frame.pts, frame.time_base, frame.duration = pts - offset, video.time_base, item.duration
                     out.mux(stream.encode(frame))
                     done += 1
                     bar.update()

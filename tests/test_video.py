@@ -42,7 +42,8 @@ def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_
     with av.open(str(path), 'w') as out:  # every stream is added before the first packet
         video = out.add_stream(codec, rate=10)
         video.height, video.width, video.pix_fmt = *size, pix_fmt
-        video.time_base = video.codec_context.time_base = Fraction(1, 1000)
+        tick = Fraction(1, 10) if path.suffix == '.avi' else Fraction(1, 1000)  # AVI counts frames
+        video.time_base = video.codec_context.time_base = tick
         if rotation:
             video.set_display_rotation(rotation)
         video.codec_context.color_range = 2 if full_range else 1  # JPEG (full) or MPEG (limited)
@@ -52,7 +53,7 @@ def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_
         for i in range(count):
             frame = av.VideoFrame.from_ndarray(scene(i, size), format='rgb24').reformat(
                 format=pix_fmt, dst_color_range=video.codec_context.color_range)
-            frame.pts, frame.time_base = t, video.time_base
+            frame.pts, frame.time_base = int(Fraction(t, 1000) / tick), tick
             t += steps[i % len(steps)]
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
@@ -243,3 +244,15 @@ def test_a_full_range_source_keeps_its_range(model, tmp_path):
     assert {f.color_range for f in frames} == {2}
     for got, frame in zip(frames, ins):
         assert np.abs(rgb(got) - image_render(model, frame)).max() <= YUV444_LEVELS
+
+
+def test_avi_frames_keep_their_order(model, tmp_path):
+    """AVI stores no presentation times: a libx264 source's B-frames decode with times out of order, and
+    each frame takes its place from the decoder's order instead."""
+    clip = make_clip(tmp_path / 'old.avi', count=6, audio='libmp3lame', subtitles=False)
+    out = upscale(model, clip, tmp_path / 'out.avi', '--codec=ffv1', '--pix_fmt=bgr0')
+    frames, ins = decoded(out), decoded(clip)
+    assert len(frames) == len(ins) == 6
+    for got, frame in zip(frames, ins):
+        np.testing.assert_array_equal(rgb(got), image_render(model, frame))
+    assert [data for data, *_ in packets(out, 'audio')] == [data for data, *_ in packets(clip, 'audio')]
