@@ -71,9 +71,10 @@ def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path,
     adopt_model_settings(cfg, argv, options, weights)
     model = model_from_checkpoint(weights, fast=cfg.fast).to(device)
     if cfg.compile_decoder:
-        if cfg.model != 'liif' or not cfg.fast:
+        compilable = hasattr(model, 'compile_decoder')  # a model with a fast decoder to compile (LIIF)
+        if not (compilable and model.fast):
             raise ValueError(f"compile_decoder compiles LIIF's fast decoder; {weights} holds {model_name(options)}"
-                             + ('' if cfg.model != 'liif' else ' and fast=False runs the reference path'))
+                             + (' and fast=False runs the reference path' if compilable else ''))
         model.compile_decoder(cuda_graphs=device.type == 'cuda')
     return model
 

@@ -79,8 +79,8 @@ test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images 
 test_protocol = 'benchmark'  # 'benchmark' (PSNR of Y, border = scale, and SSIM), 'rgb' (PSNR in RGB, every pixel: celebA-HQ's) or 'div2k' (PSNR in RGB, border = scale + 6: DIV2K validation's)
 
 # ---- inference
-input = 'figure/example_lr.png'  # an image or a folder of images
-output = ''  # output file or folder; '' = results/inference/<input name>_x<scale>.png
+input = 'figure/example_lr.png'  # an image, a video (mp4, mkv, mov, webm, avi) or a folder of them
+output = ''  # output file or folder; '' = results/inference/<input name>_x<scale>.png (a video: its own container)
 scale = 4.0  # output / input size; ignored when size is set
 scale_hw = []  # [height factor, width factor] for anisotropic output; overrides scale
 size = []  # exact output [height, width]; overrides scale and scale_hw
@@ -93,6 +93,11 @@ strip_metadata = False  # write no EXIF (the ICC colour profile is kept)
 format = ''  # a folder's outputs: 'png', 'jpg', 'webp', 'tif' or 'bmp' for all ('' = each input's own)
 recursive = False  # a folder: its subfolders too, mirrored in the output folder
 overwrite = False  # a folder input: write every output again (False: skip those already there, to finish an interrupted run)
+codec = 'libx264'  # video output encoder: 'libx264', 'libx265', 'libvpx-vp9' or 'ffv1' (lossless)
+crf = 18  # video quality, lower is better and bigger: x264/x265 0-51, VP9 0-63 (ffv1 ignores it)
+preset = 'medium'  # x264/x265 speed preset, 'ultrafast' to 'veryslow' (slower: smaller files at the same crf)
+pix_fmt = 'yuv420p'  # video pixel format; a source deeper than 8 bits gets its 10-bit form where the codec has one
+frames = []  # video: [start, end) frame numbers to render, a preview ([] = every frame)
 
 _DIV2K_X2 = {'train_data': 'paired', 'train_lr_dir': ['data/DIV2K/DIV2K_train_LR_bicubic/X2'],
              'valid_lr_dir': 'data/DIV2K/DIV2K_valid_LR_bicubic/X2', 'sample_q': 0}

@@ -30,21 +30,21 @@ from imgproc import (
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """The image files of a folder (and its subfolders, `recursive`) in sorted path order; other files
-    are skipped with a warning, hidden ones (.name: a write that a killed run left behind,
-    files.replacing) silently."""
+def list_images(folder: str | Path, recursive: bool = False, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """The image files (those with `suffixes`) of a folder (and its subfolders, `recursive`) in sorted path
+    order; other files are skipped with a warning, hidden ones (.name: a write that a killed run left
+    behind, files.replacing) silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     files = sorted(p for p in (folder.rglob('*') if recursive else folder.iterdir())
                    if p.is_file() and not any(part.startswith('.') for part in p.relative_to(folder).parts))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    others = [str(p.relative_to(folder)) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    images = [p for p in files if p.suffix.lower() in suffixes]
+    others = [str(p.relative_to(folder)) for p in files if p.suffix.lower() not in suffixes]
     if others:
         warnings.warn(f"{folder}: skipping {len(others)} non-image file(s): {', '.join(others)}", stacklevel=2)
     if not images:
-        raise ValueError(f"{folder} holds no image files (expected {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{folder} holds no image files (expected {', '.join(suffixes)})")
     return images
 
 

@@ -5,6 +5,7 @@
     python inference.py --input=photos/ --scale_hw=[2,3] --output=out/
     python inference.py --input=photo.png --size=[1080,1920] --output=photo_1080p.png
     python inference.py --input=photo.png --scale=16 --window=[0,0,512,512]   # one part of the output
+    python inference.py --input=clip.mp4 --size=[1080,1920]   # a video, sound and subtitles copied (docs/video.md)
 
 Output size: with a factor s (or separate height/width factors), an h x w input gives
 round(h * s) x round(w * s) (Python's round: halves go to the even integer); --size=[H,W] gives
@@ -20,13 +21,15 @@ Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime o
 windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
 part alone. For a folder, outputs already there are skipped (an interrupted run finishes where it
-stopped) unless --overwrite=True; one image is always written.
+stopped) unless --overwrite=True; one image is always written. A video (mp4, mkv, mov, webm, avi) is
+rendered frame by frame through the same render and written in its own container (video.py).
 
     torchrun --standalone --nproc_per_node=4 inference.py --input=frames/ --output=out/   # 4 GPUs (or CPU processes)
 
 Under torchrun each process takes a share of the images, balanced by output pixels, on its own GPU
 (LOCAL_RANK) or the CPU; the outputs are the same bytes as one process writes (docs/distributed.md).
 """
+import functools
 import sys
 import time
 from pathlib import Path
@@ -62,6 +65,7 @@ from imgproc import (
 )
 from precision import check_amp, use_tf32
 from render import check_size, check_window, output_size
+from video import VIDEO_SUFFIXES, frame_count, frame_size, is_video, upscale_video
 from weights import resolve_weights
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
@@ -74,6 +78,21 @@ def size_tag(cfg: SimpleNamespace) -> str:
     if cfg.scale_hw:
         return f'x{format_scale(cfg.scale_hw[0])}x{format_scale(cfg.scale_hw[1])}'
     return f'x{format_scale(cfg.scale)}'
+
+
+def input_size(source: Path) -> tuple[int, int]:
+    """(height, width) of an image or of a video's frames, from the file's header."""
+    return frame_size(source) if is_video(source) else image_size(source)
+
+
+def frames_of(source: Path, cfg: SimpleNamespace) -> int:
+    """How many frames `source` gives: a video's (its cfg.frames part), refusing a damaged one and a window
+    (a video is rendered whole); 1 for an image."""
+    if not is_video(source):
+        return 1
+    if cfg.window:
+        raise ValueError(f"{source}: window applies to images; a video is rendered whole")
+    return frame_count(source, cfg.frames)
 
 
 def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
@@ -91,10 +110,15 @@ def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
         if cfg.recursive and folder.resolve().is_relative_to(source.resolve()):
             raise ValueError(f"output folder {folder} is inside input folder {source}: with recursive=True a "
                              f"rerun would take the outputs as inputs; give a folder outside it")
-        inputs = list_images(source, cfg.recursive)  # sorted; other files are skipped with a warning
+        inputs = list_images(source, cfg.recursive, IMAGE_SUFFIXES + VIDEO_SUFFIXES)  # sorted; others skipped, with a warning
         return [(p, folder / p.parent.relative_to(source) / output_name(p, cfg)) for p in inputs]
     if into_folder:
         return [(source, folder / name)]
+    if is_video(source):
+        if not is_video(cfg.output):
+            raise ValueError(f"output {cfg.output!r}: for a video, give a video file name "
+                             f"({', '.join(VIDEO_SUFFIXES)}) or a folder (ending in '/')")
+        return [(source, Path(cfg.output))]
     if Path(cfg.output).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"output {cfg.output!r}: for one input image, give an image file name "
                          f"({', '.join(IMAGE_SUFFIXES)}) or a folder (ending in '/')")
@@ -104,8 +128,10 @@ def plan(cfg: SimpleNamespace) -> list[tuple[Path, Path]]:
 
 
 def output_name(source: Path, cfg: SimpleNamespace) -> str:
-    """<stem>_<size tag> with the input's extension, or cfg.format's."""
-    return f"{source.stem}_{size_tag(cfg)}{'.' + cfg.format if cfg.format else source.suffix}"
+    """<stem>_<size tag> with the input's extension (an image's: cfg.format's when given; a video keeps its
+    container)."""
+    suffix = '.' + cfg.format if cfg.format and not is_video(source) else source.suffix
+    return f"{source.stem}_{size_tag(cfg)}{suffix}"
 
 
 def checked_size(source: Path, cfg: SimpleNamespace,
@@ -150,8 +176,12 @@ def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.dev
 
 
 def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
-    """Render the image at `source` and write it to `target` with what the input carries that its format
-    holds (a warning line names the rest); returns the line that says so."""
+    """Render the image or video at `source` and write it to `target` with what the input carries that its
+    format holds (a warning line names the rest); returns the line that says so."""
+    if is_video(source):
+        size = checked_size(source, cfg, frame_size(source))[0]
+        render = functools.partial(render_window, model, device, window=None, cfg=cfg, progress=False)
+        return upscale_video(render, source, target, size, cfg, progress)
     picture = read_picture(source)
     lr = image_to_tensor(picture.rgb)[None]
     size, window = checked_size(source, cfg, lr.shape[2:])
@@ -185,7 +215,8 @@ def main(argv: list[str]) -> list[Path]:
         return run_share(cfg, argv, team)
     jobs = still_to_do(plan(cfg), cfg)
     for source, _ in jobs:
-        checked_size(source, cfg)
+        checked_size(source, cfg, frame_size(source) if is_video(source) else None)
+        frames_of(source, cfg)
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     model = load(cfg, argv, resolve_weights(cfg.weights), team.device) if jobs else None
@@ -195,13 +226,14 @@ def main(argv: list[str]) -> list[Path]:
 
 
 def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple[Path, Path]]]:
-    """Rank 0's plan under torchrun: the images still to do, checked from their headers, in world_size
-    shares balanced by output pixels."""
+    """Rank 0's plan under torchrun: the images and videos still to do, checked from their headers, in
+    world_size shares balanced by output pixels (times frames: a video goes whole to one process)."""
     jobs = still_to_do(plan(cfg), cfg)
-    windows = [checked_size(source, cfg, image_size(source))[1] for source, _ in jobs]
+    windows = [checked_size(source, cfg, input_size(source))[1] for source, _ in jobs]
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
-    return [[jobs[i] for i in share] for share in shares([h * w for _, _, h, w in windows], world_size)]
+    costs = [h * w * frames_of(source, cfg) for (source, _), (_, _, h, w) in zip(jobs, windows)]
+    return [[jobs[i] for i in share] for share in shares(costs, world_size)]
 
 
 def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:

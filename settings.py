@@ -19,6 +19,7 @@ from image_quality_assessment import PROTOCOLS
 from imgproc import FORMATS, HOLDS_16_BITS
 from model import ENCODERS, MODELS, model_keys, option_problems
 from precision import check_amp_name
+from video import check_encoder
 
 MAX_THREADS = 1024  # more than any CPU has cores; torch takes up to 2**31 - 1 and would start that many threads
 
@@ -325,6 +326,12 @@ def _check_inference(problems: _Problems, cfg: SimpleNamespace) -> None:
         problems.append(f"format must be '' or one of {', '.join(f[1:] for f in FORMATS)}, got {cfg.format!r}")
     elif cfg.format and cfg.bits == 16 and FORMATS['.' + cfg.format.lower()] not in HOLDS_16_BITS:
         problems.append(f"bits=16 needs format 'png' or 'tif', got {cfg.format!r}")
+    problems.rule(check_encoder, cfg.codec, cfg.pix_fmt, cfg.preset)
+    if type(cfg.crf) is not int or not 0 <= cfg.crf <= 63:
+        problems.append(f"crf must be an int in [0, 63], got {cfg.crf!r}")
+    if cfg.frames and (len(cfg.frames) != 2 or any(type(n) is not int for n in cfg.frames)
+                       or not 0 <= cfg.frames[0] < cfg.frames[1]):
+        problems.append(f"frames must be [start, end] frame numbers with 0 <= start < end, got {cfg.frames!r}")
 
 
 def model_options(cfg: SimpleNamespace) -> dict:

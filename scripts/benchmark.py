@@ -11,6 +11,7 @@ LIIF rendering and training.
     python scripts/benchmark.py --sizes=0 --ddp_memory --stand_in=200   # the same on 200 DIV2K-sized images
     python scripts/benchmark.py --sizes=0 --dist_speed              # inference.py: 2 processes vs 1, same cores
     python scripts/benchmark.py --sizes=0 --models --cases=64x4 --threads=1   # LTE beside LIIF's two paths
+    python scripts/benchmark.py --sizes=0 --video --video_frames=3   # video frames/s and the pipeline's share
 
 In one process, for each LR size and scale, the modes run alternately (reference fp32, fast fp32,
 fast bf16 where supported, fast fp16 on CUDA, and on CUDA the compiled decoder (compile_decoder, CUDA
@@ -55,6 +56,12 @@ size (2040x1356) into out_dir once and trains on them. --dist_speed times infere
 real crops, alone (2 threads) and under torchrun (2 processes of 1 thread), alternately. --models times
 EDSR-baseline-LTE beside EDSR-baseline-LIIF's fast and reference paths (random weights: the time does not
 depend on them), fp32, alternately, at --cases.
+
+--video runs video.upscale_video (inference.py's video path) on clips of --video_frames frames made from a
+real Set14 image sliding by 2 px a frame (libx264, crf 18), 360p -> 720p and 480p -> 1080p, with the fast
+path (fp32) and ONNX Runtime, encoding libx264 yuv420p crf 18 preset medium. The model's time is the
+render calls'; the rest (decode, colour conversion both ways, rounding, encode, mux) is the pipeline's
+own cost, given as a share of the model's time. The first frame's encoder start-up counts in it.
 """
 import argparse
 import ctypes
@@ -81,15 +88,17 @@ from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, list_images
 from files import replacing
 from image_quality_assessment import evaluate
-from imgproc import image_size, read_image
+from imgproc import image_size, load_uint8, read_image
 from model import build_model
 from onnx_model import WINDOW_QUERIES, OnnxModel, export
 from precision import autocast as amp_context
 from precision import machine_name, use_tf32
 from train import build_run, train_step, worker_count, wrap
+from video import upscale_video
 
 WEIGHTS = [ROOT / 'results/pretrained_models/edsr-baseline-liif.pth']
 DATA = [ROOT / 'data/benchmark', ROOT / 'tests/data/benchmark']  # the full sets, else the tests' copy of Set5/Set14
+VIDEO_CASES = [((360, 640), (720, 1280)), ((480, 854), (1080, 1920))]  # (input, output) (height, width)
 TRAIN = [[ROOT / 'data/DIV2K/DIV2K_train_HR'], [ROOT / f'tests/data/train/{s}' for s in ('T91', 'BSDS200')]]
 
 
@@ -588,6 +597,49 @@ def run_dist_speed(args) -> None:
           f"speed-up {one / two:.2f}")
 
 
+def video_clip(path: Path, size: tuple[int, int], frames: int) -> Path:
+    """A libx264 clip of `size` at 25 fps: a real Set14 image resized to it, sliding 2 px a frame."""
+    import av
+    image = cv2.resize(load_uint8(next(root / 'Set14' / 'HR' / 'baboon.png' for root in DATA
+                                       if (root / 'Set14').is_dir())), size[::-1], interpolation=cv2.INTER_AREA)
+    with av.open(str(path), 'w') as out:
+        stream = out.add_stream('libx264', rate=25, options={'crf': '18'})
+        stream.height, stream.width, stream.pix_fmt = *size, 'yuv420p'
+        for i in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(image, 2 * i, 1)))))
+        out.mux(stream.encode(None))
+    return path
+
+
+def run_video(args, device: torch.device) -> None:
+    variants = [('fast', True, 'fp32', False), ('onnx', True, 'fp32', False)]
+    args.onnx = True
+    runs, weights, _ = renderers(args, device, variants)
+    folder = Path(args.out_dir) / 'video'
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"# inference.py's video path on {machine_name(device)}, torch {torch.__version__}\n{weights}; "
+          f"{args.video_frames} frame(s) per clip; libx264 yuv420p crf 18 preset medium\n")
+    print("| input | output | path | frames/s | model s/frame | pipeline s/frame | pipeline / model |")
+    print("|---|---|---|---|---|---|---|")
+    cfg = settings.parse([], 'inference')  # libx264, yuv420p, crf 18, preset medium
+    for lr_size, size in VIDEO_CASES:
+        clip = video_clip(folder / f'clip_{lr_size[0]}p.mp4', lr_size, args.video_frames)
+        for (name, *_), run in runs.items():
+            spent = [0.0]
+
+            def render(lr, out_size, run=run, spent=spent):
+                start = time.perf_counter()
+                sr = run(lr.to(device), out_size)
+                spent[0] += time.perf_counter() - start
+                return sr
+            start = time.perf_counter()
+            with torch.no_grad():
+                upscale_video(render, clip, folder / f'out_{lr_size[0]}p_{name}.mp4', size, cfg, progress=False)
+            total, n = time.perf_counter() - start, args.video_frames
+            print(f"| {lr_size[1]}x{lr_size[0]} | {size[1]}x{size[0]} | {name} | {n / total:.4f} | {spent[0] / n:.1f} "
+                  f"| {(total - spent[0]) / n:.2f} | {100 * (total - spent[0]) / spent[0]:.1f} % |", flush=True)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='128,256', help="LR sides, comma-separated; 0 skips the grid")
@@ -628,6 +680,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--stand_in', type=int, default=0, help="--ddp_memory on N DIV2K-sized synthetic images")
     parser.add_argument('--dist_speed', action='store_true', help="inference.py: 2 processes vs 1 on the same cores")
     parser.add_argument('--models', action='store_true', help="LTE beside LIIF's fast and reference paths at --cases")
+    parser.add_argument('--video', action='store_true', help="video frames/s, 360p->720p and 480p->1080p, and the "
+                        "pipeline's share")
+    parser.add_argument('--video_frames', type=int, default=3, help="--video: frames per clip")
     args = parser.parse_args()
     try:
         args.cases = ([(int(size), float(scale)) for size, scale in (case.split('x') for case in args.cases.split(','))]
@@ -668,6 +723,8 @@ def main() -> None:
         run_ddp_memory(args)
     if args.dist_speed:
         run_dist_speed(args)
+    if args.video:
+        run_video(args, device)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,275 @@
+"""Video to any size: decode with PyAV, render each frame as an image, encode, and copy every other stream.
+
+    python inference.py --input=clip.mp4 --size=[1080,1920]                    # results/inference/clip_1080x1920.mp4
+    python inference.py --input=clip.mkv --scale=2 --codec=ffv1 --pix_fmt=yuv444p   # lossless
+    python inference.py --input=clip.mp4 --scale=2 --frames=[0,48]             # a preview of the first 48 frames
+
+Frames stream one at a time: decode, convert to RGB (the frame's own colour matrix and range), render
+through the image path (cli.render_window), round to 8 bits (16 for sources deeper than 8), convert
+to --pix_fmt, encode. Memory holds one input and one output frame plus the encoder's look-ahead, never
+the clip. Audio, subtitle and data packets are copied as they are, with their timestamps; the video
+keeps each frame's timestamp (variable frame rate included), its frame rate, rotation (display matrix)
+and colour tags. A pixel format with subsampled chroma (yuv420p, yuv422p) needs even sides: an odd
+side is rounded up to the next even number, with a warning. The output is written to a temporary file
+beside it and renamed when complete (files.replacing): an interrupted run leaves nothing at the
+output path, and a rerun starts that video over. See docs/video.md.
+"""
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import torch
+from av.video.reformatter import Interpolation
+from tqdm import tqdm
+
+from files import NO_SPACE, disk_full, replacing
+from imgproc import image_to_tensor, quantize
+
+VIDEO_SUFFIXES = ('.mp4', '.mkv', '.mov', '.webm', '.avi')
+COPIED = ('audio', 'subtitle', 'data')  # stream types copied packet for packet
+X26X_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower', 'veryslow',
+                'placebo')
+TRUNCATED = 0.5  # s: packets that end this much before the stated duration mean a cut-off file
+UNSPECIFIED, BT601 = 2, 6  # FFmpeg's AVColorSpace values: unspecified, SMPTE 170M (BT.601)
+
+ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND  # chroma filter; rounding, not truncation
+Render = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # (1, 3, h, w) in [0, 1] -> (1, 3, H, W)
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def check_encoder(codec: str, pix_fmt: str, preset: str) -> None:
+    """Refuse a codec PyAV's FFmpeg cannot encode video with, a pixel format it does not take, or an
+    x264/x265 preset it does not know."""
+    try:
+        encoder = av.codec.Codec(codec, 'w')
+    except (av.FFmpegError, ValueError):
+        raise ValueError(f"codec {codec!r} is not a video encoder here (try libx264, libx265, libvpx-vp9 "
+                         f"or ffv1)") from None
+    if encoder.type != 'video':
+        raise ValueError(f"codec {codec!r} is not a video encoder")
+    formats = [f.name for f in encoder.video_formats]
+    if pix_fmt not in formats:
+        raise ValueError(f"pix_fmt {pix_fmt!r} is not one that {codec} takes: {', '.join(formats)}")
+    if codec in ('libx264', 'libx265') and preset not in X26X_PRESETS:
+        raise ValueError(f"preset {preset!r}: {codec} knows {', '.join(X26X_PRESETS)}")
+
+
+def video_stream(container, source: Path):
+    if not container.streams.video:
+        raise ValueError(f"{source}: no video stream")
+    return container.streams.video[0]
+
+
+def frame_size(source: Path) -> tuple[int, int]:
+    """(height, width) of the first video stream of `source`, from its header."""
+    with opened(source) as container:
+        stream = video_stream(container, source)
+        return stream.codec_context.height, stream.codec_context.width
+
+
+def even_size(size: tuple[int, int], pix_fmt: str, source: Path) -> tuple[int, int]:
+    """`size` with each side whose chroma `pix_fmt` subsamples rounded up to an even number (x264, x265
+    and VP9 refuse odd ones there), saying so in a warning."""
+    fmt = av.VideoFormat(pix_fmt)  # a chroma plane half as tall (wide) as 2 luma rows (columns): subsampled
+    even = (fmt.chroma_height(2) == 1 and size[0] % 2, fmt.chroma_width(2) == 1 and size[1] % 2)
+    if not any(even):
+        return size
+    rounded = (size[0] + even[0], size[1] + even[1])
+    warnings.warn(f"{source}: {pix_fmt} needs even sides: the {size[0]}x{size[1]} output is made "
+                  f"{rounded[0]}x{rounded[1]}", stacklevel=2)
+    return rounded
+
+
+@contextmanager
+def opened(source: Path):
+    """av.open(source) for reading, a file FFmpeg cannot open a ValueError that names it."""
+    try:
+        container = av.open(str(source))
+    except av.FFmpegError as e:
+        raise ValueError(f"{source}: not a readable video ({e.strerror or e})") from None
+    with container:
+        yield container
+
+
+def frame_times(source: Path) -> list[int]:
+    """The presentation timestamps of the video's frames in order, from the packets (no decoding).
+    A file whose packets end over TRUNCATED s before the duration its header states is refused."""
+    with opened(source) as container:
+        stream, times, ends = video_stream(container, source), [], [0]
+        for packet in container.demux():
+            if packet.size and packet.pts is not None:
+                times += [packet.pts] if packet.stream.index == stream.index else []
+                ends.append((packet.pts + packet.duration) * packet.time_base)
+        stated = (container.duration or 0) / av.time_base + (container.start_time or 0) / av.time_base
+    if max(ends) + TRUNCATED < stated:
+        raise ValueError(f"{source}: its streams end at {float(max(ends)):.2f} s of the {stated:.2f} s its header "
+                         f"states: the file is truncated")
+    return sorted(times)
+
+
+def chosen_frames(times: list[int], frames: list[int], source: Path) -> tuple[int, int | None, int]:
+    """The timestamps [start, end) of --frames=[first, last + 1] (end None: to the end; all frames without
+    it) and how many frames that is."""
+    if not times:
+        raise ValueError(f"{source}: the video stream holds no frames")
+    first, last = frames or (0, len(times))
+    if first >= len(times):
+        raise ValueError(f"{source}: frames={frames} starts past its {len(times)} frames")
+    return times[first], times[last] if last < len(times) else None, min(last, len(times)) - first
+
+
+def frame_count(source: Path, frames: list[int]) -> int:
+    """The number of frames of `source` (of its part `frames`); a damaged or truncated file is refused."""
+    return chosen_frames(frame_times(source), frames, source)[2]
+
+
+def items(container, video) -> Iterator:
+    """The input in file order: each decoded frame of `video` and each packet of the copied streams."""
+    for packet in container.demux():
+        if packet.stream.index == video.index:
+            yield from packet.decode()  # the final empty packet flushes the decoder
+        elif packet.stream.type in COPIED and packet.size:
+            yield packet
+
+
+def deep_format(codec: str, pix_fmt: str) -> str:
+    """The 10-bit form of pix_fmt for a source deeper than 8 bits where `codec` has it, else pix_fmt
+    with a warning."""
+    if av.VideoFormat(pix_fmt).components[0].bits > 8:
+        return pix_fmt
+    if pix_fmt + '10le' in [f.name for f in av.codec.Codec(codec, 'w').video_formats]:
+        return pix_fmt + '10le'
+    warnings.warn(f"{codec} has no 10-bit form of {pix_fmt}: the output has 8 bits", stacklevel=2)
+    return pix_fmt
+
+
+def add_video(out, video, first: av.VideoFrame, size: tuple[int, int], cfg: SimpleNamespace):
+    """The output's video stream: cfg's codec at `size`, in the input's time base and frame rate, with its
+    rotation and colour tags; the 10-bit form of cfg.pix_fmt for a source deeper than 8 bits."""
+    pix_fmt = deep_format(cfg.codec, cfg.pix_fmt) if first.format.components[0].bits > 8 else cfg.pix_fmt
+    options = {'crf': str(cfg.crf), 'preset': cfg.preset} if cfg.codec in ('libx264', 'libx265') else \
+        {'crf': str(cfg.crf), 'b': '0'} if cfg.codec == 'libvpx-vp9' else {}
+    try:
+        stream = out.add_stream(cfg.codec, rate=video.average_rate or video.guessed_rate, options=options)
+    except ValueError as e:  # the container cannot hold this codec
+        raise ValueError(f"{video.container.name}: {e}; choose another --codec (.webm: libvpx-vp9)") from None
+    stream.height, stream.width, stream.pix_fmt = *size, pix_fmt
+    stream.time_base = stream.codec_context.time_base = video.time_base  # each frame keeps its timestamp
+    context = stream.codec_context
+    context.color_range, context.color_primaries, context.color_trc = \
+        first.color_range, first.color_primaries, first.color_trc
+    context.colorspace = first.colorspace if first.colorspace != UNSPECIFIED else BT601  # as decoded: swscale's default
+    if first.rotation:
+        stream.set_display_rotation(first.rotation)
+    return stream
+
+
+def first_frame(source: Path) -> av.VideoFrame:
+    """The first decoded frame: its rotation, colour tags and bit depth set up the output."""
+    with opened(source) as container:
+        for frame in container.decode(video_stream(container, source)):
+            return frame
+    raise ValueError(f"{source}: no frame of its video stream could be decoded")
+
+
+def to_tensor(frame: av.VideoFrame, deep: bool) -> torch.Tensor:
+    """A decoded frame as a (1, 3, h, w) RGB tensor in [0, 1], converted by its own matrix and range."""
+    rgb = frame.to_ndarray(format='rgb48le' if deep else 'rgb24', src_color_range=frame.color_range)
+    return image_to_tensor(rgb)[None]
+
+
+def to_frame(sr: torch.Tensor, deep: bool, context) -> av.VideoFrame:
+    """A rendered (1, 3, H, W) image rounded to 8 bits (16 when deep) and converted to the encoder's
+    pixel format by its colour matrix and range, with accurate rounding."""
+    rgb = av.VideoFrame.from_ndarray(quantize(sr, 16 if deep else 8), format='rgb48le' if deep else 'rgb24')
+    return rgb.reformat(format=context.pix_fmt, dst_colorspace=context.colorspace,
+                        dst_color_range=context.color_range, interpolation=ACCURATE)
+
+
+def copy_streams(container, out) -> dict:
+    """{input stream index: output stream} for every audio, subtitle and data stream; others are left out."""
+    others = [f"{s.type} stream {s.index}" for s in container.streams if s.type not in (*COPIED, 'video')]
+    if others:
+        warnings.warn(f"{container.name}: not copied: {', '.join(others)}", stacklevel=2)
+    copies = {}
+    for s in (s for s in container.streams if s.type in COPIED):
+        try:
+            copies[s.index] = out.add_stream_from_template(s)
+        except ValueError as e:  # the output's container cannot hold this codec
+            raise ValueError(f"{container.name}: its {s.type} stream cannot be copied ({e}): write the input's "
+                             f"container ({Path(container.name).suffix})") from None
+    return copies
+
+
+def in_part(packet: av.Packet, start: Fraction, end: Fraction | None, offset: Fraction) -> bool:
+    """Whether a copied packet falls in the part [start, end) seconds (--frames); if so its timestamps
+    move back by `offset` seconds, as the part's frames do."""
+    when = packet.pts if packet.pts is not None else packet.dts
+    t = when * packet.time_base if when is not None else start
+    if t < start or (end is not None and t >= end):
+        return False
+    step = round(offset / packet.time_base)
+    packet.pts = None if packet.pts is None else packet.pts - step
+    packet.dts = None if packet.dts is None else packet.dts - step
+    return True
+
+
+def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: SimpleNamespace,
+              progress: bool) -> int:
+    """Write `source`'s frames cfg.frames, rendered at `size`, and its other streams into the open
+    container `out`; returns the number of frames written."""
+    times, first = frame_times(source), first_frame(source)
+    start, end, wanted = chosen_frames(times, cfg.frames, source)
+    deep = first.format.components[0].bits > 8
+    with opened(source) as container:
+        video = video_stream(container, source)
+        stream, copies = add_video(out, video, first, size, cfg), copy_streams(container, out)
+        offset = start - times[0]  # a part (--frames) starts where the whole did
+        seconds = [t * video.time_base if t is not None else None for t in (start, end, offset)]  # the part
+        decoded = done = 0
+        with tqdm(total=wanted, unit='frame', disable=not progress, desc=source.name, leave=False) as bar:
+            for item in items(container, video):
+                if isinstance(item, av.Packet):
+                    if not cfg.frames or in_part(item, *seconds):  # the whole: every packet as it is
+                        item.stream = copies[item.stream.index]
+                        out.mux(item)
+                    continue
+                # frames leave the decoder in presentation order: the k-th has the k-th packet time (as FFmpeg's
+                # best-effort timestamps; AVI's B-frames carry no times of their own)
+                pts, decoded = times[min(decoded, len(times) - 1)], decoded + 1
+                if end is not None and pts >= end:
+                    break
+                if pts >= start:
+                    frame = to_frame(render(to_tensor(item, deep), size), deep, stream.codec_context)
+                    frame.pts, frame.time_base, frame.duration = pts - offset, video.time_base, item.duration
+                    out.mux(stream.encode(frame))
+                    done += 1
+                    bar.update()
+        out.mux(stream.encode(None))
+    if done < wanted:
+        raise ValueError(f"{source}: only {done} of its {wanted} frames could be decoded: the file is damaged")
+    return done
+
+
+def upscale_video(render: Render, source: Path, target: Path, size: tuple[int, int], cfg: SimpleNamespace,
+                  progress: bool) -> str:
+    """Render the video at `source` at `size` (even_size: rounded for the pixel format) into `target`,
+    whole or not at all; returns the line that says so. FFmpeg's failures name the file."""
+    size = even_size(size, cfg.pix_fmt, source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # bitexact: no random Matroska segment ID, so a rerun writes the same bytes
+        with replacing(target) as tmp, av.open(str(tmp), 'w', options={'fflags': '+bitexact'}) as out:
+            done = transcode(source, out, render, size, cfg, progress)
+    except av.FFmpegError as e:
+        if e.errno in NO_SPACE:
+            raise disk_full(target, e, "; nothing was written") from None
+        raise ValueError(f"{source}: {e.strerror or e} (writing {target})") from None
+    return f"{source} -> {target} ({size[0]}x{size[1]}, {done} frames)"
