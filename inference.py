@@ -254,7 +254,7 @@ def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:
             team.finished_one()
         team.wait()
     if team.rank == 0:
-        print(f"{len(targets)} image(s) written into {targets[0].parent} by {team.world_size} processes in "
+        print(f"{len(targets)} output(s) written into {targets[0].parent} by {team.world_size} processes in "
               f"{time.perf_counter() - start:.1f} s")
     return [target for _, target in split[team.rank]]
 

@@ -148,7 +148,7 @@ def test_two_nodes_meet_on_localhost_with_more_processes_than_images(frames, off
     assert codes == [0, 0], (tmp_path / 'node0.err').read_text()[-2000:] + (tmp_path / 'node1.err').read_text()[-2000:]
     assert outputs(tmp_path / 'out') == {name: alone[name]}
     said = (tmp_path / 'node0.out').read_text() + (tmp_path / 'node1.out').read_text()
-    assert said.count('1 image(s) written into') == 1 and 'by 2 processes' in said
+    assert said.count('1 output(s) written into') == 1 and 'by 2 processes' in said
 
 
 def children(pid: int) -> dict[int, str]:
@@ -185,7 +185,7 @@ def test_a_killed_process_ends_the_run_and_the_rerun_finishes_it(frames, officia
     assert f'skipping {len(done_before)} of {len(alone)} images' in rerun.stdout
     assert outputs(tmp_path) == alone  # two processes write the bytes one writes
     left = len(alone) - len(done_before)
-    assert rerun.stdout.count(f'{left} image(s) written into') == 1  # rank 0's summary, once
+    assert rerun.stdout.count(f'{left} output(s) written into') == 1  # rank 0's summary, once
     assert 'px/s' not in rerun.stderr  # no per-image bars: one bar of images, on rank 0
     assert re.search(rf'inference: 100%.*{left}/{left}', rerun.stderr)
 
