@@ -629,6 +629,7 @@ def test_save_view_downloads_the_shown_window(page, model, viewer):
 
 
 @browser
+@pytest.mark.slow
 def test_alpha_is_shown_over_a_checkerboard_and_save_view_keeps_it(crop, model, tmp_path):
     """An RGBA crop (its left third fully clear, a ramp after it): the canvas shows the checkerboard's two
     greys where it is clear, and the saved view is RGBA with the server's alpha."""
