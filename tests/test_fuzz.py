@@ -137,6 +137,7 @@ def workdir(tmp_path_factory):
 
 @fuzz(80)
 @given(script=st.sampled_from(['train', 'test', 'inference']), data=st.data())
+@pytest.mark.slow
 def test_refused_settings_are_one_error_line_and_write_nothing(workdir, script, data):
     """A command line that settings.parse or settings.check refuses ends run_main with exit status 2, one
     `error:` line and nothing written (the scripts run in an empty folder, relative outputs land there)."""

@@ -90,6 +90,7 @@ def test_split_window_covers_the_window_once():
         assert (cover == 1).all()
 
 
+@pytest.mark.slow
 def test_inference_runs_the_onnx_file(exported, official_weights, benchmark_root, tmp_path):
     cv2.imwrite(str(tmp_path / 'lr.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'head.png'))[60:95, 70:99])
     common = [f'--input={tmp_path / "lr.png"}', '--scale=2.3', '--window=[3,0,70,60]', '--chunk=900']

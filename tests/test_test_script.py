@@ -64,6 +64,7 @@ def small_set(benchmark_root, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_non_integer_scales_write_tables_and_images(small_set, official_weights, tmp_path):
     summary = test_script.main([f'--test_root={small_set}', f'--weights={official_weights}',
                                 '--test_sets=Tiny', '--test_scales=[2.5,3]', f'--out_dir={tmp_path}',

@@ -218,6 +218,7 @@ def test_bf16_autocast_trains_on_cpu_and_bad_settings_are_refused(data, tmp_path
         train.main(tiny(data, tmp_path, f'--train_dir={tmp_path / "nowhere"}'))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_unfused_adam_resumes_fused(data, tmp_path):
     """Checkpoints from before Adam was fused (param groups with fused=None) resume, and go on fused."""
     out = tmp_path / 'old'

@@ -540,6 +540,7 @@ def test_page_fits_the_image_and_zooms_at_a_point_to_the_model_window(page, mode
 
 
 @browser
+@pytest.mark.slow
 def test_keys_wheel_and_limits(page):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
@@ -565,6 +566,7 @@ def test_keys_wheel_and_limits(page):
 
 
 @browser
+@pytest.mark.slow
 def test_trackpad_and_touch_pinch_zoom(page):
     page.execute_script('viewer.fit(); viewer.zoomAt(4, 0, 0)')
     # a trackpad pinch reaches the page as a wheel event with ctrlKey, in small steps
@@ -600,6 +602,7 @@ def test_drag_pans_and_the_new_window_is_rendered(page, model, viewer):
 
 
 @browser
+@pytest.mark.slow
 def test_compare_mode_and_its_divider(page, model, viewer):
     from selenium.webdriver.common.action_chains import ActionChains
     page.execute_script('viewer.fit(); viewer.zoomAt(3.9, 100, 100)')
@@ -616,6 +619,7 @@ def test_compare_mode_and_its_divider(page, model, viewer):
 
 
 @browser
+@pytest.mark.slow
 def test_save_view_downloads_the_shown_window(page, model, viewer):
     page.execute_script('viewer.fit(); viewer.zoomAt(3.5, 0, 0)')
     make_figure.wait_ready(page)
