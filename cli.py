@@ -71,10 +71,9 @@ def checkpoint_model(cfg: SimpleNamespace, argv: list[str], weights: str | Path,
     adopt_model_settings(cfg, argv, options, weights)
     model = model_from_checkpoint(weights, fast=cfg.fast).to(device)
     if cfg.compile_decoder:
-        compilable = hasattr(model, 'compile_decoder')  # a model with a fast decoder to compile (LIIF)
-        if not (compilable and model.fast):
+        if not hasattr(model, 'compile_decoder'):  # LIIF's fast path (fast_liif.FastLIIF) alone has one
             raise ValueError(f"compile_decoder compiles LIIF's fast decoder; {weights} holds {model_name(options)}"
-                             + (' and fast=False runs the reference path' if compilable else ''))
+                             + (' and fast=False runs the reference path' if options['model'] == 'liif' else ''))
         model.compile_decoder(cuda_graphs=device.type == 'cuda')
     return model
 

@@ -16,17 +16,17 @@ Everything else (the settings' checks, --help, build_model, checkpoints in both 
 the three scripts, the viewer, the ONNX export) reads the registry. docs/models.md walks through it.
 """
 import reprlib
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fast_liif
 import render as engine
-from render import Lookup, nearest_index, pixel_centres, real, spans
+from precision import linear
+from render import Lookup, batch_index, decoder_rows, in_blocks, nearest_index, pair, pixel_centres, real
 
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
-UPSAMPLE_SCALES = {'edsr-baseline': [2, 3, 4, 8], 'rdn': [2, 3, 4]}  # the official up-samplers' scales
 
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -143,33 +143,58 @@ class MLP(nn.Module):
 
 # ---------------------------------------------------------------- the contract and the registry
 
-ENCODERS = {'edsr-baseline': EDSR, 'rdn': RDN}
-ENCODER_TITLES = {'edsr-baseline': 'EDSR-baseline', 'rdn': 'RDN'}
+class Encoder(NamedTuple):
+    """An encoder: its class, its name in papers' titles, the scales its own up-sampler has."""
+    cls: type[nn.Module]
+    title: str
+    upsample_scales: tuple[int, ...]
+
+
+ENCODERS = {'edsr-baseline': Encoder(EDSR, 'EDSR-baseline', (2, 3, 4, 8)), 'rdn': Encoder(RDN, 'RDN', (2, 3, 4))}
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] values in the units the models work in, (x - 0.5) / 0.5 as the official data_norm (the
+    encoder's input, the training objective's); an image goes channels_last on CUDA (faster cuDNN)."""
+    if x.is_cuda and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return (x - 0.5) / 0.5
+
+
+def denormalise(y: torch.Tensor) -> torch.Tensor:
+    """A decoder's output in [0, 1] units: the inverse of normalise."""
+    return y * 0.5 + 0.5
 
 
 class SRModel(nn.Module):
     """What every model provides. The class: `name` (the `model` setting, the name in this project's
     checkpoints), `settings` (the config.py settings besides model and encoder that shape it, with a
-    check for each in `option_rules`), `official` (the model name in official checkpoints, or None),
-    and the class methods below. An instance: `options` (what rebuilds it: model, encoder and its
-    settings; saved in checkpoints), and for render.py:
+    check for each in `option_rules`), and its maths for render.py:
     - `encode(lr) -> latent` (B, C, h * k, w * k), k = `latent_scale`;
     - `lookup(c, n, cell) -> Lookup` for one axis of n LR pixels: the latent indices (S, ...) a
       coordinate reads, relative coordinates (S, ...) and the decoder's cell term;
-    - `decode(latent, rows, cols) -> rgb (*Q, 3)` from both axes' look-ups, broadcast to Q = (B, ...);
-    - `tile_margin` (LR pixels of context one latent code needs), `bytes_per_query(device)` and
-      `bytes_per_lr_pixel()` (render's memory sizing).
-    The forward pass and the rendering are the engine's, the same for every model."""
+    - `decode(latent, rows, cols) -> rgb (*Q, 3)` from both axes' look-ups, broadcast to Q = (B, ...).
+    The rest has defaults a model overrides where they do not fit: `build` (an encoder from ENCODERS
+    passed to __init__), `official` (its name in official checkpoints) and `from_official`,
+    `option_problems`, `title`, and the sizing hooks `tile_margin` (LR pixels of context one latent
+    code needs), `bytes_per_query(device)` and `bytes_per_lr_pixel()`. An instance holds `encoder` and
+    `options` (what rebuilds it: model, encoder and its settings; saved in checkpoints). The forward
+    pass and the rendering are the engine's, the same for every model."""
     name: str
     settings: tuple[str, ...] = ()
     option_rules: dict = {}
     official: str | None = None
     latent_scale = 1  # latent pixels per LR pixel along each axis
 
+    def __init__(self, encoder: nn.Module, encoder_name: str, **options):
+        super().__init__()
+        self.encoder = encoder
+        self.options = dict(model=self.name, encoder=encoder_name, **options)
+
     @classmethod
-    def build(cls, encoder: str, fast: bool = True, **options) -> 'SRModel':
-        """The model with a new encoder of that name; `fast` concerns models with a fast path."""
-        return cls(ENCODERS[encoder](), encoder, **options)
+    def build(cls, encoder: str, **options) -> 'SRModel':
+        """The model with a new encoder of that name."""
+        return cls(ENCODERS[encoder].cls(), encoder, **options)
 
     @classmethod
     def option_problems(cls, options: dict) -> list[str]:
@@ -185,7 +210,20 @@ class SRModel(nn.Module):
     @classmethod
     def title(cls, options: dict) -> str:
         """The model as the papers name it: 'EDSR-baseline-LIIF'."""
-        return f"{ENCODER_TITLES[options['encoder']]}-{cls.__name__}"
+        return f"{ENCODERS[options['encoder']].title}-{cls.__name__}"
+
+    @property
+    def tile_margin(self) -> int:
+        """The encoder's receptive radius and a 3x3 neighbourhood of latent codes."""
+        return self.encoder.receptive_radius + 1
+
+    def bytes_per_query(self, device: torch.device) -> int:
+        """A generous 32 KiB a query (the reference LIIF needs 21.5 KiB)."""
+        return 32 << 10
+
+    def bytes_per_lr_pixel(self) -> int:
+        """The encoder's peak and a latent of up to 9 codes (a 3x3 unfolding) per LR pixel, in fp32."""
+        return 4 * (self.encoder.peak_channels + 9 * self.encoder.out_dim)
 
     @property
     def device(self) -> torch.device:
@@ -243,13 +281,16 @@ def option_problems(options: dict) -> list[str]:
 
 def build_model(model: str = 'liif', encoder: str = 'edsr-baseline', fast: bool = True, **options) -> SRModel:
     """Any registered model from its options (the model settings); options that do not concern the
-    chosen model are ignored, those option_problems finds fault with are refused. `fast`: LIIF's fast
-    path (the same function)."""
+    chosen model are ignored, those option_problems finds fault with are refused. `fast`: the model's
+    fast path where it has one (LIIF's: fast_liif.FastLIIF, the same function); False: the reference."""
     problems = option_problems(dict(model=model, encoder=encoder, **options))
     if problems:
         raise ValueError("cannot build the model: " + "; ".join(problems))
     cls = MODELS[model]
-    return cls.build(encoder, fast=fast, **{k: v for k, v in options.items() if k in cls.settings})
+    if fast and cls is LIIF:
+        import fast_liif  # it subclasses LIIF, so it imports this module: imported once this one is complete
+        cls = fast_liif.FastLIIF
+    return cls.build(encoder, **{k: v for k, v in options.items() if k in cls.settings})
 
 
 def model_name(options: dict) -> str:
@@ -270,23 +311,6 @@ def hidden_list_rule(value) -> str | None:
 def upsamples(encoder_spec: dict) -> bool:
     """Whether an official encoder spec keeps its up-sampler (no_upsampling not set)."""
     return not encoder_spec.get('args', {}).get('no_upsampling', False)
-
-
-def normalise(lr: torch.Tensor) -> torch.Tensor:
-    """The encoder's input, (lr - 0.5) / 0.5 as the official data_norm; channels_last on CUDA (faster cuDNN)."""
-    if lr.is_cuda:
-        lr = lr.contiguous(memory_format=torch.channels_last)
-    return (lr - 0.5) / 0.5
-
-
-def batch_index(batch: int, index: torch.Tensor) -> torch.Tensor:
-    """Image indices (B, 1, ...) broadcasting over the query shape of look-up indices (S, B|1, ...)."""
-    return torch.arange(batch, device=index.device).view(batch, *[1] * (index.dim() - 2))
-
-
-def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Two broadcastable per-query values as one (..., 2) tensor."""
-    return torch.stack(torch.broadcast_tensors(a, b), -1)
 
 
 # ---------------------------------------------------------------- LIIF
@@ -312,31 +336,22 @@ def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.T
 
 @register
 class LIIF(SRModel):
-    """The local implicit image function, as the paper defines it (this class is its reference): an
-    encoder's feature map, unfolded to 3x3 neighbourhoods; per query, the four nearest latent codes
-    (local ensemble), each decoded by an MLP from [code, query - code centre, cell] and blended by the
-    area of the rectangle diagonally opposite. `fast` (the default) runs the same function through
-    fast_liif: the first layer folded into a convolution at LR resolution, the members in one batch."""
+    """The local implicit image function as the paper defines it, and nothing else: an encoder's
+    feature map, unfolded to 3x3 neighbourhoods; per query, the four nearest latent codes (local
+    ensemble), each decoded by an MLP from [code, query - code centre, cell] and blended by the area
+    of the rectangle diagonally opposite. fast_liif.FastLIIF computes the same function faster (what
+    build_model gives by default)."""
     name, official = 'liif', 'liif'
     settings = ('hidden_list', 'feat_unfold', 'local_ensemble', 'cell_decode')
     option_rules = {'hidden_list': hidden_list_rule, **{s: switch_rule(s) for s in settings[1:]}}
 
     def __init__(self, encoder: nn.Module, encoder_name: str, hidden_list: list[int] = (256, 256, 256, 256),
-                 feat_unfold: bool = True, local_ensemble: bool = True, cell_decode: bool = True,
-                 fast: bool = True):
-        super().__init__()
-        self.encoder = encoder
+                 feat_unfold: bool = True, local_ensemble: bool = True, cell_decode: bool = True):
+        super().__init__(encoder, encoder_name, hidden_list=list(hidden_list), feat_unfold=feat_unfold,
+                         local_ensemble=local_ensemble, cell_decode=cell_decode)
         self.feat_unfold, self.local_ensemble, self.cell_decode = feat_unfold, local_ensemble, cell_decode
-        self.fast = fast
-        self.options = dict(model='liif', encoder=encoder_name, hidden_list=list(hidden_list),
-                            feat_unfold=feat_unfold, local_ensemble=local_ensemble, cell_decode=cell_decode)
         self.feat_dim = encoder.out_dim * (9 if feat_unfold else 1)
         self.imnet = MLP(self.feat_dim + 2 + (2 if cell_decode else 0), 3, list(hidden_list))
-        self.decode_block = fast_liif.decode_block  # torch.compile'd by compile_decoder
-
-    @classmethod
-    def build(cls, encoder: str, fast: bool = True, **options) -> 'LIIF':
-        return cls(ENCODERS[encoder](), encoder, fast=fast, **options)
 
     @classmethod
     def from_official(cls, spec: dict) -> dict | None:
@@ -349,23 +364,21 @@ class LIIF(SRModel):
                     cell_decode=args.get('cell_decode', True))
 
     def encode(self, lr: torch.Tensor) -> torch.Tensor:
-        """The feature map unfolded to 3x3 neighbourhoods (the fast path: its first decoder layer's
-        feature term instead)."""
+        """The feature map; with feat_unfold each pixel's code is its 3x3 neighbourhood (zero padded)."""
         feat = self.encoder(normalise(lr))
-        if self.fast:
-            return fast_liif.encode(self, feat)
-        k = 3 if self.feat_unfold else 1
-        return F.unfold(feat, k, padding=k // 2).view(feat.shape[0], -1, *feat.shape[-2:])
+        if self.feat_unfold:
+            feat = F.unfold(feat, 3, padding=1).view(feat.shape[0], -1, *feat.shape[-2:])
+        return feat
 
     def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
+        """The code shifted by -1 and +1 pixel (one unshifted without local ensemble); the cell in
+        LR pixels times 2 (cell * n)."""
         index, rel = axis_lookups(c, n, self.local_ensemble)
         return Lookup(index, rel, cell * n if self.cell_decode else None)
 
     def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
-        """RGB (*Q, 3) in [0, 1] units (unclamped): per ensemble member (row shift major) a look-up of
-        the unfolded feature and an MLP pass; each prediction weighted by the area diagonally opposite."""
-        if self.fast:
-            return fast_liif.decode(self, latent, rows, cols)
+        """RGB (*Q, 3) in [0, 1] units (unclamped): per ensemble member (row shift major) the code, the
+        MLP on [code, rel_y, rel_x, cell]; each prediction weighted by the area diagonally opposite."""
         table = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
         batch = batch_index(latent.shape[0], rows.index)
         preds, areas = [], []
@@ -378,27 +391,45 @@ class LIIF(SRModel):
                 areas.append((rel[..., 0] * rel[..., 1]).abs() + 1e-9)
         total = torch.stack(areas).sum(0)
         out = sum(pred * (area / total).unsqueeze(-1) for pred, area in zip(preds, reversed(areas)))
-        return out * 0.5 + 0.5
-
-    @property
-    def tile_margin(self) -> int:
-        """The encoder's receptive radius and the 3x3 neighbourhood (folded layer or unfolding)."""
-        return self.encoder.receptive_radius + 1
+        return denormalise(out)
 
     def bytes_per_query(self, device: torch.device) -> int:
-        members = 4 if self.local_ensemble else 1
-        if self.fast:
-            return fast_liif.bytes_per_query(self, device)
         # four (feat_dim + 4)-wide inputs and the hidden activations of the full MLP
+        members = 4 if self.local_ensemble else 1
         return members * (self.feat_dim + 4 + 3 * max(self.options['hidden_list'])) * 4
 
     def bytes_per_lr_pixel(self) -> int:
-        latent = self.imnet.layers[0].out_features if self.fast else self.feat_dim
-        return 4 * (self.encoder.peak_channels + latent)
+        return 4 * (self.encoder.peak_channels + self.feat_dim)
 
-    def compile_decoder(self, cuda_graphs: bool = True) -> None:
-        """torch.compile the fast decoder (the compile_decoder setting; with CUDA graphs on CUDA)."""
-        self.decode_block = fast_liif.compiled_block(cuda_graphs)
+
+def member_inputs(iy, ix, ry, rx, row_stride: int, offset, rel_cell):
+    """The local ensemble's members for a batched decoder (FastLIIF and LTE), queries of (broadcast)
+    shape Q, members last.
+
+    iy, ry: (Sy, *Q) and ix, rx: (Sx, *Q) from `axis_lookups` (broadcastable over Q); offset: the
+    table row of each image's first pixel (broadcastable to Q); rel_cell: None or broadcastable to
+    (*Q, 1, 2). Returns table rows (*Q, M), inputs [rel_y, rel_x(, cell_y, cell_x)] (*Q, M, K) and
+    ensemble weights (*Q, M), M = Sy * Sx in the official member order.
+    """
+    index = iy.unsqueeze(1) * row_stride + ix.unsqueeze(0) + offset  # (Sy, Sx, *Q)
+    rel_y, rel_x = ry.unsqueeze(1).expand(index.shape), rx.unsqueeze(0).expand(index.shape)
+    area = (rel_y * rel_x).abs_() + 1e-9
+    weight = area.flip((0, 1)) / area.sum((0, 1))  # the area diagonally opposite each member
+
+    def members_last(t):
+        return t.flatten(0, 1).movedim(0, -1)
+
+    index = members_last(index)
+    parts = [members_last(rel_y), members_last(rel_x)]
+    if rel_cell is not None:  # stacked, not assigned into slices: an exported graph keeps dynamic shapes
+        parts += [c.to(ry.dtype).expand_as(parts[0]) for c in rel_cell.unbind(-1)]
+    return index, torch.stack(parts, -1), members_last(weight)
+
+
+def table(latent: torch.Tensor) -> torch.Tensor:
+    """(B*h*w, C) rows of a latent, one row per code, each row contiguous (free if channels_last; else
+    one copy, without which every gathered row reads C cache lines)."""
+    return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1]).contiguous()
 
 
 # ---------------------------------------------------------------- MetaSR
@@ -414,9 +445,7 @@ class MetaSR(SRModel):
     name, official = 'metasr', 'metasr'
 
     def __init__(self, encoder: nn.Module, encoder_name: str):
-        super().__init__()
-        self.encoder = encoder
-        self.options = dict(model='metasr', encoder=encoder_name)
+        super().__init__(encoder, encoder_name)
         self.imnet = MLP(3, encoder.out_dim * 9 * 3, [256])
 
     @classmethod
@@ -443,12 +472,7 @@ class MetaSR(SRModel):
         q_feat = torch.stack(taps, -1).flatten(-2)  # (*Q, C*9), channel c * 9 + tap as F.unfold orders it
         rel_y, rel_x = torch.broadcast_tensors(rows.rel[0], cols.rel[0])
         filters = self.imnet(torch.stack([rel_y, rel_x, rows.cell.expand_as(rel_y)], -1)).unflatten(-1, (c * 9, 3))
-        rgb = (q_feat.unsqueeze(-2) @ filters).squeeze(-2)
-        return rgb * 0.5 + 0.5
-
-    @property
-    def tile_margin(self) -> int:
-        return self.encoder.receptive_radius + 1  # and the 3x3 neighbourhood
+        return denormalise((q_feat.unsqueeze(-2) @ filters).squeeze(-2))
 
     def bytes_per_query(self, device: torch.device) -> int:
         # the 9 taps, the unfolded code, the filter and the hidden layer
@@ -469,19 +493,17 @@ class Upsample(SRModel):
     name, official, settings = 'upsample', 'liif', ('upsample_scale',)
     option_rules = {'upsample_scale': lambda value: None}  # its values depend on the encoder: option_problems
 
-    def __init__(self, encoder: nn.Module, encoder_name: str, scale: int):
-        super().__init__()
-        self.encoder = encoder
-        self.latent_scale = scale
-        self.options = dict(model='upsample', encoder=encoder_name, upsample_scale=scale)
+    def __init__(self, encoder: nn.Module, encoder_name: str, upsample_scale: int):
+        super().__init__(encoder, encoder_name, upsample_scale=upsample_scale)
+        self.latent_scale = upsample_scale
 
     @classmethod
-    def build(cls, encoder: str, fast: bool = True, upsample_scale: int = 2) -> 'Upsample':
-        return cls(ENCODERS[encoder](upsample_scale=upsample_scale), encoder, upsample_scale)
+    def build(cls, encoder: str, upsample_scale: int = 2) -> 'Upsample':
+        return cls(ENCODERS[encoder].cls(upsample_scale=upsample_scale), encoder, upsample_scale)
 
     @classmethod
     def option_problems(cls, options: dict) -> list[str]:
-        scale, scales = options.get('upsample_scale'), UPSAMPLE_SCALES[options['encoder']]
+        scale, scales = options.get('upsample_scale'), list(ENCODERS[options['encoder']].upsample_scales)
         if type(scale) is not int or scale not in scales:
             return [f"upsample_scale must be one of {scales} for the {options['encoder']} up-sampler, "
                     f"got {reprlib.repr(scale)}"]
@@ -500,7 +522,7 @@ class Upsample(SRModel):
 
     @classmethod
     def title(cls, options: dict) -> str:
-        return f"{ENCODER_TITLES[options['encoder']]} x{options['upsample_scale']}"
+        return f"{ENCODERS[options['encoder']].title} x{options['upsample_scale']}"
 
     def encode(self, lr: torch.Tensor) -> torch.Tensor:
         return self.encoder(normalise(lr))
@@ -510,7 +532,7 @@ class Upsample(SRModel):
 
     def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
         sr = latent.permute(0, 2, 3, 1)
-        return sr[batch_index(latent.shape[0], rows.index), rows.index[0], cols.index[0]] * 0.5 + 0.5
+        return denormalise(sr[batch_index(latent.shape[0], rows.index), rows.index[0], cols.index[0]])
 
     @property
     def tile_margin(self) -> int:
@@ -539,13 +561,13 @@ def official_lte_options(model_spec: dict) -> dict:
         args = model_spec['args']
         encoder = args['encoder_spec']
         imnet = args['imnet_spec']
-        upsamples = not encoder.get('args', {}).get('no_upsampling', False)
+        up = upsamples(encoder)
         mlp = imnet['name'] == 'mlp' and imnet['args'].get('out_dim', 3) == 3
         options = dict(model='lte', encoder=encoder['name'], hidden_list=list(imnet['args']['hidden_list']),
                        hidden_dim=args.get('hidden_dim', 256))
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"its LTE model spec is incomplete (no {e})") from None
-    if upsamples:
+    if up:
         raise ValueError("its LTE has an up-sampling encoder (no_upsampling is not set)")
     if not mlp:
         raise ValueError(f"its LTE decoder is not an MLP to RGB: {reprlib.repr(imnet)}")
@@ -581,6 +603,8 @@ class LTE(SRModel):
     Through the engine: the latent holds [A, F, normalised LR] per LR pixel, so a tile of it carries
     everything decode reads; a per-axis look-up has 4 rows: the two ensemble shifts (index, delta), then
     the two bilinear taps (index, weight) of the axis, so the skip is exact under windows and LR tiles.
+    The default tile margin holds: the amplitude and frequency convolutions are 3x3, and the skip reads LR
+    pixels inside the rectangle the look-ups span.
     """
     name, official = 'lte', 'lte'
     settings = ('hidden_list', 'hidden_dim')
@@ -588,10 +612,8 @@ class LTE(SRModel):
 
     def __init__(self, encoder: nn.Module, encoder_name: str, hidden_list: list[int] = (256, 256, 256),
                  hidden_dim: int = 256):
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder, encoder_name, hidden_list=list(hidden_list), hidden_dim=hidden_dim)
         self.hidden_dim = hidden_dim
-        self.options = dict(model='lte', encoder=encoder_name, hidden_list=list(hidden_list), hidden_dim=hidden_dim)
         self.coef = nn.Conv2d(encoder.out_dim, hidden_dim, 3, padding=1)
         self.freq = nn.Conv2d(encoder.out_dim, hidden_dim, 3, padding=1)
         self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
@@ -621,22 +643,16 @@ class LTE(SRModel):
         """RGB (*Q, 3) in [0, 1] units (unclamped) from an `encode` output."""
         b, _, h, w = latent.shape
         offset = batch_index(b, rows.index) * (h * w)
-        index, inputs, weight = fast_liif.member_inputs(rows.index[:2], cols.index[:2], rows.rel[:2], cols.rel[:2], w,
+        index, inputs, weight = member_inputs(rows.index[:2], cols.index[:2], rows.rel[:2], cols.rel[:2], w,
                                               offset, pair(rows.cell, cols.cell).unsqueeze(-2))
-        taps, tap_rel, _ = fast_liif.member_inputs(rows.index[2:], cols.index[2:], rows.rel[2:], cols.rel[2:], w, offset, None)
+        taps, tap_rel, _ = member_inputs(rows.index[2:], cols.index[2:], rows.rel[2:], cols.rel[2:], w, offset, None)
         tap_weight = tap_rel[..., 0] * tap_rel[..., 1]  # the row weight times the column weight
-        table = latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1]).contiguous()  # one row per LR pixel
-        rgb = self._decode(table, index.flatten(0, -2), inputs.flatten(0, -3), weight.flatten(0, -2),
-                           taps.flatten(0, -2), tap_weight.flatten(0, -2))
+        codes = table(latent)
+        per_query = (index.flatten(0, -2), inputs.flatten(0, -3), weight.flatten(0, -2), taps.flatten(0, -2),
+                     tap_weight.flatten(0, -2))
+        step = (decoder_rows(latent.device) or index.numel()) // index.shape[-1]
+        rgb = in_blocks(lambda *block: self._decode_block(codes, *block), per_query, step)
         return rgb.view(*index.shape[:-1], 3)
-
-    def _decode(self, table, index, inputs, weight, taps, tap_weight) -> torch.Tensor:
-        """`_decode_block` over blocks of engine.decoder_rows rows (one block while building a graph)."""
-        if torch.is_grad_enabled():
-            return self._decode_block(table, index, inputs, weight, taps, tap_weight)
-        step = max(1, (fast_liif.decoder_rows(table.device) or index.numel()) // index.shape[1])
-        return torch.cat([self._decode_block(table, *(t[s:e] for t in (index, inputs, weight, taps, tap_weight)))
-                          for s, e in spans(index.shape[0], step)])
 
     def _decode_block(self, table, index, inputs, weight, taps, tap_weight) -> torch.Tensor:
         """RGB (n, 3) of n queries: index (n, M) table rows of the members, inputs (n, M, 4) = [delta_y,
@@ -652,22 +668,16 @@ class LTE(SRModel):
         x = amplitude * torch.cat([torch.cos(torch.pi * phase), torch.sin(torch.pi * phase)], -1)
         layers = [layer for layer in self.imnet.layers if isinstance(layer, nn.Linear)]
         for i, layer in enumerate(layers):
-            x = fast_liif.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype), relu=i < len(layers) - 1)
+            x = linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype), relu=i < len(layers) - 1)
         rgb = (x.view(n, m, 3).to(dtype) * weight.unsqueeze(-1)).sum(1)
         skip = table[:, 2 * d:].index_select(0, taps.flatten()).view(n, -1, 3).to(dtype)
         skip = (skip * tap_weight.unsqueeze(-1)).sum(1)
-        return (rgb + skip) * 0.5 + 0.5
-
-    @property
-    def tile_margin(self) -> int:
-        """The encoder's receptive radius and the 3x3 amplitude and frequency convolutions; the skip
-        reads LR pixels next to the looked-up ones, inside the rectangle the look-ups span."""
-        return self.encoder.receptive_radius + 1
+        return denormalise(rgb + skip)
 
     def bytes_per_query(self, device: torch.device) -> int:
         # per member: index, inputs, weight, the skip's tap index and weight, the look-ups' temporaries; the
         # gathered codes, phases, basis and MLP activations count only where a whole chunk is one decoder block
-        whole = fast_liif.decoder_rows(device) is None
+        whole = decoder_rows(device) is None
         d, widest = self.hidden_dim, max(self.options['hidden_list'])
         return 4 * (8 + 16 + 4 + 8 + 4 + 16 + whole * 4 * (2 * d + 3 + d // 2 + d + 3 * widest))
 

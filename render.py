@@ -39,6 +39,16 @@ class Lookup(NamedTuple):
     cell: torch.Tensor | None
 
 
+def batch_index(batch: int, index: torch.Tensor) -> torch.Tensor:
+    """Image indices (B, 1, ...) broadcasting over the query shape of look-up indices (S, B|1, ...)."""
+    return torch.arange(batch, device=index.device).view(batch, *[1] * (index.dim() - 2))
+
+
+def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two broadcastable per-query values as one (..., 2) tensor."""
+    return torch.stack(torch.broadcast_tensors(a, b), -1)
+
+
 def real(n):
     """An axis length as a float64 number for the coordinate formulas: a Python int as it is, a 0-d
     int64 tensor (a dynamic length in an exported ONNX graph) as a float64 tensor. Both then round to
@@ -62,6 +72,34 @@ def nearest_index(c: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
 
 def spans(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(start, n, step)]
+
+
+# Rows (queries x ensemble members) per decoder call on a CPU: a block's 256-wide fp32 activations
+# (4 MiB) stay in the cache. A GPU decodes a whole chunk in one call.
+CPU_BLOCK_ROWS = 4096
+
+
+def decoder_rows(device: torch.device) -> int | None:
+    """Rows per call of a blocked decoder on `device`: CPU_BLOCK_ROWS on a CPU; None on a GPU (the whole
+    chunk at once: a few large kernels instead of thousands of small ones)."""
+    return CPU_BLOCK_ROWS if device.type != 'cuda' else None
+
+
+def in_blocks(decode_block, per_query: tuple[torch.Tensor, ...], step: int, padded=None) -> torch.Tensor:
+    """decode_block(*block) -> (q, 3) over blocks of `step` queries of the tensors `per_query` (first
+    dimension: the queries), concatenated; one block while autograd records (training). padded(q): the
+    queries a block of q is padded to, repeating its last query (a compiled block has few shapes)."""
+    n = per_query[0].shape[0]
+    if torch.is_grad_enabled():
+        return decode_block(*per_query)
+    out = []
+    for s, e in spans(n, max(1, step)):
+        block = [t[s:e] for t in per_query]
+        pad = padded(e - s) - (e - s) if padded else 0
+        if pad:
+            block = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in block]
+        out.append(decode_block(*block)[:e - s])
+    return torch.cat(out)
 
 
 # The longest output side: pixel centres are computed in float32, which tells neighbouring pixels apart

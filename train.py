@@ -45,7 +45,7 @@ from distributed import Team, join
 from files import check_writable, replacing
 from image_quality_assessment import evaluate, psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
-from model import build_model, model_name
+from model import build_model, model_name, normalise
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -105,7 +105,7 @@ class Objective(torch.nn.Module):
 
     def forward(self, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         pred = self.model(lr, coord, cell)
-        return F.l1_loss((pred.float() - 0.5) / 0.5, (gt - 0.5) / 0.5)
+        return F.l1_loss(normalise(pred.float()), normalise(gt))
 
 
 def worker_count(requested: int, world_size: int) -> int:

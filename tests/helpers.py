@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import settings
+from fast_liif import FastLIIF
 from imgproc import make_coord
 from model import EDSR, LIIF, LTE, RDN, MetaSR, Upsample, build_model
 
@@ -42,10 +43,21 @@ def tiny(data: Path, out_dir: Path, *extra: str) -> list[str]:
             '--num_workers=0', '--valid_first=1', f'--valid_repeat={VALID_REPEAT}', '--save_every=1', *extra]
 
 
-def tiny_liif() -> LIIF:
+def tiny_liif() -> FastLIIF:
     """A seeded LIIF small enough to compile quickly: a one-block 8-channel EDSR, a [16] decoder."""
     torch.manual_seed(0)
-    return LIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16])
+    return FastLIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16])
+
+
+def on_path(model: LIIF, fast: bool) -> LIIF:
+    """The same LIIF on the fast path (FastLIIF) or the reference one (LIIF): the modules are shared,
+    so both compute with the same parameters."""
+    cls = FastLIIF if fast else LIIF
+    if type(model) is cls:
+        return model
+    twin = cls(model.encoder, model.options['encoder'], **{k: model.options[k] for k in LIIF.settings})
+    twin.imnet = model.imnet
+    return twin.train(model.training)
 
 
 def load(path: Path) -> dict:
@@ -102,8 +114,8 @@ def small(kind: str):
     """Small random models of every kind: LIIF (fast and reference), MetaSR, LTE, the baselines."""
     torch.manual_seed(3)
     if kind.startswith('liif'):
-        return LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32],
-                    fast=kind == 'liif-fast').eval()
+        return (FastLIIF if kind == 'liif-fast' else LIIF)(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline',
+                                                            hidden_list=[32, 32]).eval()
     if kind == 'metasr':
         return MetaSR(RDN(g0=8, n_blocks=2, n_layers=2, growth=8), 'rdn').eval()
     if kind == 'lte':

@@ -63,11 +63,13 @@ def test_native_bf16_needs_the_flag_the_isa_and_a_working_op(flags, isa, op_fail
     if isa:
         monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', isa)
     precision.native_cpu_bf16.cache_clear()
+    precision.onednn_linear.cache_clear()
     try:
         assert precision.native_cpu_bf16() is native
         assert len(calls) == (1 if native or op_fails else 0)  # the op is tried only once flags and ISA allow it
     finally:
         precision.native_cpu_bf16.cache_clear()
+        precision.onednn_linear.cache_clear()
 
 
 def test_native_bf16_on_this_cpu_follows_its_flags(monkeypatch):

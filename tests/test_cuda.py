@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import fast_liif
 import precision
 import render
 import train
 from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset, DevicePatches, TrainDataset
-from helpers import assert_same_tensors, liif_edsr, load, tiny, tiny_liif
+from helpers import assert_same_tensors, liif_edsr, load, on_path, tiny, tiny_liif
 from image_quality_assessment import evaluate
 from train import train_step
 
@@ -80,10 +79,8 @@ def test_fast_equals_reference_in_fp32(model, set5_x4, device):
     cell = torch.full_like(coord, 2 / (48 * 3.7))
     lr = lr.expand(2, -1, -1, -1)
     with torch.no_grad():
-        model.fast = False
-        reference = model(lr, coord, cell)
-        model.fast = True
-        fast = model(lr, coord, cell)
+        reference = on_path(model, False)(lr, coord, cell)
+        fast = on_path(model, True)(lr, coord, cell)
     assert (fast - reference).abs().max().item() <= FP32_ATOL
 
 
@@ -133,7 +130,7 @@ def test_device_sized_render_equals_small_chunks(model, set5_x4, device):
     if device.type == 'cuda':
         free = torch.cuda.mem_get_info(device)[0]
         assert 0.45 * free <= render.device_budget(device) <= 0.55 * free  # half, whatever else runs meanwhile
-        assert fast_liif.decoder_rows(device) is None
+        assert render.decoder_rows(device) is None
     assert (model.render(lr, size) - model.render(lr, size, chunk=1000)).abs().max().item() <= FP32_ATOL
 
 

@@ -11,7 +11,8 @@ import fast_liif
 import precision
 import render
 from checkpoint import model_from_checkpoint
-from helpers import coord_cell, liif_edsr
+from fast_liif import FastLIIF
+from helpers import coord_cell, liif_edsr, on_path
 from imgproc import read_image
 from model import EDSR, LIIF, RDN
 
@@ -19,13 +20,8 @@ TOL = 1e-5
 
 
 def paths(model, fn):
-    """fn() on the reference path, then on the fast path."""
-    outs = []
-    for fast in (False, True):
-        model.fast = fast
-        outs.append(fn())
-    model.fast = True
-    return outs
+    """fn(model) on the reference path, then on the fast path (the same parameters)."""
+    return [fn(on_path(model, fast)) for fast in (False, True)]
 
 
 def max_diff(a, b) -> float:
@@ -61,7 +57,7 @@ def butterfly_lr(benchmark_root):
 @pytest.mark.slow
 def test_official_weights_render_non_integer_anisotropic(official, butterfly_lr):
     size = (45, 70)  # x1.67 by x2.12 from 27x33
-    ref, fast = paths(official, lambda: official.render(butterfly_lr, size, chunk=997))
+    ref, fast = paths(official, lambda m: m.render(butterfly_lr, size, chunk=997))
     assert ref.shape == (1, 3, *size)
     assert ref.std() > 0.05  # a real image, not a constant
     assert max_diff(ref, fast) <= TOL
@@ -70,7 +66,7 @@ def test_official_weights_render_non_integer_anisotropic(official, butterfly_lr)
 def test_official_weights_queries_and_predict(official, butterfly_lr):
     coord, cell = random_queries(1, 3001, *butterfly_lr.shape[-2:])
     with torch.no_grad():
-        ref, fast = paths(official, lambda: official(butterfly_lr, coord, cell))
+        ref, fast = paths(official, lambda m: m(butterfly_lr, coord, cell))
     assert max_diff(ref, fast) <= TOL
     chunked = render.predict(official, butterfly_lr, coord, cell, chunk=613)
     assert max_diff(ref, chunked) <= TOL
@@ -80,16 +76,16 @@ def test_official_weights_queries_and_predict(official, butterfly_lr):
 @pytest.mark.slow
 def test_every_ablation_random_weights(feat_unfold, local_ensemble, cell_decode):
     torch.manual_seed(1)
-    model = LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 24],
-                 feat_unfold=feat_unfold, local_ensemble=local_ensemble, cell_decode=cell_decode).eval()
+    model = FastLIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 24],
+                     feat_unfold=feat_unfold, local_ensemble=local_ensemble, cell_decode=cell_decode).eval()
     lr = torch.rand(2, 3, 9, 14)
     coord, cell = random_queries(2, 700, 9, 14, seed=2)
     with torch.no_grad():
-        ref, fast = paths(model, lambda: model(lr, coord, cell))
+        ref, fast = paths(model, lambda m: m(lr, coord, cell))
     assert ref.std() > 1e-3
     assert max_diff(ref, fast) <= TOL
     size = (23, 40)  # non-integer, anisotropic; 2 x 920 queries in chunks of 333
-    ref, fast = paths(model, lambda: model.render(lr, size, chunk=333))
+    ref, fast = paths(model, lambda m: m.render(lr, size, chunk=333))
     assert max_diff(ref, fast) <= TOL
     grid, grid_cell = coord_cell(*size)
     with torch.no_grad():
@@ -100,14 +96,14 @@ def test_every_ablation_random_weights(feat_unfold, local_ensemble, cell_decode)
 def test_fast_gradients_match_reference():
     """Training may use the folded path: it must give the reference's gradients too."""
     torch.manual_seed(3)
-    model = LIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16, 16])
+    model = FastLIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16, 16])
     lr = torch.rand(2, 3, 7, 6)
     coord, cell = random_queries(2, 200, 7, 6, seed=4)
 
-    def grads():
-        model.zero_grad()
-        model(lr, coord, cell).square().sum().backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters()])
+    def grads(m):
+        m.zero_grad()
+        m(lr, coord, cell).square().sum().backward()
+        return torch.cat([p.grad.flatten() for p in m.parameters()])
 
     ref, fast = paths(model, grads)
     assert ref.abs().max() > 1e-3
@@ -120,21 +116,20 @@ def test_fast_gradients_match_reference():
 def test_tiled_equals_untiled(encoder):
     """Small encoders (radius 6 and 7) so that an image many tile margins wide stays cheap."""
     torch.manual_seed(5)
-    model = LIIF(encoder, 'edsr-baseline' if isinstance(encoder, EDSR) else 'rdn', hidden_list=[32, 32]).eval()
+    model = FastLIIF(encoder, 'edsr-baseline' if isinstance(encoder, EDSR) else 'rdn', hidden_list=[32, 32]).eval()
     lr = torch.rand(2, 3, 40, 34)
     size = (93, 71)  # x2.33 by x2.09
     whole = model.render(lr, size, tile=0, chunk=2000)
     tiled = model.render(lr, size, tile=12, chunk=500)  # 4 x 3 tiles, the inner ones cropped on both sides
     assert max_diff(whole, tiled) <= TOL
-    model.fast = False
-    assert max_diff(model.render(lr, size, chunk=2000), tiled) <= TOL
+    assert max_diff(on_path(model, False).render(lr, size, chunk=2000), tiled) <= TOL
 
 
 @pytest.mark.slow
 def test_too_small_tile_margin_is_detected(monkeypatch):
     """The tiled test can fail: with a margin far short of the receptive radius, tiles differ."""
     torch.manual_seed(6)
-    model = LIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32]).eval()
+    model = FastLIIF(EDSR(n_resblocks=2, n_feats=16), 'edsr-baseline', hidden_list=[32, 32]).eval()
     lr = torch.rand(1, 3, 40, 40)
     whole = model.render(lr, (80, 80), tile=0)
     monkeypatch.setattr(LIIF, 'tile_margin', property(lambda self: 2))
@@ -179,7 +174,7 @@ def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly
     assert budgets == [mib << 19 for mib in (4, 512, 64 << 10)]
     assert chunks[0] == 256 < chunks[1] < chunks[2] and 64 == tiles[0] < tiles[1] < tiles[2]
     assert render.device_budget(cpu) == render.CPU_MEMORY_BUDGET == 1 << 30
-    assert fast_liif.decoder_rows(gpu) is None and fast_liif.decoder_rows(cpu) == fast_liif.CPU_BLOCK_ROWS
+    assert render.decoder_rows(gpu) is None and render.decoder_rows(cpu) == render.CPU_BLOCK_ROWS
     # 4 members x 3 activations of 256 fp32 values: 12 KiB a query more where a chunk is one block
     assert official.bytes_per_query(gpu) - official.bytes_per_query(cpu) == 4 * 3 * 256 * 4
 
@@ -195,10 +190,10 @@ def test_sizes_follow_the_device_and_leave_renders_unchanged(official, butterfly
 @pytest.mark.slow
 def test_fp32_kernels_agree(official, butterfly_lr, monkeypatch):
     """oneDNN's fused fp32 linear (x86 CPUs) renders what addmm + relu_ renders, within float32 rounding."""
-    if not fast_liif.onednn_linear():
+    if not precision.onednn_linear(torch.float32):
         pytest.skip("oneDNN's fused linear does not run here")
     fused = official.render(butterfly_lr, (54, 66))
-    monkeypatch.setattr(fast_liif, 'onednn_linear', lambda: False)
+    monkeypatch.setattr(precision, 'onednn_linear', lambda dtype: False)
     assert max_diff(fused, official.render(butterfly_lr, (54, 66))) <= TOL
 
 
@@ -235,7 +230,7 @@ def test_compiled_blocks_follow_the_chunk(monkeypatch):
     a multiple of COMPILED_ROUNDING rows (less than that much padding), halves with the chunk after an
     out-of-memory error, and gives the eager decoder's values."""
     torch.manual_seed(0)
-    model = LIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]).eval()
+    model = FastLIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]).eval()
     lr = torch.rand(1, 3, 20, 23)
     eager = model.render(lr, (61, 70), chunk=1500)
     calls = []
@@ -245,7 +240,7 @@ def test_compiled_blocks_follow_the_chunk(monkeypatch):
         if len(calls) == 2:  # the second call runs out of memory: the chunk is halved
             raise torch.OutOfMemoryError('test: out of memory')
         return fast_liif.decode_block(table, index, inputs, weight, params)
-    model.decode_block = recorded
+    model.compiled_block = recorded
     with pytest.warns(UserWarning, match='out of memory'):
         compiled = model.render(lr, (61, 70), chunk=1500)
     rows = [4 * n for n in calls]  # 4 ensemble members a query

@@ -8,9 +8,10 @@ import torch
 import inference
 import render
 from cli import run_main
+from fast_liif import FastLIIF
 from helpers import small
 from imgproc import read_image, write_image
-from model import LIIF, build_model
+from model import build_model
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -130,13 +131,13 @@ def test_inference_warns_once_and_writes_the_same_image(benchmark_root, tmp_path
     torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
     argv = [f'--input={crop}', f'--weights={tmp_path / "small.pth"}', '--scale=3', '--device=cpu']
     assert run_main(inference.main, [*argv, f'--output={tmp_path / "plain.png"}']) == 0
-    decode, limit = LIIF.decode, [500]
+    decode, limit = FastLIIF.decode, [500]
 
     def tight_decode(self, latent, rows, cols):
         if queries(latent, rows, cols) > limit[0]:
             raise MemoryError
         return decode(self, latent, rows, cols)
-    monkeypatch.setattr(LIIF, 'decode', tight_decode)
+    monkeypatch.setattr(FastLIIF, 'decode', tight_decode)
     capsys.readouterr()
     assert run_main(inference.main, [*argv, f'--output={tmp_path / "tight.png"}']) == 0
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')] == [
