@@ -550,9 +550,9 @@ def pack(stages: Stages, out: Path) -> None:
 def measuring_stages(args, sizes: dict, work: Path, shared: Path, benchmark: Path) -> list[tuple[str, list[str], dict]]:
     """(name, python arguments, environment) of the measuring stages, in order of value: the tests, the
     numbers that decide correctness, the compiled modes, the training modes."""
-    infer = ['scripts/benchmark.py', *sizes['bench_infer']]
+    infer = ['scripts/bench_render.py', *sizes['bench_infer']]
     folders = ','.join(map(str, training_folders(shared)))
-    train = ['scripts/benchmark.py', '--sizes=0', '--train', f'--train_dir={folders}', *sizes['bench_train']]
+    train = ['scripts/bench_train.py', f'--train_dir={folders}', *sizes['bench_train']]
     tests = ['-m', 'pytest', '-q', '-rfEs', '-p', 'no:cacheprovider',
              *(['-k', args.tests] if args.tests else sizes['tests']), 'tests/test_cuda.py']
     stages = [('CUDA tests', tests, sizes['tests_env']),

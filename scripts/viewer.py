@@ -25,7 +25,6 @@ process ends at once instead (see leave_now).
 """
 import argparse
 import errno
-import http.client
 import ipaddress
 import json
 import math
@@ -33,10 +32,8 @@ import os
 import re
 import signal
 import socket
-import statistics
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -56,7 +53,7 @@ from checkpoint import model_from_checkpoint
 from cli import ArgumentParser, load_onnx, pick_device, run_main, set_threads, upscaled_alpha
 from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_picture, to_integer
 from onnx_model import OnnxModel
-from precision import AMP_DTYPES, check_amp, machine_name
+from precision import AMP_DTYPES, check_amp
 from render import check_size, check_window, output_size
 from weights import resolve_weights
 
@@ -349,42 +346,6 @@ def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
     return thread
 
 
-def time_views(viewer: Viewer, zooms: list[float], view: tuple[int, int] = (600, 800), repeats: int = 3) -> list[dict]:
-    """Seconds to the model's pixels of the centred `view` (height, width) at each zoom, median of
-    `repeats` after one untimed round: through the server (the request until the PNG's last byte) and
-    a direct window render in this process (the reference; `ratio` = server / direct)."""
-    server = make_server(viewer, '127.0.0.1', 0)
-    serve_in_thread(server)
-    rows = []
-    try:
-        for zoom in zooms:
-            full = output_size(*viewer.shape, zoom)
-            height, width = min(view[0], full[0]), min(view[1], full[1])
-            window = ((full[0] - height) // 2, (full[1] - width) // 2, height, width)
-            query = 'mode=liif&' + '&'.join(f'{k}={v}' for k, v in zip(VIEW_KEYS[1:], (zoom, *window)))
-            times = {'server': [], 'direct': []}
-            for i in range(repeats + 1):
-                start = time.perf_counter()
-                conn = http.client.HTTPConnection('127.0.0.1', server.server_address[1], timeout=3600)
-                conn.request('GET', f'/render?{query}')
-                response = conn.getresponse()
-                if response.status != 200 or not response.read():
-                    raise RuntimeError(f"the server answered {response.status} for {query}")
-                conn.close()
-                middle = time.perf_counter()
-                viewer.render_model(full, window)
-                if i:  # the first round warms up
-                    times['server'].append(middle - start)
-                    times['direct'].append(time.perf_counter() - middle)
-            server_s, direct_s = (statistics.median(times[k]) for k in ('server', 'direct'))
-            rows.append({'zoom': zoom, 'view': f'{width}x{height}', 'output': f'{full[1]}x{full[0]}',
-                         'server_s': server_s, 'direct_s': direct_s, 'ratio': server_s / direct_s})
-    finally:
-        server.shutdown()
-        server.server_close()
-    return rows
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', required=True, help="the image to look at")
@@ -396,32 +357,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--host', default='127.0.0.1',
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument('--port', type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument('--time_views', default='', help="instead of serving: time an 800x600 view at these zooms, "
-                                                           "comma-separated, and print a table")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    try:
-        args.time_views = [float(z) for z in args.time_views.split(',')] if args.time_views else []
-    except ValueError:
-        args.time_views = [math.nan]
-    if not all(0 < z <= MAX_ZOOM for z in args.time_views):
-        raise ValueError(f"--time_views takes zooms in (0, {MAX_ZOOM:g}] separated by commas")
     return args
-
-
-def print_view_times(viewer: Viewer, zooms: list[float]) -> None:
-    rows = time_views(viewer, zooms)
-    engine = 'ONNX Runtime' if isinstance(viewer.model, OnnxModel) else f'torch {torch.__version__}, amp {viewer.amp}'
-    print(f"{viewer.name} ({viewer.shape[0]}x{viewer.shape[1]}), {machine_name(viewer.lr.device)}, {engine}\n")
-    print("| zoom | view (w x h) | whole render (w x h) | server, to the PNG's last byte | window render alone "
-          "| ratio |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| x{r['zoom']:g} | {r['view']} | {r['output']} | {r['server_s']:.2f} s | {r['direct_s']:.2f} s | "
-              f"{r['ratio']:.2f} |")
 
 
 def main(argv: list[str]) -> None:
@@ -436,8 +377,6 @@ def main(argv: list[str]) -> None:
         check_amp(device, args.amp)
         model = model_from_checkpoint(weights).to(device).eval()
     viewer = Viewer(args.input, model, args.amp)
-    if args.time_views:
-        return print_view_times(viewer, args.time_views)
     server = make_server(viewer, args.host, args.port)
     host, port = server.server_address[:2]
     serving = serve_in_thread(server)  # Ctrl-C then interrupts this thread's wait, never the server's loop

@@ -401,7 +401,6 @@ def test_server_close_ends_idle_connections_and_leaves_a_render_running(viewer, 
     (['--input=CROP', '--port=BUSY'], 'the port is in use'),
     (['--input=CROP', '--amp=fp8'], 'invalid choice'),
     (['--input=CROP', '--zoom=3'], 'unrecognized arguments: --zoom=3'),
-    (['--input=CROP', '--time_views=4,x'], '--time_views takes zooms in (0, 32]'),
     ([], 'required: --input'),
 ])
 def test_command_errors_are_one_line_and_status_2(crop, official_weights, tmp_path, capsys, args, message):

@@ -1,0 +1,47 @@
+"""The benchmarks run and measure what they say: each mode's render is the reference's function, the
+training rows step a real optimiser, bad options are one error line."""
+import json
+
+import pytest
+
+from cli import run_main
+from scripts import bench_node, bench_render, bench_train
+
+
+def test_render_rows_compare_every_mode_with_the_reference(tmp_path):
+    out = tmp_path / 'render.json'
+    assert run_main(bench_render.main, ['--cases=12x2.5', '--repeats=1', '--warmup=0', '--threads=1',
+                                        f'--json={out}', f'--out_dir={tmp_path}', '--onnx']) == 0
+    rows = json.loads(out.read_text())['render']
+    assert [r['path'] for r in rows][:2] == ['reference', 'fast'] and rows[-1]['path'] == 'onnx'
+    assert rows[0]['max_abs_diff'] == 0 and rows[0]['x_reference'] == 1
+    # fp32 modes compute the reference's function: float32 rounding apart (tests/test_fast.py's 1e-5)
+    assert all(r['max_abs_diff'] <= 1e-5 for r in rows if r['amp'] == 'fp32')
+    assert all(r['mp_per_s'] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_training_rows_step_and_the_loader_is_timed(tmp_path):
+    out = tmp_path / 'train.json'
+    assert run_main(bench_train.main, ['--batch=2', '--sample_q=32', '--patch_size=8', '--train_steps=3',
+                                       '--train_warmup=1', '--loader', '--loader_batches=2', '--no_compile',
+                                       '--workers=0', '--threads=1', f'--json={out}']) == 0
+    results = json.loads(out.read_text())
+    fast, reference = results['train'][:2]
+    assert (fast['path'], reference['path']) == ('fast', 'reference')
+    # the same seeded model, batch and optimiser: both paths start from the same loss (float32 apart)
+    assert abs(fast['loss_first'] - reference['loss_first']) <= 1e-5
+    assert all(r['loss_last'] != r['loss_first'] for r in results['train'])  # the optimiser stepped
+    assert results['loader']['patches_per_s'] > 0 and results['loader']['workers'] == 0
+
+
+@pytest.mark.parametrize('main, argv, message', [
+    (bench_render.main, ['--cases=12'], 'SIDExSCALE'),
+    (bench_render.main, ['--views=4'], '--input=PATH'),
+    (bench_train.main, ['--batch=0'], 'must be >= 1'),
+    (bench_node.main, [], '--memory, --speed'),
+])
+def test_bad_options_are_one_error_line(main, argv, message, capsys):
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error:') and message in err[0]
