@@ -248,3 +248,24 @@ def test_compiled_blocks_follow_the_chunk(monkeypatch):
     assert max(rows) == fast_liif.compiled_rows(4 * 1470)  # 21 rows of 70 queries: 5880 rows -> 8192
     assert min(rows) == fast_liif.compiled_rows(4 * 700)  # after the error: 750 -> 10 rows of 70
     assert torch.equal(compiled, eager)
+
+
+def test_a_chunk_over_the_compiled_limit_takes_several_full_blocks(monkeypatch):
+    """A chunk of more rows than COMPILED_MAX_ROWS (2^20 on a GPU; lowered here to 2^13 so that a small
+    render needs it) runs in blocks of COMPILED_MAX_ROWS rows, the last padded to a multiple of
+    COMPILED_ROUNDING, and gives the eager decoder's values."""
+    monkeypatch.setattr(fast_liif, 'COMPILED_MAX_ROWS', 1 << 13)
+    torch.manual_seed(0)
+    model = FastLIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]).eval()
+    lr = torch.rand(1, 3, 20, 23)
+    eager = model.render(lr, (61, 70), chunk=30000)
+    calls = []
+
+    def recorded(table, index, inputs, weight, params):
+        calls.append(len(index))
+        return fast_liif.decode_block(table, index, inputs, weight, params)
+    model.compiled_block = recorded
+    compiled = model.render(lr, (61, 70), chunk=30000)
+    # 61 x 70 queries x 4 members = 17080 rows in one chunk: 8192 + 8192 + 696 (padded to 4096)
+    assert [4 * n for n in calls] == [8192, 8192, 4096]
+    assert torch.equal(compiled, eager)

@@ -4,6 +4,7 @@ mid-stage still leaves the report in the pack; the training plan counts compile 
 with nothing measured refuses instead of planning no steps."""
 import importlib.util
 import json
+import os
 import re
 import shutil
 import signal
@@ -86,6 +87,16 @@ def test_the_rehearsal_refuses_downloads(tmp_path):
     assert not (tmp_path / 'w.pth').exists()
 
 
+def test_the_bare_machine_has_no_liif_settings(tmp_path, monkeypatch):
+    """LIIF_WEIGHTS exported here (as the README allows) would let the rehearsal's tests use this machine's
+    weights instead of the bundled copy a bare machine has: no LIIF_* variable reaches it."""
+    monkeypatch.setenv('LIIF_WEIGHTS', str(tmp_path / 'host.pth'))
+    monkeypatch.setenv('LIIF_TEST_DEVICE', 'cuda')
+    env = gpu_check.offline_env(tmp_path)
+    assert not [key for key in env if key.startswith('LIIF_')]
+    assert env['PATH'] == os.environ['PATH']  # the rest of the environment is kept
+
+
 def test_a_model_only_copy_of_the_weights_is_refused(shared, tmp_path):
     """The tests, test.py and the benchmark check the official file's sha256: a copy with other bytes
     (the model state alone) is refused before anything runs."""
@@ -108,6 +119,18 @@ def test_the_training_mode_counts_its_compile_time():
     rows = {'train': [row(1000, 1, False), row(1500, 60, True)], 'loader': {'patches_per_s': 1e6}}
     assert gpu_check.training_mode(rows, 'bf16', 60)[1:] == (1000, 1, 'eager step, patches from the loader')
     assert gpu_check.training_mode(rows, 'bf16', 600)[1:] == (1500, 60, 'compiled step, patches from the loader')
+
+
+def test_the_training_mode_is_fed_no_faster_than_the_data():
+    """A loader of 800 patches/s caps both steps at 800: then eager, at 800 after 1 s, beats compiled, at 800
+    after 60 s, at any length. Patches made on the device are capped by the draws' rate instead: compiled
+    on the device (1500, capped at 1200, after 60 s) trains 648,000 in 600 s against eager's 479,200."""
+    rows = {'train': [row(1000, 1, False), row(1500, 60, True)], 'loader': {'patches_per_s': 800}}
+    assert gpu_check.training_mode(rows, 'bf16', 600)[1:] == (800, 1, 'eager step, patches from the loader')
+    rows['train'].append({**row(1500, 60, True), 'data': 'device'})
+    rows['loader']['draws_per_s'] = 1200
+    mode = gpu_check.training_mode(rows, 'bf16', 600)
+    assert mode == (['--compile=True', '--device_data=True'], 1200, 60, 'compiled step, patches from the device')
 
 
 def test_train_only_without_a_measured_rate_is_refused(tmp_path):

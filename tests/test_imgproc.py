@@ -103,10 +103,27 @@ def test_imresize_uint8_rounds_after_each_pass():
     np.testing.assert_array_equal(out, expect)
 
 
+def test_imresize_uint8_resizes_the_smaller_scale_first():
+    """MATLAB's imresize runs the axis with the smaller scale first (here the columns, x1.5, before the rows,
+    x3), rounding to uint8 after each pass: the other order rounds other values."""
+    img = np.random.default_rng(1).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+
+    def passes(order):
+        x = img.astype(np.float64)
+        for axis, out_len, scale in order:
+            x = np.moveaxis(reference_resize_axis(np.moveaxis(x, axis, 0), out_len, scale), 0, axis)
+            x = np.clip(np.floor(x + 0.5), 0, 255)
+        return x
+    expect, other = passes([(1, 21, 1.5), (0, 30, 3.0)]), passes([(0, 30, 3.0), (1, 21, 1.5)])
+    assert (expect != other).any()  # the order shows in the result
+    np.testing.assert_array_equal(imresize(img, size=(30, 21)), expect)
+
+
 def test_imresize_sizes_and_invariants():
     img = np.random.default_rng(2).random((20, 30, 3)).astype(np.float32)
     assert imresize(img, 0.5).shape == (10, 15, 3)
     assert imresize(img, 1 / 3).shape == (7, 10, 3)  # ceil(20/3), ceil(30/3)
+    assert imresize(img, 0.42).shape == (9, 13, 3)  # ceil(8.4), ceil(12.6): MATLAB rounds up, never to nearest
     assert imresize(img, (2, 0.5)).shape == (40, 15, 3)
     assert imresize(img[:, :, 0], 2).shape == (40, 60)
     assert imresize(img, 2).dtype == np.float32

@@ -152,10 +152,21 @@ def test_16_bit_rgb_comes_out_16_bit_rgb(tmp_path, official_weights, model, colo
     assert np.array_equal(cv2.imread(str(tmp_path / 'profiled.png'), cv2.IMREAD_UNCHANGED)[:, :, ::-1], deep)
 
 
+def cmyk_profile() -> bytes:
+    """An ICC profile for CMYK data: sRGB's with its header's data colour space (bytes 16-19, ICC.1:2022
+    7.2.6) made 'CMYK'. No viewer may apply it to RGB pixels."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    assert srgb[16:20] == b'RGB '
+    return srgb[:16] + b'CMYK' + srgb[20:]
+
+
 def test_cmyk_jpeg_comes_out_in_its_colours(tmp_path, official_weights, model, colour):
-    Image.fromarray(colour).convert('CMYK').save(tmp_path / 'cmyk.jpg', quality=98)
+    Image.fromarray(colour).convert('CMYK').save(tmp_path / 'cmyk.jpg', quality=98, icc_profile=cmyk_profile())
     assert Image.open(tmp_path / 'cmyk.jpg').mode == 'CMYK'
-    got = np.asarray(Image.open(upscale(tmp_path / 'cmyk.jpg', tmp_path / 'sr.png', official_weights)))
+    assert Image.open(tmp_path / 'cmyk.jpg').info['icc_profile'][16:20] == b'CMYK'
+    out = Image.open(upscale(tmp_path / 'cmyk.jpg', tmp_path / 'sr.png', official_weights))
+    assert out.mode == 'RGB' and 'icc_profile' not in out.info  # the CMYK profile does not describe RGB
+    got = np.asarray(out)
     assert got.shape == (40, 48, 3)
     diff = np.abs(got.astype(int) - quantised(rendered(model, colour)))
     assert diff.mean() < 3  # JPEG's loss only: the inverted colours would be ~100 steps off
@@ -245,6 +256,18 @@ def test_training_and_test_readers_show_the_image_as_turned(tmp_path, colour):
     stored = cv2.imread(str(tmp_path / 'phone.jpg'), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
     assert np.array_equal(load_image(tmp_path / 'phone.jpg'), np.rot90(stored, -1))
     assert header_size(tmp_path / 'phone.jpg') == (20, 24)
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_every_orientation_is_shown_as_pillow_shows_it(tmp_path, colour, orientation):
+    """load_image turns the stored pixels as PIL.ImageOps.exif_transpose does, for each of the eight EXIF
+    orientations (a lossless PNG with an eXIf chunk: the two decoders give the same samples)."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    Image.fromarray(colour).save(tmp_path / 'turned.png', exif=exif)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / 'turned.png')).convert('RGB'))
+    assert np.array_equal(load_image(tmp_path / 'turned.png'), shown)
+    assert header_size(tmp_path / 'turned.png') == shown.shape[:2]
 
 
 def test_the_viewer_shows_the_alpha_it_renders(tmp_path, official_weights, model, colour, disc):

@@ -411,3 +411,17 @@ def test_model_from_checkpoint_refuses_mislabelled_official_file(official_weight
     with pytest.raises(ValueError, match='does not fit') as info:
         model_from_checkpoint(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize('n', [5, 6])
+def test_nearest_index_reads_grid_samples_pixel_and_stays_on_the_axis(n):
+    """nearest_index is the pixel grid_sample(mode='nearest', align_corners=False) reads, ties included
+    (coordinates on a 1/120 grid hit pixel edges); at c = +-1 exactly, where grid_sample's zero padding
+    starts, it is the edge pixel, never one past it."""
+    c = torch.linspace(-1, 1, 241)
+    image = torch.arange(n, dtype=torch.float32).view(1, 1, 1, n)  # each pixel holds its index
+    grid = torch.stack([c, torch.zeros_like(c)], -1).view(1, 1, -1, 2)  # (x, y) pairs along the row
+    read = torch.nn.functional.grid_sample(image, grid, mode='nearest', align_corners=False).view(-1).long()
+    index = render.nearest_index(c, n)
+    assert torch.equal(index[1:-1], read[1:-1])
+    assert index[0] == 0 and index[-1] == n - 1

@@ -90,6 +90,22 @@ def test_split_window_covers_the_window_once():
         assert (cover == 1).all()
 
 
+def test_a_batch_counts_in_the_queries_of_a_graph_run(exported, benchmark_root):
+    """`queries` bounds the output pixels of one graph run over the whole batch (what memory follows): a
+    batch of 2 at 500 queries runs windows of at most 250 pixels, and the pieces make the whole render."""
+    session, calls = OnnxModel(exported), []
+    lr, size = real_crops(benchmark_root, 12, 10), (30, 27)
+    whole = session.render(lr, size)
+
+    def run(lr, size, window):
+        calls.append(lr.shape[0] * window[2] * window[3])
+        return OnnxModel.run(session, lr, size, window)
+    session.run = run
+    pieces = session.render(lr, size, queries=500)
+    assert len(calls) > 1 and max(calls) <= 500
+    assert np.abs(pieces - whole).max() <= CHECK_TOL  # the same pixels; ONNX Runtime's sums in another order
+
+
 @pytest.mark.slow
 def test_inference_runs_the_onnx_file(exported, official_weights, benchmark_root, tmp_path):
     cv2.imwrite(str(tmp_path / 'lr.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'head.png'))[60:95, 70:99])

@@ -16,7 +16,7 @@ import train
 from checkpoint import model_from_checkpoint
 from helpers import tiny
 from imgproc import image_to_tensor, load_uint8, read_image
-from model import MODELS, OPTION_RULES, SRModel, build_model, denormalise, model_name, normalise, register
+from model import LIIF, MODELS, OPTION_RULES, SRModel, build_model, denormalise, model_name, normalise, register
 from onnx_model import OnnxModel, export
 from render import Lookup, nearest_index
 from scripts.viewer import Viewer, parse_view
@@ -86,6 +86,28 @@ def test_the_registry_is_what_the_settings_read(registered):
         build_model('nearest')
     with pytest.raises(ValueError, match='registered already'):
         register(NearestCode)
+
+
+def test_a_name_or_a_setting_is_never_taken_silently():
+    """Another class under a registered name is refused (not only the same class twice), and so is a model
+    with a setting no rule checks; the registry is left as it was."""
+    before, rules = dict(MODELS), dict(OPTION_RULES)
+
+    class Impostor(NearestCode):
+        name = 'liif'
+
+    class Unruled(NearestCode):
+        name = 'unruled'
+        settings = ('unruled_width',)
+
+    try:
+        with pytest.raises(ValueError, match="'liif' is registered already"):
+            register(Impostor)
+        with pytest.raises(ValueError, match=r"no rule for \['unruled_width'\]"):
+            register(Unruled)
+        assert MODELS == before and MODELS['liif'] is LIIF and OPTION_RULES == rules
+    finally:  # a registry that took either stays wrong for every later test otherwise
+        MODELS.clear(), MODELS.update(before), OPTION_RULES.clear(), OPTION_RULES.update(rules)
 
 
 @pytest.mark.slow

@@ -98,6 +98,21 @@ def test_resume_continues_as_if_never_stopped(run_a, data, tmp_path, capsys):
     assert (b['epoch'], b['step'], b['best_psnr']) == (a['epoch'], a['step'], pytest.approx(a['best_psnr'], abs=1e-6))
 
 
+def test_a_resumed_run_keeps_the_best_score_it_had(data, tmp_path):
+    """The best validation PSNR is part of where a run stands: after resuming, an epoch that scores below
+    it (here a score of 99 dB written into last.pth stands for an earlier, better epoch) does not replace
+    best.pth."""
+    out = tmp_path / 'run'
+    train.main(tiny(data, out, '--epochs=1'))
+    last = load(out / 'last.pth')
+    last['best_psnr'] = 99.0
+    torch.save(last, out / 'last.pth')
+    best = (out / 'best.pth').read_bytes()
+    result = train.main(tiny(data, out, '--epochs=2', '--resume=auto'))
+    assert result['epoch'] == 2 and result['best_psnr'] == 99.0 and load(out / 'last.pth')['best_psnr'] == 99.0
+    assert (out / 'best.pth').read_bytes() == best
+
+
 # Every leg of the kill-and-resume test runs as its own train.py process with one thread: oneDNN's AVX2
 # kernels sum in another order under another thread count, and only identical conditions give identical bits.
 LEG_ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}

@@ -13,6 +13,7 @@ import torch
 import config
 import inference
 import settings
+import video
 from cli import run_main
 from helpers import ROOT, assert_disk_full, check_problems, run_limited, small
 
@@ -36,9 +37,11 @@ def scene(i: int, size=SIZE) -> np.ndarray:
 
 
 def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_fmt='yuv420p', size=SIZE,
-              audio='aac', subtitles=True, full_range=False) -> Path:
+              audio='aac', subtitles=True, full_range=False, colorspace=None, frames=scene) -> Path:
     """A clip at 10 fps (vfr: 50, 150, 100 ms steps), an audio track of the same length and two subtitle
-    cues (mov_text in mp4, SubRip in mkv); full_range: YCbCr over 0-255, tagged so."""
+    cues (mov_text in mp4, SubRip in mkv); full_range: YCbCr over 0-255, tagged so; colorspace: FFmpeg's
+    colour matrix to convert by and tag (None: unspecified, read as BT.601); frames(i, size): frame i as
+    HxWx3 uint8 (rgb24) or uint16 (rgb48le)."""
     mp4 = path.suffix == '.mp4'
     with av.open(str(path), 'w') as out:  # every stream is added before the first packet
         video = out.add_stream(codec, rate=10)
@@ -48,12 +51,15 @@ def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_
         if rotation:
             video.set_display_rotation(rotation)
         video.codec_context.color_range = 2 if full_range else 1  # JPEG (full) or MPEG (limited)
+        if colorspace is not None:
+            video.codec_context.colorspace = colorspace
         sound = out.add_stream(audio, rate=48000 if audio == 'libopus' else 8000) if audio else None
         text = out.add_mux_stream('mov_text' if mp4 else 'subrip') if subtitles else None
         t, steps = 0, [50, 150, 100] if vfr else [100]
         for i in range(count):
-            frame = av.VideoFrame.from_ndarray(scene(i, size), format='rgb24').reformat(
-                format=pix_fmt, dst_color_range=video.codec_context.color_range)
+            pixels = frames(i, size)
+            frame = av.VideoFrame.from_ndarray(pixels, format='rgb48le' if pixels.dtype == np.uint16 else 'rgb24')
+            frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace, dst_color_range=video.codec_context.color_range)
             frame.pts, frame.time_base = int(Fraction(t, 1000) / tick), tick
             t += steps[i % len(steps)]
             out.mux(video.encode(frame))
@@ -257,3 +263,43 @@ def test_avi_frames_keep_their_order(model, tmp_path):
     for got, frame in zip(frames, ins):
         np.testing.assert_array_equal(rgb(got), image_render(model, frame))
     assert [data for data, *_ in packets(out, 'audio')] == [data for data, *_ in packets(clip, 'audio')]
+
+
+def gray_ramp(i: int, size=SIZE) -> np.ndarray:
+    """A 16-bit gray ramp from 0.1 to 0.9 over the frame in reading order: ~2500 distinct levels, ~800 in 10 bits."""
+    ramp = np.linspace(0.1, 0.9, size[0] * size[1]).reshape(size)
+    return np.repeat(np.round(ramp * 65535).astype(np.uint16)[:, :, None], 3, axis=2)
+
+
+def luma(frame: av.VideoFrame) -> np.ndarray:
+    """The Y plane of a 10-bit frame as stored (no conversion): HxW integers."""
+    plane = frame.planes[0]
+    return np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2)[:, :plane.width].astype(int)
+
+
+def test_ten_bit_samples_keep_their_levels(tmp_path):
+    """A 10-bit gray ramp through an identity render keeps its Y samples: the frame goes through 16-bit RGB,
+    never 8 bits (where a gray has at most 256 levels)."""
+    clip = make_clip(tmp_path / 'deep.mkv', count=1, codec='ffv1', pix_fmt='yuv444p10le', audio='', subtitles=False,
+                     frames=gray_ramp)
+    cfg = settings.parse([f'--input={clip}', '--codec=ffv1', '--pix_fmt=yuv444p'], 'inference')
+    video.upscale_video(lambda lr, size: lr, clip, tmp_path / 'out.mkv', SIZE, cfg, progress=False)
+    [source], [got] = decoded(clip), decoded(tmp_path / 'out.mkv')
+    assert got.format.name == 'yuv444p10le'
+    assert len(np.unique(luma(source))) > 700 and len(np.unique(luma(got))) > 700
+    # YCbCr -> 16-bit RGB -> YCbCr: 16-bit rounding is 1/64 of a 10-bit level, the 10-bit one half a level
+    assert np.abs(luma(got) - luma(source)).max() <= 1
+
+
+def test_a_bt709_source_is_converted_by_its_own_matrix(model, tmp_path):
+    """A clip tagged BT.709 is read and written by the BT.709 matrix (a BT.601 conversion of either drifts
+    4 levels or more on these colours)."""
+    clip = make_clip(tmp_path / 'hd.mkv', count=2, codec='ffv1', pix_fmt='yuv444p', audio='', subtitles=False,
+                     colorspace=1)  # AVCOL_SPC_BT709
+    ins = decoded(clip)
+    assert int(ins[0].colorspace) == 1
+    assert all(np.abs(rgb(frame) - scene(i)).max() <= YUV444_LEVELS for i, frame in enumerate(ins))
+    frames = decoded(upscale(model, clip, tmp_path / 'out.mkv', '--codec=ffv1', '--pix_fmt=yuv444p'))
+    assert {int(f.colorspace) for f in frames} == {1}
+    for got, frame in zip(frames, ins):
+        assert np.abs(rgb(got) - image_render(model, frame)).max() <= YUV444_LEVELS
