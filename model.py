@@ -9,7 +9,10 @@ official releases so their checkpoints load unchanged.
 Conventions: `lr` is (B, 3, h, w) RGB in [0, 1]; `coord` and `cell` are (B, Q, 2), row axis first,
 in the [-1, 1] square whose pixel centres are -1 + (2i + 1) / n. Every model maps `model(lr, coord,
 cell)` to RGB (B, Q, 3) in [0, 1] units; inside, as in the official recipe, the encoder sees
-(lr - 0.5) / 0.5 and the output is scaled back by * 0.5 + 0.5.
+(lr - 0.5) / 0.5 and the output is scaled back by * 0.5 + 0.5 (normalise and denormalise).
+
+LIIF here is the paper's algorithm alone; its fast path, fast_liif.FastLIIF, is a subclass computing the
+same function, and what build_model gives unless fast=False.
 
 Adding a model: a subclass of SRModel that fills in the contract below, decorated with @register.
 Everything else (the settings' checks, --help, build_model, checkpoints in both formats, render.py,

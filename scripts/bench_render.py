@@ -97,6 +97,15 @@ def renderers(args, device: torch.device, modes) -> tuple[dict, str, torch.nn.Mo
     return {mode: renderer(*mode) for mode in modes}, weights, fast
 
 
+def time_case(args, device: torch.device, runs: dict, size: int, scale: float) -> tuple[str, tuple, dict]:
+    """The renders `runs` of a size x size LR crop at `scale`, alternately: the crop's source, the output
+    size and {name: (median seconds, peak MB, image)}."""
+    lr, source = lr_input(size, device)
+    out_size = (round(size * scale), round(size * scale))
+    return source, out_size, alternately({k: functools.partial(run, lr, out_size) for k, run in runs.items()},
+                                         args.warmup, args.repeats, device)
+
+
 def run_grid(args, device: torch.device, results: dict) -> None:
     modes = variants(args, device)
     runs, weights, model = renderers(args, device, modes)
@@ -109,10 +118,7 @@ def run_grid(args, device: torch.device, results: dict) -> None:
           "| max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, scale in args.cases:
-        lr, source = lr_input(size, device)
-        out_size = (round(size * scale), round(size * scale))
-        times = alternately({m: functools.partial(run, lr, out_size) for m, run in runs.items()}, args.warmup,
-                            args.repeats, device)
+        source, out_size, times = time_case(args, device, runs, size, scale)
         ref_time, _, reference = times[modes[0]]
         pixels = out_size[0] * out_size[1]
         flops = work_flops(model, size * size, pixels)
@@ -136,10 +142,7 @@ def run_models(args, device: torch.device) -> None:
     print(f"\n{header('LTE beside LIIF', device)}; {args.warmup} warm-up + {args.repeats} timed rounds, median\n")
     print("| LR | scale | output | model | MP/s | x LIIF fast |\n|---|---|---|---|---|---|")
     for size, scale in args.cases:
-        lr, _ = lr_input(size, device)
-        out_size = (round(size * scale), round(size * scale))
-        times = alternately({k: functools.partial(run, lr, out_size) for k, run in runs.items()}, args.warmup,
-                            args.repeats, device)
+        _, out_size, times = time_case(args, device, runs, size, scale)
         for name, (t, _, _) in times.items():
             print(f"| {size}x{size} | x{scale:g} | {out_size[0]}x{out_size[1]} | {name} "
                   f"| {out_size[0] * out_size[1] / 1e6 / t:.3f} | {times['LIIF fast'][0] / t:.2f} |", flush=True)

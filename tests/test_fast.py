@@ -12,7 +12,7 @@ import precision
 import render
 from checkpoint import model_from_checkpoint
 from fast_liif import FastLIIF
-from helpers import coord_cell, liif_edsr, on_path
+from helpers import coord_cell, liif_edsr, on_path, tiny_liif
 from imgproc import read_image
 from model import EDSR, LIIF, RDN
 
@@ -225,22 +225,26 @@ def test_bad_amp_and_sizes():
         model.render(lr[0], (16, 16))
 
 
+def record_compiled_blocks(model, calls: list, out_of_memory_at: int = 0) -> None:
+    """Give `model` a stand-in for the compiled decoder block: the eager block, each call's query count
+    appended to `calls`; call number `out_of_memory_at` runs out of memory instead."""
+    def recorded(table, index, inputs, weight, params):
+        calls.append(len(index))
+        if len(calls) == out_of_memory_at:
+            raise torch.OutOfMemoryError('test: out of memory')
+        return fast_liif.decode_block(table, index, inputs, weight, params)
+    model.compiled_block = recorded
+
+
 def test_compiled_blocks_follow_the_chunk(monkeypatch):
     """A compiled decoder (here a stand-in that records its calls) runs each chunk as one block padded to
     a multiple of COMPILED_ROUNDING rows (less than that much padding), halves with the chunk after an
     out-of-memory error, and gives the eager decoder's values."""
-    torch.manual_seed(0)
-    model = FastLIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]).eval()
+    model = tiny_liif().eval()
     lr = torch.rand(1, 3, 20, 23)
     eager = model.render(lr, (61, 70), chunk=1500)
     calls = []
-
-    def recorded(table, index, inputs, weight, params):
-        calls.append(len(index))
-        if len(calls) == 2:  # the second call runs out of memory: the chunk is halved
-            raise torch.OutOfMemoryError('test: out of memory')
-        return fast_liif.decode_block(table, index, inputs, weight, params)
-    model.compiled_block = recorded
+    record_compiled_blocks(model, calls, out_of_memory_at=2)  # the second call fails: the chunk is halved
     with pytest.warns(UserWarning, match='out of memory'):
         compiled = model.render(lr, (61, 70), chunk=1500)
     rows = [4 * n for n in calls]  # 4 ensemble members a query
@@ -255,16 +259,11 @@ def test_a_chunk_over_the_compiled_limit_takes_several_full_blocks(monkeypatch):
     render needs it) runs in blocks of COMPILED_MAX_ROWS rows, the last padded to a multiple of
     COMPILED_ROUNDING, and gives the eager decoder's values."""
     monkeypatch.setattr(fast_liif, 'COMPILED_MAX_ROWS', 1 << 13)
-    torch.manual_seed(0)
-    model = FastLIIF(EDSR(n_resblocks=1, n_feats=8), 'edsr-baseline', hidden_list=[16]).eval()
+    model = tiny_liif().eval()
     lr = torch.rand(1, 3, 20, 23)
     eager = model.render(lr, (61, 70), chunk=30000)
     calls = []
-
-    def recorded(table, index, inputs, weight, params):
-        calls.append(len(index))
-        return fast_liif.decode_block(table, index, inputs, weight, params)
-    model.compiled_block = recorded
+    record_compiled_blocks(model, calls)
     compiled = model.render(lr, (61, 70), chunk=30000)
     # 61 x 70 queries x 4 members = 17080 rows in one chunk: 8192 + 8192 + 696 (padded to 4096)
     assert [4 * n for n in calls] == [8192, 8192, 4096]
