@@ -39,7 +39,7 @@ def machine_name(device: torch.device) -> str:
     """The device as timings name it: the GPU's name, or the CPU model, threads and bf16-related flags."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    flags = ', '.join(f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if f in cpu_flags())
+    flags = ', '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in cpu_flags())
     return f"{cpu_model()}, {torch.get_num_threads()} threads" + (f" ({flags})" if flags else '')
 
 

@@ -50,7 +50,8 @@ from scripts.benchlib import (
     alternately,
     benchmark_root,
     comma_list,
-    floor_tflops,
+    floor_columns,
+    floors,
     header,
     load_model,
     lr_input,
@@ -109,14 +110,14 @@ def time_case(args, device: torch.device, runs: dict, size: int, scale: float) -
 def run_grid(args, device: torch.device, results: dict) -> None:
     modes = variants(args, device)
     runs, weights, model = renderers(args, device, modes)
-    floor, floor_name = floor_tflops(args.peak_tflops, device)
+    floor, floor_line = floors(device, list(dict.fromkeys(amp for _, amp, _ in modes)), args.peak_tflops)
     print(header('LIIF render benchmark', device))
     print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
-          f"TFLOP/s counts the fast path's work; {floor_name}"
+          f"TFLOP/s counts the fast path's work; {floor_line}"
           + (";\nx reference: against the fast fp32 row (--no_reference)" if args.no_reference else '') + "\n")
-    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % floor | peak MB "
-          "| max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % floor "
+          "| % decoder floor | peak MB | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, scale in args.cases:
         source, out_size, times = time_case(args, device, runs, size, scale)
         ref_time, _, reference = times[modes[0]]
@@ -125,12 +126,12 @@ def run_grid(args, device: torch.device, results: dict) -> None:
         for (path, amp, compiled), (t, peak, out) in times.items():
             diff = (out - reference).abs().max().item()
             results['render'].append({'lr': size, 'scale': scale, 'path': path, 'amp': amp, 'compile': compiled,
-                                      'mp_per_s': pixels / 1e6 / t, 'x_reference': ref_time / t, 'max_abs_diff': diff})
+                                      'mp_per_s': pixels / 1e6 / t, 'x_reference': ref_time / t, 'max_abs_diff': diff,
+                                      'tflops': flops / t / 1e12, 'floor_tflops': floor[amp]})
             write_json(args.json, results)
             print(f"| {size}x{size} | {source} | x{scale:g} | {out_size[0]}x{out_size[1]} | {path} | {amp} "
                   f"| {'yes' if compiled else 'no'} | {pixels / 1e6 / t:.3f} | {ref_time / t:.2f} "
-                  f"| {flops / t / 1e12:.3g} | {100 * flops / t / 1e12 / floor:.1f} | {peak:.0f} | {diff:.2e} |",
-                  flush=True)
+                  f"{floor_columns(flops, t, floor[amp])} {peak:.0f} | {diff:.2e} |", flush=True)
 
 
 def run_models(args, device: torch.device) -> None:
