@@ -97,6 +97,20 @@ def warn_slow_bf16() -> None:
           "and slower than fp32; use --amp=fp32 here", file=sys.stderr)
 
 
+@functools.cache
+def point_to_bf16() -> None:
+    """Once per process: fp32 on a CPU with native bf16, for a long job (a folder, a video)."""
+    kind = 'AMX' if 'amx_bf16' in cpu_flags() else 'AVX-512-bf16'
+    print(f"note: this CPU has native bf16 ({kind}): --amp=bf16 renders 1.7-3.4x faster than fp32 on such CPUs, "
+          f"for about -0.005 dB PSNR (docs/training.md#bf16-on-the-cpu-only-with-native-bf16)", file=sys.stderr)
+
+
+def suggest_amp(device: torch.device, amp: str) -> None:
+    """Point a long job in fp32 on a CPU with native bf16 to --amp=bf16 (once)."""
+    if device.type == 'cpu' and amp == 'fp32' and native_cpu_bf16():
+        point_to_bf16()
+
+
 def check_amp_name(amp: str) -> None:
     """Refuse an amp setting that is not one of AMP_DTYPES."""
     if amp not in AMP_DTYPES:
