@@ -102,7 +102,7 @@ def point_to_bf16() -> None:
     """Once per process: fp32 on a CPU with native bf16, for a long job (a folder, a video)."""
     kind = 'AMX' if 'amx_bf16' in cpu_flags() else 'AVX-512-bf16'
     print(f"note: this CPU has native bf16 ({kind}): --amp=bf16 renders 1.7-3.4x faster than fp32 on such CPUs, "
-          f"for about -0.005 dB PSNR (docs/training.md#bf16-on-the-cpu-only-with-native-bf16)", file=sys.stderr)
+          f"for under 0.01 dB of PSNR (docs/training.md#bf16-on-the-cpu-only-with-native-bf16)", file=sys.stderr)
 
 
 def suggest_amp(device: torch.device, amp: str) -> None:
