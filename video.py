@@ -14,6 +14,8 @@ side is rounded up to the next even number, with a warning. The output is writte
 beside it and renamed when complete (files.replacing): an interrupted run leaves nothing at the
 output path, and a rerun starts that video over. See docs/video.md.
 """
+import hashlib
+import heapq
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,20 +100,27 @@ def opened(source: Path):
         yield container
 
 
-def frame_times(source: Path) -> list[int]:
-    """The presentation timestamps of the video's frames in order, from the packets (no decoding).
-    A file whose packets end over TRUNCATED s before the duration its header states is refused."""
+def video_packets(source: Path) -> list[tuple[int | None, bool]]:
+    """(presentation timestamp, None where the demuxer has none; keyframe) of each packet of the video, in
+    file (decode) order, from the packets (no decoding). A file whose packets end over TRUNCATED s before the
+    duration its header states is refused."""
     with opened(source) as container:
-        stream, times, ends = video_stream(container, source), [], [0]
+        stream, found, ends = video_stream(container, source), [], [0]
         for packet in container.demux():
+            if packet.size and packet.stream.index == stream.index:
+                found.append((packet.pts, packet.is_keyframe))
             if packet.size and packet.pts is not None:
-                times += [packet.pts] if packet.stream.index == stream.index else []
                 ends.append((packet.pts + packet.duration) * packet.time_base)
         stated = (container.duration or 0) / av.time_base + (container.start_time or 0) / av.time_base
     if max(ends) + TRUNCATED < stated:
         raise ValueError(f"{source}: its streams end at {float(max(ends)):.2f} s of the {stated:.2f} s its header "
                          f"states: the file is truncated")
-    return sorted(times)
+    return found
+
+
+def frame_times(source: Path) -> list[int]:
+    """The presentation timestamps of the video's frames in order (video_packets, sorted)."""
+    return sorted(pts for pts, _ in video_packets(source) if pts is not None)
 
 
 def chosen_frames(times: list[int], frames: list[int], source: Path) -> tuple[int, int | None, int]:
@@ -221,6 +230,13 @@ def in_part(packet: av.Packet, start: Fraction, end: Fraction | None, offset: Fr
     return True
 
 
+def encode(out, stream, sr: torch.Tensor, deep: bool, source: av.VideoFrame, pts: int) -> None:
+    """Encode the render `sr` of the decoded frame `source` at `pts` (in the source's time base, its duration)."""
+    frame = to_frame(sr, deep, stream.codec_context)
+    frame.pts, frame.time_base, frame.duration = pts, source.time_base, source.duration
+    out.mux(stream.encode(frame))
+
+
 def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: SimpleNamespace,
               progress: bool) -> int:
     """Write `source`'s frames cfg.frames, rendered at `size`, and its other streams into the open
@@ -247,9 +263,7 @@ def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: Sim
                 if end is not None and pts >= end:
                     break
                 if pts >= start:
-                    frame = to_frame(render(to_tensor(item, deep), size), deep, stream.codec_context)
-                    frame.pts, frame.time_base, frame.duration = pts - offset, video.time_base, item.duration
-                    out.mux(stream.encode(frame))
+                    encode(out, stream, render(to_tensor(item, deep), size), deep, item, pts - offset)
                     done += 1
                     bar.update()
         out.mux(stream.encode(None))
@@ -263,13 +277,172 @@ def upscale_video(render: Render, source: Path, target: Path, size: tuple[int, i
     """Render the video at `source` at `size` (even_size: rounded for the pixel format) into `target`,
     whole or not at all; returns the line that says so. FFmpeg's failures name the file."""
     size = even_size(size, cfg.pix_fmt, source)
+    with writing(source, target) as out:
+        done = transcode(source, out, render, size, cfg, progress)
+    return f"{source} -> {target} ({size[0]}x{size[1]}, {done} frames)"
+
+
+@contextmanager
+def writing(source: Path, target: Path, note: str = "; nothing was written"):
+    """An output container for `target`, written to a temporary file renamed into place when the block ends
+    without an error; FFmpeg's failures name the file (a full disk: DiskFull, with `note`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         # bitexact: no random Matroska segment ID, so a rerun writes the same bytes
         with replacing(target) as tmp, av.open(str(tmp), 'w', options={'fflags': '+bitexact'}) as out:
-            done = transcode(source, out, render, size, cfg, progress)
+            yield out
     except av.FFmpegError as e:
         if e.errno in NO_SPACE:
-            raise disk_full(target, e, "; nothing was written") from None
+            raise disk_full(target, e, note) from None
         raise ValueError(f"{source}: {e.strerror or e} (writing {target})") from None
-    return f"{source} -> {target} ({size[0]}x{size[1]}, {done} frames)"
+
+
+# ---- one video in segments: frame ranges rendered by several processes, then joined into one file
+
+def entry_points(packets: list[tuple[int | None, bool]]) -> list[int]:
+    """The packets (by position in decode order) that decoding can start at and give the frames a decode
+    from the start gives: keyframes that no other packet crosses (none before shows later, none after
+    earlier: a closed GOP), so that the position is also the frame's index in presentation order. 0
+    always; only 0 where a packet has no timestamp."""
+    if any(pts is None for pts, _ in packets):
+        return [0]
+    later = [packets[-1][0]] if packets else []  # the smallest pts from each position to the end
+    for pts, _ in reversed(packets[:-1]):
+        later.append(min(pts, later[-1]))
+    later.reverse()
+    entries, shown = [0], None  # shown: the largest pts before the position
+    for i, (pts, key) in enumerate(packets):
+        if i and key and shown < pts <= later[i]:
+            entries.append(i)
+        shown = pts if shown is None else max(shown, pts)
+    return entries
+
+
+def decoded_from(container, video, entry: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index in presentation order, frame) of the video's frames, decoding from the packet at position
+    `entry` (an entry point) on: the packets before it are read but not decoded."""
+    index, skipped = entry, 0
+    for packet in container.demux(video):
+        if skipped < entry:
+            skipped += bool(packet.size)
+            continue
+        for frame in packet.decode():  # the final empty packet flushes the decoder
+            yield index, frame
+            index += 1
+
+
+def encode_part(source: Path, out, render: Render, size: tuple[int, int], cfg: SimpleNamespace,
+                part: tuple[int, int], on_frame: Callable[[], None]) -> int:
+    """Write the frames part = [first, end) (indices in presentation order) of `source`, rendered at
+    `size`, as the video stream alone of the open container `out`, with the timestamps a whole run gives
+    them. Decoding starts at the entry point at or before `first`; on_frame() after each frame."""
+    packets = video_packets(source)
+    times, first = sorted(pts for pts, _ in packets), first_frame(source)
+    offset = chosen_frames(times, cfg.frames, source)[0] - times[0]  # a part (--frames) starts where the whole did
+    entry = max(e for e in entry_points(packets) if e <= part[0])
+    deep, done = first.format.components[0].bits > 8, 0
+    with opened(source) as container:
+        video = video_stream(container, source)
+        stream = add_video(out, video, first, size, cfg)
+        for index, frame in decoded_from(container, video, entry):
+            if index >= part[1]:
+                break
+            if index >= part[0]:
+                encode(out, stream, render(to_tensor(frame, deep), size), deep, frame, times[index] - offset)
+                done += 1
+                on_frame()
+        out.mux(stream.encode(None))
+    if done < part[1] - part[0]:
+        raise ValueError(f"{source}: only {done} of the {part[1] - part[0]} frames from frame {part[0]} could be "
+                         f"decoded: the file is damaged")
+    return done
+
+
+def segments_folder(source: Path, target: Path, cfg: SimpleNamespace) -> Path:
+    """The hidden folder beside `target` that keeps its segments until they are joined, named by what makes
+    them: the source (path, size, modification time) and the settings; a changed one gives another folder."""
+    stat, skip = source.stat(), ('threads', 'overwrite', 'recursive', 'input', 'output')
+    made = repr((str(source.resolve()), stat.st_size, stat.st_mtime_ns,
+                 sorted((k, v) for k, v in vars(cfg).items() if k not in skip)))
+    return target.with_name(f'.{target.name}.{hashlib.sha256(made.encode()).hexdigest()[:12]}.segments')
+
+
+def segment_path(folder: Path, part: tuple[int, int], suffix: str) -> Path:
+    return folder / f'{part[0]:07d}-{part[1]:07d}{suffix}'
+
+
+def render_segment(render: Render, source: Path, segment: Path, size: tuple[int, int], cfg: SimpleNamespace,
+                   part: tuple[int, int], on_frame: Callable[[], None] = lambda: None) -> int:
+    """Render frames `part` of `source` into the file `segment` (written whole or not at all), unless it is
+    there already with as many frames (a rerun); returns the number of frames rendered now."""
+    if segment.is_file() and segment_frames(segment) == part[1] - part[0]:
+        return 0
+    size = even_size(size, cfg.pix_fmt, source)
+    with writing(source, segment, "; the finished segments are kept for a rerun") as out:
+        return encode_part(source, out, render, size, cfg, part, on_frame)
+
+
+def segment_frames(segment: Path) -> int:
+    """How many video packets (frames) the segment file holds; 0 for one that does not read."""
+    try:
+        with av.open(str(segment)) as container:
+            return sum(1 for packet in container.demux(video=0) if packet.size)
+    except (av.FFmpegError, IndexError):
+        return 0
+
+
+def segment_packets(segments: list[Path], stream) -> Iterator[av.Packet]:
+    """The video packets of the segments in order, for `stream`, their decoding times kept increasing: an
+    encoder with B-frames starts each segment's times a frame or two before its first frame, which can
+    reach back to the previous segment's last; those move on by one tick (still before their frame's time)."""
+    last = None
+    for path in segments:
+        with av.open(str(path)) as container:
+            for packet in container.demux(video=0):
+                if not packet.size:
+                    continue
+                if last is not None and packet.dts is not None and packet.dts <= last:
+                    packet.dts = last + 1
+                last = packet.dts
+                packet.stream = stream
+                yield packet
+
+
+def join_segments(source: Path, segments: list[Path], target: Path, cfg: SimpleNamespace) -> str:
+    """Join the video segments, in order, into `target` (whole or not at all), with the other streams of
+    `source` copied as a whole run copies them (cfg.frames: the packets of the part's time); returns the
+    line that says so."""
+    times = frame_times(source)
+    start, end, wanted = chosen_frames(times, cfg.frames, source)
+    with writing(source, target, "; nothing was written, the segments are kept for a rerun") as out, \
+            opened(source) as container, av.open(str(segments[0])) as head:
+        template = head.streams.video[0]
+        stream = out.add_stream_from_template(template)
+        video = video_stream(container, source)
+        stream.time_base = template.time_base
+        stream.codec_context.framerate = video.average_rate or video.guessed_rate  # as add_video: the container's rate
+        copies = copy_streams(container, out)
+        seconds = [t * video.time_base if t is not None else None for t in (start, end, start - times[0])]
+        done = 0
+        for packet in heapq.merge(copied_packets(container, copies, cfg.frames and seconds),
+                                  segment_packets(segments, stream), key=when):
+            done += packet.stream.type == 'video'
+            out.mux(packet)
+        if done != wanted:  # checked before the rename
+            raise ValueError(f"{target}: its segments hold {done} of the {wanted} frames")
+    return f"{source} -> {target} ({template.height}x{template.width}, {done} frames, {len(segments)} segments)"
+
+
+def copied_packets(container, copies: dict, part: list | None) -> Iterator[av.Packet]:
+    """The packets of the copied streams, for their output streams: all, or those of `part` (in_part's
+    start, end and offset in seconds), moved back with it."""
+    for packet in container.demux([container.streams[i] for i in copies]):
+        if packet.size and (not part or in_part(packet, *part)):
+            packet.stream = copies[packet.stream.index]
+            yield packet
+
+
+def when(packet: av.Packet) -> Fraction:
+    """A packet's decoding time in seconds (its presentation time where it has no decoding time)."""
+    t = packet.dts if packet.dts is not None else packet.pts
+    return (t or 0) * packet.time_base
