@@ -74,6 +74,7 @@ from video import (
     is_video,
     join_segments,
     render_segment,
+    segment_frames,
     segment_path,
     segments_folder,
     upscale_video,
@@ -257,21 +258,26 @@ def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple]]:
     split = cut([h * w for _, _, h, w in windows], frames, world_size)
     cuts = {i for share in split for i, first, end in share if end - first < frames[i]}
     folders = {i: segments_folder(jobs[i][0], jobs[i][1], cfg) for i in cuts}
-    for i, folder in folders.items():
-        keep_segments(folder, jobs[i][1], cfg.overwrite)
     skip = cfg.frames[0] if cfg.frames else 0  # segments count frames from the video's first
-    return [[(*jobs[i], end - first, None if i not in cuts else
-              (skip + first, skip + end, segment_path(folders[i], (skip + first, skip + end), jobs[i][1].suffix)))
-             for i, first, end in share] for share in split]
+    split = [[(*jobs[i], end - first, None if i not in cuts else
+               (skip + first, skip + end, segment_path(folders[i], (skip + first, skip + end), jobs[i][1].suffix)))
+              for i, first, end in share] for share in split]
+    for i, folder in folders.items():
+        keep_segments(folder, jobs[i][1], [piece[3] for share in split for piece in share if piece[1] == jobs[i][1]],
+                      cfg.overwrite)
+    return split
 
 
-def keep_segments(folder: Path, target: Path, overwrite: bool) -> None:
+def keep_segments(folder: Path, target: Path, segments: list[tuple], overwrite: bool) -> None:
     """Make the segments folder of `target`, removing the folders of other settings (and with overwrite
-    this one's segments too)."""
+    this one's segments too), and say how many of its `segments` an earlier run has finished."""
     for old in target.parent.glob(f'.{glob.escape(target.name)}.*.segments'):
         if old != folder or overwrite:
             shutil.rmtree(old)
     folder.mkdir(parents=True, exist_ok=True)
+    done = sum(segment_frames(path) == end - first for first, end, path in segments)
+    if done:
+        print(f"{target}: {done} of its {len(segments)} segments were finished by an earlier run and are kept")
 
 
 def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:
@@ -292,8 +298,10 @@ def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:
         for source, target, frames, segment in split[team.rank]:
             team.check()
             if segment:
-                render_segment(video_render(model, team.device, cfg), source, segment[2], video_size(source, cfg),
-                               cfg, segment[:2], lambda: (team.check(), team.finished_one()))
+                if not render_segment(video_render(model, team.device, cfg), source, segment[2],
+                                      video_size(source, cfg), cfg, segment[:2],
+                                      lambda: (team.check(), team.finished_one())):
+                    team.finished_one(frames)  # finished by an earlier run
             else:
                 upscale(model, team.device, source, target, cfg, progress=False)
                 team.finished_one(frames if cut_any else 1)

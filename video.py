@@ -16,6 +16,7 @@ output path, and a rerun starts that video over. See docs/video.md.
 """
 import hashlib
 import heapq
+import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ import torch
 from av.video.reformatter import Interpolation
 from tqdm import tqdm
 
-from files import NO_SPACE, disk_full, replacing
+from files import NO_SPACE, DiskFull, disk_full, replacing
 from imgproc import image_to_tensor, quantize
 
 VIDEO_SUFFIXES = ('.mp4', '.mkv', '.mov', '.webm', '.avi')
@@ -283,17 +284,21 @@ def upscale_video(render: Render, source: Path, target: Path, size: tuple[int, i
 
 
 @contextmanager
-def writing(source: Path, target: Path, note: str = "; nothing was written"):
+def writing(source: Path, target: Path, kept: str = ''):
     """An output container for `target`, written to a temporary file renamed into place when the block ends
-    without an error; FFmpeg's failures name the file (a full disk: DiskFull, with `note`)."""
+    without an error; FFmpeg's failures name the file, and a full disk's add `kept` (what a rerun reuses)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         # bitexact: no random Matroska segment ID, so a rerun writes the same bytes
         with replacing(target) as tmp, av.open(str(tmp), 'w', options={'fflags': '+bitexact'}) as out:
             yield out
+    except DiskFull as e:  # replacing's: it names the file
+        if kept:
+            raise DiskFull(f"{e}; {kept}") from None
+        raise
     except av.FFmpegError as e:
         if e.errno in NO_SPACE:
-            raise disk_full(target, e, note) from None
+            raise disk_full(target, e, "; nothing was written" + (f"; {kept}" if kept else "")) from None
         raise ValueError(f"{source}: {e.strerror or e} (writing {target})") from None
 
 
@@ -378,7 +383,7 @@ def render_segment(render: Render, source: Path, segment: Path, size: tuple[int,
     if segment.is_file() and segment_frames(segment) == part[1] - part[0]:
         return 0
     size = even_size(size, cfg.pix_fmt, source)
-    with writing(source, segment, "; the finished segments are kept for a rerun") as out:
+    with writing(source, segment, "the finished segments are kept for a rerun") as out:
         return encode_part(source, out, render, size, cfg, part, on_frame)
 
 
@@ -394,18 +399,29 @@ def segment_frames(segment: Path) -> int:
 def segment_packets(segments: list[Path], stream) -> Iterator[av.Packet]:
     """The video packets of the segments in order, for `stream`, their decoding times kept increasing: an
     encoder with B-frames starts each segment's times a frame or two before its first frame, which can
-    reach back to the previous segment's last; those move on by one tick (still before their frame's time)."""
+    reach back to the previous segment's last; those move on by one tick (still before their frame's time).
+    Where the segment's container keeps no decoding times (Matroska: the demuxer guesses some), each
+    packet gets the earliest presentation time from it on: never after its own, never before an earlier one."""
     last = None
     for path in segments:
+        times, kept = segment_times(path)
+        earliest = list(itertools.accumulate(reversed(times), min))[::-1]
         with av.open(str(path)) as container:
-            for packet in container.demux(video=0):
-                if not packet.size:
-                    continue
-                if last is not None and packet.dts is not None and packet.dts <= last:
+            for packet, dts in zip((p for p in container.demux(video=0) if p.size), earliest):
+                packet.dts = packet.dts if kept else dts
+                if kept and last is not None and packet.dts <= last:
                     packet.dts = last + 1
                 last = packet.dts
                 packet.stream = stream
                 yield packet
+
+
+def segment_times(segment: Path) -> tuple[list[int], bool]:
+    """The presentation timestamps of the segment's video packets in file order, and whether every packet
+    has a decoding time."""
+    with av.open(str(segment)) as container:
+        found = [(packet.pts, packet.dts) for packet in container.demux(video=0) if packet.size]
+    return [pts for pts, _ in found], all(dts is not None for _, dts in found)
 
 
 def join_segments(source: Path, segments: list[Path], target: Path, cfg: SimpleNamespace) -> str:
@@ -414,7 +430,7 @@ def join_segments(source: Path, segments: list[Path], target: Path, cfg: SimpleN
     line that says so."""
     times = frame_times(source)
     start, end, wanted = chosen_frames(times, cfg.frames, source)
-    with writing(source, target, "; nothing was written, the segments are kept for a rerun") as out, \
+    with writing(source, target, "the segments are kept for a rerun") as out, \
             opened(source) as container, av.open(str(segments[0])) as head:
         template = head.streams.video[0]
         stream = out.add_stream_from_template(template)
@@ -436,7 +452,7 @@ def join_segments(source: Path, segments: list[Path], target: Path, cfg: SimpleN
 def copied_packets(container, copies: dict, part: list | None) -> Iterator[av.Packet]:
     """The packets of the copied streams, for their output streams: all, or those of `part` (in_part's
     start, end and offset in seconds), moved back with it."""
-    for packet in container.demux([container.streams[i] for i in copies]):
+    for packet in container.demux([container.streams[i] for i in copies]) if copies else []:  # [] demuxes all
         if packet.size and (not part or in_part(packet, *part)):
             packet.stream = copies[packet.stream.index]
             yield packet

@@ -37,17 +37,19 @@ def scene(i: int, size=SIZE) -> np.ndarray:
 
 
 def make_clip(path: Path, count=12, vfr=False, rotation=0, codec='libx264', pix_fmt='yuv420p', size=SIZE,
-              audio='aac', subtitles=True, full_range=False, colorspace=None, frames=scene) -> Path:
+              audio='aac', subtitles=True, full_range=False, colorspace=None, frames=scene, gop=0) -> Path:
     """A clip at 10 fps (vfr: 50, 150, 100 ms steps), an audio track of the same length and two subtitle
     cues (mov_text in mp4, SubRip in mkv); full_range: YCbCr over 0-255, tagged so; colorspace: FFmpeg's
     colour matrix to convert by and tag (None: unspecified, read as BT.601); frames(i, size): frame i as
-    HxWx3 uint8 (rgb24) or uint16 (rgb48le)."""
+    HxWx3 uint8 (rgb24) or uint16 (rgb48le); gop: a keyframe every gop frames (0: the encoder's default)."""
     mp4 = path.suffix == '.mp4'
     with av.open(str(path), 'w') as out:  # every stream is added before the first packet
         video = out.add_stream(codec, rate=10)
         video.height, video.width, video.pix_fmt = *size, pix_fmt
         tick = Fraction(1, 10) if path.suffix == '.avi' else Fraction(1, 1000)  # AVI counts frames
         video.time_base = video.codec_context.time_base = tick
+        if gop:
+            video.codec_context.gop_size = gop
         if rotation:
             video.set_display_rotation(rotation)
         video.codec_context.color_range = 2 if full_range else 1  # JPEG (full) or MPEG (limited)
