@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_distributed import LAUNCH_TIMEOUT, children, error_lines, run, torchrun
+from test_distributed import LAUNCH_TIMEOUT, children, error_lines, free_port, run, torchrun
 from test_video import OUT, X264_PSNR, decoded, image_render, make_clip, packets, rgb, scene, upscale, video_end
 
 import inference
@@ -175,9 +176,11 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_processes_cut_the_videos_of_a_folder_into_the_one_process_files(folder, official_weights, tmp_path):
+def test_processes_cut_the_videos_of_a_folder_into_the_one_process_files(folder, official_weights, tmp_path):
+    """Three processes: a.mkv is cut at frame 6 (its second segment decodes from keyframe 4), b.mkv at
+    frame 1 (one keyframe: its second segment decodes frame 0 and drops it), the image goes whole."""
     inference.main(launch_args(folder, f'{tmp_path}/one/', official_weights)[1:])
-    done = run(torchrun(launch_args(folder, f'{tmp_path}/two/', official_weights)))
+    done = run(torchrun(launch_args(folder, f'{tmp_path}/two/', official_weights), 3))
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == ['a_x2.mkv', 'b_x2.mkv', 'c_x2.png']
     for name in ('a_x2.mkv', 'b_x2.mkv'):
@@ -198,6 +201,33 @@ def test_more_processes_than_frames_of_a_part(folder, official_weights, tmp_path
     assert same_frames(tmp_path / 'out' / 'a.mkv', one) and len(decoded(one)) == 2
     assert_same_timing_and_streams(tmp_path / 'out' / 'a.mkv', one, ('audio',))
     assert [p.name for p in (tmp_path / 'out').iterdir()] == ['a.mkv']
+
+
+@pytest.mark.slow
+def test_two_nodes_write_the_file_two_local_processes_write(folder, official_weights, tmp_path):
+    """Two torchrun launches of one process each meet on 127.0.0.1 (c10d) and cut one video as two local
+    processes do: the same bytes."""
+    local = run(torchrun(launch_args(folder / 'a.mkv', f'{tmp_path}/local/', official_weights)))
+    assert local.returncode == 0, local.stderr[-3000:]
+    launch = ['--nnodes=2', '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{free_port()}',
+              f'--rdzv_id={uuid.uuid4().hex}']
+    cmd = torchrun(launch_args(folder / 'a.mkv', f'{tmp_path}/nodes/', official_weights), 1, launch)
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [node.wait(timeout=LAUNCH_TIMEOUT) for node in nodes] == [0, 0]
+    assert [p.name for p in (tmp_path / 'nodes').iterdir()] == ['a_x2.mkv']
+    assert (tmp_path / 'nodes' / 'a_x2.mkv').read_bytes() == (tmp_path / 'local' / 'a_x2.mkv').read_bytes()
+
+
+@pytest.mark.slow
+def test_a_truncated_video_stops_every_process_with_one_error_line(folder, official_weights, tmp_path):
+    cut_off = tmp_path / 'cut.mkv'
+    cut_off.write_bytes((folder / 'a.mkv').read_bytes()[:4000])
+    done = run(torchrun(launch_args(cut_off, f'{tmp_path}/out/', official_weights)))
+    [line] = error_lines(done.stderr)
+    assert 'cut.mkv' in line and 'truncated' in line, line
+    # rank 0 refuses it in the split; the other process stops with status 2, unless torchrun's SIGTERM comes first
+    assert 'exitcode  : 2' in done.stderr and 'exitcode  : 1' not in done.stderr and not (tmp_path / 'out').exists()
 
 
 def segments_of(folder: Path) -> list[Path]:
