@@ -28,6 +28,7 @@ rendered frame by frame through the same render and written in its own container
 
 Under torchrun each process takes a share of the images, balanced by output pixels, on its own GPU
 (LOCAL_RANK) or the CPU; the outputs are the same bytes as one process writes (docs/distributed.md).
+A video is cut into frame ranges over the processes and joined by the first (docs/video.md).
 """
 import functools
 import glob

@@ -12,7 +12,9 @@ keeps each frame's timestamp (variable frame rate included), its frame rate, rot
 and colour tags. A pixel format with subsampled chroma (yuv420p, yuv422p) needs even sides: an odd
 side is rounded up to the next even number, with a warning. The output is written to a temporary file
 beside it and renamed when complete (files.replacing): an interrupted run leaves nothing at the
-output path, and a rerun starts that video over. See docs/video.md.
+output path, and a rerun starts that video over. Under torchrun a video is cut into segments (frame
+ranges, each decoded from the keyframe before it) that several processes render and the first joins:
+the second half of this file. See docs/video.md.
 """
 import hashlib
 import heapq
