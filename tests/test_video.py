@@ -2,6 +2,7 @@
 render of the decoded input frame, the other streams are copied packet for packet, and the timing,
 rotation and bit depth are kept. Renders use a small random LIIF through inference.upscale (the path
 inference.main takes after loading a model); the command-line runs use the official weights."""
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -305,3 +306,23 @@ def test_a_bt709_source_is_converted_by_its_own_matrix(model, tmp_path):
     assert {int(f.colorspace) for f in frames} == {1}
     for got, frame in zip(frames, ins):
         assert np.abs(rgb(got) - image_render(model, frame)).max() <= YUV444_LEVELS
+
+
+def resident_mb() -> float:
+    """This process's resident memory (/proc/self/statm), MB."""
+    return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def test_memory_stays_flat_over_a_long_clip(tmp_path):
+    """600 frames stream through with the resident memory where it was after 100 (measured: 0.12 MB more;
+    3000 frames: 0.4 MB, docs/video.md): no frame or packet piles up (a rendered frame kept would add 37 kB
+    each, 18 MB here)."""
+    clip = make_clip(tmp_path / 'long.mkv', count=600, size=(24, 32), gop=25, subtitles=False)
+    cfg = settings.parse([f'--input={clip}', '--scale=2'], 'inference')
+    memory = []
+
+    def render(lr, size):
+        memory.append(resident_mb())
+        return torch.nn.functional.interpolate(lr, size=size, mode='bilinear', align_corners=False)
+    video.upscale_video(render, clip, tmp_path / 'out.mkv', (48, 64), cfg, progress=False)
+    assert len(memory) == 600 and max(memory[100:]) - memory[99] < 3, (memory[99], max(memory[100:]))
