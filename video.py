@@ -16,12 +16,15 @@ output path, and a rerun starts that video over. Under torchrun a video is cut i
 ranges, each decoded from the keyframe before it) that several processes render and the first joins:
 the second half of this file. See docs/video.md.
 """
+import functools
 import hashlib
 import heapq
 import itertools
+import queue
+import threading
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -240,6 +243,81 @@ def encode(out, stream, sr: torch.Tensor, deep: bool, source: av.VideoFrame, pts
     out.mux(stream.encode(frame))
 
 
+DEPTH = 2  # frames in flight on each side of the render (decoded ahead, waiting to be encoded); 0: no threads
+
+
+def ahead(found: Iterator, depth: int | None = None) -> Iterator:
+    """The items of `found`, produced by a thread of its own up to `depth` (DEPTH) ahead of the consumer; its
+    exception is raised here. Closing the generator stops the thread (before the container it reads closes)."""
+    depth = DEPTH if depth is None else depth
+    if not depth:
+        yield from found
+        return
+    box, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def produce() -> None:
+        try:
+            for item in found:
+                while not stop.is_set():
+                    try:
+                        box.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():  # the consumer has closed
+                    return
+            box.put((end, None))
+        except BaseException as e:  # handed to the consumer
+            box.put((end, e))
+    thread = threading.Thread(target=produce, name='video-decode', daemon=True)
+    thread.start()
+    try:
+        while (got := box.get())[0] is not end:
+            yield got[0]
+        if got[1] is not None:
+            raise got[1]
+    finally:
+        stop.set()
+        while thread.is_alive():  # a producer blocked on a full queue sees the stop
+            with suppress(queue.Empty):
+                box.get(timeout=0.1)
+        thread.join()
+
+
+@contextmanager
+def behind(depth: int | None = None):
+    """A later(call) that runs the calls handed to it in order in a thread of its own, at most `depth`
+    (DEPTH) waiting; the block ends once every call has run, and the first call's exception is raised in
+    the caller (at a later hand-over, or at the end). With depth 0 each call runs at once."""
+    depth = DEPTH if depth is None else depth
+    if not depth:
+        yield lambda call: call()
+        return
+    jobs, failed = queue.Queue(depth), []
+
+    def work() -> None:
+        while (call := jobs.get()) is not None:
+            try:
+                if not failed:  # after a failure the rest are dropped
+                    call()
+            except BaseException as e:
+                failed.append(e)
+    thread = threading.Thread(target=work, name='video-encode', daemon=True)
+    thread.start()
+
+    def later(call) -> None:
+        if failed:
+            raise failed[0]
+        jobs.put(call)
+    try:
+        yield later
+    finally:
+        jobs.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
 def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: SimpleNamespace,
               progress: bool) -> int:
     """Write `source`'s frames cfg.frames, rendered at `size`, and its other streams into the open
@@ -252,27 +330,58 @@ def transcode(source: Path, out, render: Render, size: tuple[int, int], cfg: Sim
         stream, copies = add_video(out, video, first, size, cfg), copy_streams(container, out)
         offset = start - times[0]  # a part (--frames) starts where the whole did
         seconds = [t * video.time_base if t is not None else None for t in (start, end, offset)]  # the part
-        decoded = done = 0
         with tqdm(total=wanted, unit='frame', disable=not progress, desc=source.name, leave=False) as bar:
-            for item in items(container, video):
-                if isinstance(item, av.Packet):
-                    if not cfg.frames or in_part(item, *seconds):  # the whole: every packet as it is
-                        item.stream = copies[item.stream.index]
-                        out.mux(item)
-                    continue
-                # frames leave the decoder in presentation order: the k-th has the k-th packet time (as FFmpeg's
-                # best-effort timestamps; AVI's B-frames carry no times of their own)
-                pts, decoded = times[min(decoded, len(times) - 1)], decoded + 1
-                if end is not None and pts >= end:
-                    break
-                if pts >= start:
-                    encode(out, stream, render(to_tensor(item, deep), size), deep, item, pts - offset)
-                    done += 1
-                    bar.update()
-        out.mux(stream.encode(None))
+            work = timed(items(container, video), times, start, end, deep)
+            done = pipeline(out, stream, lambda lr: render(lr, size), deep, work, offset,
+                            lambda packet: kept(packet, copies, cfg.frames and seconds), bar.update)
     if done < wanted:
         raise ValueError(f"{source}: only {done} of its {wanted} frames could be decoded: the file is damaged")
     return done
+
+
+def timed(found: Iterator, times: list[int], start: int, end: int | None, deep: bool) -> Iterator[tuple]:
+    """(item, pts, RGB tensor) for the decoded frames and copied packets of `found` in order: a packet's pts
+    and tensor None, a frame's pts its timestamp and its tensor None before `start` (not rendered); ends at
+    the first frame at or after `end`. Frames leave the decoder in presentation order: the k-th has the
+    k-th packet time (as FFmpeg's best-effort timestamps; AVI's B-frames carry no times of their own)."""
+    decoded = 0
+    for item in found:
+        if isinstance(item, av.Packet):
+            yield item, None, None
+            continue
+        pts, decoded = times[min(decoded, len(times) - 1)], decoded + 1
+        if end is not None and pts >= end:
+            return
+        yield item, pts, to_tensor(item, deep) if pts >= start else None
+
+
+def pipeline(out, stream, paint: Callable[[torch.Tensor], torch.Tensor], deep: bool, work: Iterator[tuple],
+             offset: int, copy: Callable[[av.Packet], bool], on_frame: Callable[[], None]) -> int:
+    """Render the frames of `work` (timed's items) with paint(lr) and encode them (deep: from 16-bit RGB) into
+    `stream` at their time less `offset`, muxing the packets that copy(packet) keeps, in order; returns the
+    number of frames. Decoding (with the conversion to RGB) and encoding (from RGB, with the muxing) each
+    run in a thread of their own, DEPTH items from the render: on a fast device the model need not wait."""
+    done = 0
+    with behind() as later, closing(ahead(work)) as found:
+        for item, pts, lr in found:
+            if pts is None:
+                if copy(item):
+                    later(functools.partial(out.mux, item))
+            elif lr is not None:
+                later(functools.partial(encode, out, stream, paint(lr), deep, item, pts - offset))
+                done += 1
+                on_frame()
+        later(lambda: out.mux(stream.encode(None)))  # the encoder's last frames
+    return done
+
+
+def kept(packet: av.Packet, copies: dict, part: list | None) -> bool:
+    """Whether a packet of a copied stream goes into the output: all do, or those of `part` (in_part's
+    start, end and offset in seconds), moved back with it; a kept one is given its output stream."""
+    if part and not in_part(packet, *part):
+        return False
+    packet.stream = copies[packet.stream.index]
+    return True
 
 
 def upscale_video(render: Render, source: Path, target: Path, size: tuple[int, int], cfg: SimpleNamespace,
@@ -325,17 +434,15 @@ def entry_points(packets: list[tuple[int | None, bool]]) -> list[int]:
     return entries
 
 
-def decoded_from(container, video, entry: int) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(index in presentation order, frame) of the video's frames, decoding from the packet at position
-    `entry` (an entry point) on: the packets before it are read but not decoded."""
-    index, skipped = entry, 0
+def decoded_from(container, video, entry: int) -> Iterator[av.VideoFrame]:
+    """The video's frames in presentation order from the packet at position `entry` (an entry point) on:
+    the packets before it are read but not decoded."""
+    skipped = 0
     for packet in container.demux(video):
         if skipped < entry:
             skipped += bool(packet.size)
             continue
-        for frame in packet.decode():  # the final empty packet flushes the decoder
-            yield index, frame
-            index += 1
+        yield from packet.decode()  # the final empty packet flushes the decoder
 
 
 def encode_part(source: Path, out, render: Render, size: tuple[int, int], cfg: SimpleNamespace,
@@ -347,18 +454,13 @@ def encode_part(source: Path, out, render: Render, size: tuple[int, int], cfg: S
     times, first = sorted(pts for pts, _ in packets), first_frame(source)
     offset = chosen_frames(times, cfg.frames, source)[0] - times[0]  # a part (--frames) starts where the whole did
     entry = max(e for e in entry_points(packets) if e <= part[0])
-    deep, done = first.format.components[0].bits > 8, 0
+    deep = first.format.components[0].bits > 8
     with opened(source) as container:
         video = video_stream(container, source)
         stream = add_video(out, video, first, size, cfg)
-        for index, frame in decoded_from(container, video, entry):
-            if index >= part[1]:
-                break
-            if index >= part[0]:
-                encode(out, stream, render(to_tensor(frame, deep), size), deep, frame, times[index] - offset)
-                done += 1
-                on_frame()
-        out.mux(stream.encode(None))
+        work = timed(decoded_from(container, video, entry), times[entry:], times[part[0]],
+                     times[part[1]] if part[1] < len(times) else None, deep)
+        done = pipeline(out, stream, lambda lr: render(lr, size), deep, work, offset, bool, on_frame)
     if done < part[1] - part[0]:
         raise ValueError(f"{source}: only {done} of the {part[1] - part[0]} frames from frame {part[0]} could be "
                          f"decoded: the file is damaged")
@@ -455,8 +557,7 @@ def copied_packets(container, copies: dict, part: list | None) -> Iterator[av.Pa
     """The packets of the copied streams, for their output streams: all, or those of `part` (in_part's
     start, end and offset in seconds), moved back with it."""
     for packet in container.demux([container.streams[i] for i in copies]) if copies else []:  # [] demuxes all
-        if packet.size and (not part or in_part(packet, *part)):
-            packet.stream = copies[packet.stream.index]
+        if packet.size and kept(packet, copies, part):
             yield packet
 
 

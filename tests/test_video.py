@@ -2,7 +2,9 @@
 render of the decoded input frame, the other streams are copied packet for packet, and the timing,
 rotation and bit depth are kept. Renders use a small random LIIF through inference.upscale (the path
 inference.main takes after loading a model); the command-line runs use the official weights."""
+import itertools
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -326,3 +328,37 @@ def test_memory_stays_flat_over_a_long_clip(tmp_path):
         return torch.nn.functional.interpolate(lr, size=size, mode='bilinear', align_corners=False)
     video.upscale_video(render, clip, tmp_path / 'out.mkv', (48, 64), cfg, progress=False)
     assert len(memory) == 600 and max(memory[100:]) - memory[99] < 3, (memory[99], max(memory[100:]))
+
+
+def test_the_threads_write_the_bytes_one_thread_writes(model, tmp_path, monkeypatch):
+    """Decoding and encoding in threads of their own (video.DEPTH) change nothing in the file: the same
+    bytes as decode, render and encode one after the other (bitexact), the other streams included."""
+    clip = make_clip(tmp_path / 'clip.mkv', count=6, vfr=True)
+    threads = upscale(model, clip, tmp_path / 'threads.mkv', '--frames=[1,5]').read_bytes()
+    monkeypatch.setattr(video, 'DEPTH', 0)
+    assert upscale(model, clip, tmp_path / 'one.mkv', '--frames=[1,5]').read_bytes() == threads
+
+
+def pipeline_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in ('video-decode', 'video-encode')]
+
+
+def test_the_pipeline_threads_hand_over_errors_and_stop(tmp_path):
+    def failing():
+        yield 1
+        raise ValueError('bad packet')
+    found = video.ahead(failing())
+    assert next(found) == 1
+    with pytest.raises(ValueError, match='bad packet'):
+        next(found)
+    endless = video.ahead(itertools.count())
+    assert next(endless) == 0
+    endless.close()  # the producer, blocked on a full queue, stops
+    assert pipeline_threads() == []
+    ran = []
+    with pytest.raises(OSError, match='disk'):
+        with video.behind() as later:
+            later(lambda: ran.append(1))
+            later(lambda: (_ for _ in ()).throw(OSError('disk')))
+            later(lambda: ran.append(2))  # dropped after the failure
+    assert ran == [1] and pipeline_threads() == []
