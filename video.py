@@ -4,10 +4,10 @@
     python inference.py --input=clip.mkv --scale=2 --codec=ffv1 --pix_fmt=yuv444p   # lossless
     python inference.py --input=clip.mp4 --scale=2 --frames=[0,48]             # a preview of the first 48 frames
 
-Frames stream one at a time: decode, convert to RGB (the frame's own colour matrix and range), render
-through the image path (cli.render_window), round to 8 bits (16 for sources deeper than 8), convert
-to --pix_fmt, encode. Memory holds one input and one output frame plus the encoder's look-ahead, never
-the clip. Audio, subtitle and data packets are copied as they are, with their timestamps; the video
+Frames stream: decode, convert to RGB (the frame's own colour matrix and range), render through the
+image path (cli.render_window), round to 8 bits (16 for sources deeper than 8), convert to --pix_fmt,
+encode; decoding and encoding run in threads of their own, DEPTH frames from the render on each side.
+Memory holds those few frames plus the encoder's look-ahead, never the clip. Audio, subtitle and data packets are copied as they are, with their timestamps; the video
 keeps each frame's timestamp (variable frame rate included), its frame rate, rotation (display matrix)
 and colour tags. A pixel format with subsampled chroma (yuv420p, yuv422p) needs even sides: an odd
 side is rounded up to the next even number, with a warning. The output is written to a temporary file
