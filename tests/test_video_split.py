@@ -236,11 +236,15 @@ def segments_of(folder: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_a_full_disk_mid_join_keeps_the_segments_and_the_rerun_joins_them(folder, official_weights, tmp_path):
+def test_a_full_disk_mid_segment_or_mid_join_keeps_the_segments_and_the_rerun_joins_them(folder, official_weights, tmp_path):
     source, out = folder / 'a.mkv', tmp_path / 'out' / 'a.mkv'
     cmd = torchrun(launch_args(source, str(out), official_weights))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    done = run_limited(cmd[1:], 25_000, env)  # a segment, ~14 kB, fits; the joined 28 kB file does not
+    done = run_limited(cmd[1:], 8_000, env)  # not even a segment, ~14 kB, fits
+    [line] = error_lines(done.stderr)
+    assert 'the disk is full' in line and '.segments/' in line and 'segments are kept' in line, line
+    assert not out.exists() and segments_of(out.parent) == []
+    done = run_limited(cmd[1:], 25_000, env)  # a segment fits; the joined 28 kB file does not
     [line] = error_lines(done.stderr)
     assert 'the disk is full' in line and str(out) in line and 'segments are kept' in line, line
     assert 'exitcode  : 2' in done.stderr and 'exitcode  : 1' not in done.stderr
