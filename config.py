@@ -60,7 +60,7 @@ epochs = 1000  # passes of `repeat` x the training images
 valid_every = 1  # validate every N epochs
 save_every = 100  # keep a numbered checkpoint every N epochs
 ema_decay = 0.0  # EMA of the weights, ema = d*ema + (1-d)*w; 0 disables it
-amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' (CUDA) autocast, in training, testing and inference
+amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' (CUDA) autocast, in training, testing and inference; bf16 pays on GPUs and on CPUs with native bf16 (AVX-512-bf16, AMX: renders 1.7-3.4x faster, -0.005 dB), elsewhere it is emulated and slower
 channels_last = False  # channels_last memory format for the encoder (CUDA)
 compile = False  # torch.compile the training step (forward, loss, backward; CUDA graphs on one GPU)
 resume = ''  # a run's checkpoint to continue ('' = start fresh; 'auto' = out_dir/last.pth if present)

@@ -66,7 +66,7 @@ from imgproc import (
     three_to_one,
     write_picture,
 )
-from precision import check_amp, use_tf32
+from precision import check_amp, suggest_amp, use_tf32
 from render import check_size, check_window, output_size
 from video import (
     VIDEO_SUFFIXES,
@@ -241,6 +241,8 @@ def main(argv: list[str]) -> list[Path]:
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     model = load(cfg, argv, resolve_weights(cfg.weights), team.device) if jobs else None
+    if isinstance(model, torch.nn.Module) and (len(jobs) > 1 or any(is_video(source) for source, _ in jobs)):
+        suggest_amp(team.device, cfg.amp)  # a long job
     for source, target in jobs:
         print(upscale(model, team.device, source, target, cfg, progress=True))
     return [target for _, target in jobs]
@@ -293,6 +295,8 @@ def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:
         return []
     weights = team.first_on_node(lambda: resolve_weights(cfg.weights))  # fetched once per node when missing
     model = load(cfg, argv, weights, team.device) if split[team.rank] else None
+    if team.rank == 0 and isinstance(model, torch.nn.Module):
+        suggest_amp(team.device, cfg.amp)
     start, cut_any = time.perf_counter(), any(piece[3] for piece in pieces)
     with team.progress(sum(piece[2] for piece in pieces) if cut_any else len(pieces), 'inference',
                        'frame' if cut_any else 'img'):

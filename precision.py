@@ -39,7 +39,7 @@ def machine_name(device: torch.device) -> str:
     """The device as timings name it: the GPU's name, or the CPU model, threads and bf16-related flags."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    flags = ', '.join(f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if f in cpu_flags())
+    flags = ', '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in cpu_flags())
     return f"{cpu_model()}, {torch.get_num_threads()} threads" + (f" ({flags})" if flags else '')
 
 
@@ -95,6 +95,20 @@ def warn_slow_bf16() -> None:
     """Once per process: bf16 on a CPU without native bf16 is emulated, slower than fp32."""
     print("warning: this CPU has no native bf16 (AVX-512-bf16 or AMX), so amp='bf16' runs emulated "
           "and slower than fp32; use --amp=fp32 here", file=sys.stderr)
+
+
+@functools.cache
+def point_to_bf16() -> None:
+    """Once per process: fp32 on a CPU with native bf16, for a long job (a folder, a video)."""
+    kind = 'AMX' if 'amx_bf16' in cpu_flags() else 'AVX-512-bf16'
+    print(f"note: this CPU has native bf16 ({kind}): --amp=bf16 renders 1.7-3.4x faster than fp32 on such CPUs, "
+          f"for about -0.005 dB PSNR (docs/training.md#bf16-on-the-cpu-only-with-native-bf16)", file=sys.stderr)
+
+
+def suggest_amp(device: torch.device, amp: str) -> None:
+    """Point a long job in fp32 on a CPU with native bf16 to --amp=bf16 (once)."""
+    if device.type == 'cpu' and amp == 'fp32' and native_cpu_bf16():
+        point_to_bf16()
 
 
 def check_amp_name(amp: str) -> None:

@@ -50,7 +50,8 @@ from scripts.benchlib import (
     alternately,
     benchmark_root,
     comma_list,
-    floor_tflops,
+    floor_columns,
+    floors,
     header,
     load_model,
     lr_input,
@@ -109,14 +110,14 @@ def time_case(args, device: torch.device, runs: dict, size: int, scale: float) -
 def run_grid(args, device: torch.device, results: dict) -> None:
     modes = variants(args, device)
     runs, weights, model = renderers(args, device, modes)
-    floor, floor_name = floor_tflops(args.peak_tflops, device)
+    floor, floor_line = floors(device, list(dict.fromkeys(amp for _, amp, _ in modes)), args.peak_tflops)
     print(header('LIIF render benchmark', device))
     print(f"{weights}; {args.warmup} warm-up + {args.repeats} timed rounds, median; chunk {args.chunk or 'auto'}; "
-          f"TFLOP/s counts the fast path's work; {floor_name}"
+          f"TFLOP/s counts the fast path's work; {floor_line}"
           + (";\nx reference: against the fast fp32 row (--no_reference)" if args.no_reference else '') + "\n")
-    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % floor | peak MB "
-          "| max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| LR | input | scale | output | path | amp | compiled | MP/s | x reference | TFLOP/s | % floor "
+          "| % decoder floor | peak MB | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, scale in args.cases:
         source, out_size, times = time_case(args, device, runs, size, scale)
         ref_time, _, reference = times[modes[0]]
@@ -125,12 +126,33 @@ def run_grid(args, device: torch.device, results: dict) -> None:
         for (path, amp, compiled), (t, peak, out) in times.items():
             diff = (out - reference).abs().max().item()
             results['render'].append({'lr': size, 'scale': scale, 'path': path, 'amp': amp, 'compile': compiled,
-                                      'mp_per_s': pixels / 1e6 / t, 'x_reference': ref_time / t, 'max_abs_diff': diff})
+                                      'mp_per_s': pixels / 1e6 / t, 'x_reference': ref_time / t, 'max_abs_diff': diff,
+                                      'tflops': flops / t / 1e12, 'floor_tflops': floor[amp]})
             write_json(args.json, results)
             print(f"| {size}x{size} | {source} | x{scale:g} | {out_size[0]}x{out_size[1]} | {path} | {amp} "
                   f"| {'yes' if compiled else 'no'} | {pixels / 1e6 / t:.3f} | {ref_time / t:.2f} "
-                  f"| {flops / t / 1e12:.3g} | {100 * flops / t / 1e12 / floor:.1f} | {peak:.0f} | {diff:.2e} |",
-                  flush=True)
+                  f"{floor_columns(flops, t, floor[amp])} {peak:.0f} | {diff:.2e} |", flush=True)
+
+
+def run_profile(args, device: torch.device) -> None:
+    """Where a fast render's time goes, per precision: torch.profiler's self time per op, largest first
+    (ops under 1 % summed as 'other'), of one render after a warm-up one."""
+    model, weights = load_model(device)
+    amps = ['fp32'] + ['bf16'] * native_bf16(device)
+    print(f"\n{header('Where a fast render spends its time', device)}\n{weights}\n")
+    for size, scale in args.cases:
+        lr, source = lr_input(size, device)
+        out_size = (round(size * scale), round(size * scale))
+        for amp in amps:
+            model.render(lr, out_size, chunk=args.chunk, amp=amp)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                model.render(lr, out_size, chunk=args.chunk, amp=amp)
+            ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            total = sum(e.self_cpu_time_total for e in ops)
+            shares = [(e.key, 100 * e.self_cpu_time_total / total) for e in ops]
+            top = [(k, s) for k, s in shares if s >= 1] + [('other', sum(s for _, s in shares if s < 1))]
+            print(f"LR {size}x{size} ({source}) x{scale:g}, {amp}, {total / 1e6:.2f} s: "
+                  + ', '.join(f"{k} {s:.1f} %" for k, s in top), flush=True)
 
 
 def run_models(args, device: torch.device) -> None:
@@ -248,6 +270,7 @@ def parse_args(argv: list[str]):
     p.add_argument('--compiled_only', action='store_true',
                    help="only the compiled modes (and the reference or fast fp32 row they are compared with)")
     p.add_argument('--models', action='store_true', help="LTE beside LIIF's fast and reference paths at the cases")
+    p.add_argument('--profile', action='store_true', help="where the fast path's time goes, per precision, at the cases")
     p.add_argument('--psnr', action='store_true', help="also Set5 / Set14 x4 PSNR per amp (and compiled)")
     p.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
     p.add_argument('--views', default='', help="time the viewer's 800x600 view of --input at these zooms")
@@ -277,6 +300,8 @@ def main(argv: list[str]) -> None:
     results = {**machine_fields(device), 'render': [], 'psnr': []}
     if args.models:
         run_models(args, device)
+    elif args.profile:
+        run_profile(args, device)
     elif args.cases:
         run_grid(args, device, results)
     if args.psnr:

@@ -33,7 +33,18 @@ from cli import run_main
 from dataset import DevicePatches, Draws, TrainDataset
 from model import build_model
 from precision import autocast, native_bf16
-from scripts.benchlib import ROOT, floor_tflops, header, machine_fields, parser, setup, timed, work_flops, write_json
+from scripts.benchlib import (
+    ROOT,
+    floor_columns,
+    floors,
+    header,
+    machine_fields,
+    parser,
+    setup,
+    timed,
+    work_flops,
+    write_json,
+)
 
 TRAIN = [[ROOT / 'data/DIV2K/DIV2K_train_HR'], [ROOT / f'tests/data/train/{s}' for s in ('T91', 'BSDS200')]]
 
@@ -96,22 +107,23 @@ def run_steps(args, dataset: TrainDataset, device: torch.device, results: dict) 
     draws = [default_collate([dataset.draw(i) for i in order[j:j + args.batch]])
              for j in range(0, min(8 * args.batch, len(order) - args.batch + 1), args.batch)]
     patches = DevicePatches(dataset, device)
-    floor, floor_name = floor_tflops(args.peak_tflops, device)
+    floor, floor_line = floors(device, list(dict.fromkeys(amp for _, amp, *_ in modes(args, device))),
+                               args.peak_tflops)
     flops = 3 * args.batch * work_flops(build_model('liif'), args.patch_size ** 2, args.sample_q)  # forward + backward
     print(header('LIIF training steps', device))
     print(f"batch {args.batch} x {args.sample_q} queries, {args.patch_size}-px LR; {args.train_warmup} warm-up + "
-          f"{args.train_steps} timed steps; TFLOP/s: 3 x the fast path's forward work; {floor_name}\n")
-    print("| path | amp | compile | data | steps/s | patches/s | x fast fp32 | TFLOP/s | % floor | warm-up s | peak MB "
-          "| loss first -> last |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"{args.train_steps} timed steps; TFLOP/s: 3 x the fast path's forward work; {floor_line}\n")
+    print("| path | amp | compile | data | steps/s | patches/s | x fast fp32 | TFLOP/s | % floor | % decoder floor "
+          "| warm-up s | peak MB | loss first -> last |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = results['train']
     for mode in modes(args, device):
         rows.append(time_steps(args, device, mode, batch, patches, draws))
         write_json(args.json, results)
-        r, rate = rows[-1], flops * rows[-1]['steps_per_s'] / 1e12
+        r = rows[-1]
         print(f"| {r['path']} | {r['amp']} | {'yes' if r['compile'] else 'no'} | {r['data']} | {r['steps_per_s']:.3g} "
-              f"| {r['patches_per_s']:.3g} | {r['steps_per_s'] / rows[0]['steps_per_s']:.2f} | {rate:.3g} "
-              f"| {100 * rate / floor:.1f} | {r['warmup_s']:.1f} | {r['peak_mb']:.0f} "
+              f"| {r['patches_per_s']:.3g} | {r['steps_per_s'] / rows[0]['steps_per_s']:.2f} "
+              f"{floor_columns(flops, 1 / r['steps_per_s'], floor[r['amp']])} {r['warmup_s']:.1f} | {r['peak_mb']:.0f} "
               f"| {r['loss_first']:.4f} -> {r['loss_last']:.4f} |", flush=True)
     return rows
 

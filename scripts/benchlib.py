@@ -9,7 +9,10 @@ allocations). On CUDA it is torch.cuda.max_memory_allocated after reset_peak_mem
 import argparse
 import ctypes
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from cli import ArgumentParser, pick_device, set_threads
 from files import replacing
 from imgproc import read_image
 from model import build_model
-from precision import machine_name, use_tf32
+from precision import AMP_DTYPES, machine_name, use_tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / 'results/pretrained_models/edsr-baseline-liif.pth'
@@ -51,9 +54,10 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 
 def header(title: str, device: torch.device) -> str:
-    """'# title on <machine>, torch <version>[, CUDA <version>]'."""
+    """'# title on <machine (CPU features)>, torch <version>[, CUDA <version>]' and on a CPU the kernels
+    oneDNN picks there."""
     return (f"# {title} on {machine_name(device)}, torch {torch.__version__}"
-            + (f", CUDA {torch.version.cuda}" if device.type == 'cuda' else ''))
+            + (f", CUDA {torch.version.cuda}" if device.type == 'cuda' else f"\noneDNN kernels: {onednn_kernels()}"))
 
 
 def machine_fields(device: torch.device) -> dict:
@@ -100,20 +104,56 @@ def alternately(runs: dict, warmup: int, repeats: int, device: torch.device) -> 
     return {k: (statistics.median(times[k]), peaks[k], outs[k]) for k in runs}
 
 
-def matmul_tflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """TFLOP/s of a plain n x n @ n x n fp32 matmul on the device, the best of `repeats`: the rate its
-    matrix-product library reaches, the floor a model's matmuls are measured against."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+# The products a precision's floor is measured on, (m, k, n): a large square one, and the decoder's own
+# (a block of 16384 rows through a 256 x 256 layer)
+FLOOR_SHAPES = {'2048^3': (2048, 2048, 2048), 'decoder': (16384, 256, 256)}
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int], repeats: int = 5) -> float:
+    """TFLOP/s of a plain (m, k) @ (k, n) matmul in `dtype` on the device, the best of `repeats`: the rate
+    its matrix-product library reaches, the floor a model's matmuls are measured against."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
     best = min(timed(lambda: a @ b, device)[0] for _ in range(repeats + 1))  # the first one warms up
-    return 2 * n ** 3 / best / 1e12
+    return 2 * m * k * n / best / 1e12
 
 
-def floor_tflops(peak_tflops: float, device: torch.device) -> tuple[float, str]:
-    """The rate a % floor column divides by (a datasheet peak when given, else matmul_tflops), and its name."""
+def floors(device: torch.device, amps: list[str], peak_tflops: float = 0) -> tuple[dict, str]:
+    """{amp: {shape name: TFLOP/s}}: each precision's own floor, matmuls of FLOOR_SHAPES in that precision
+    measured now (a datasheet peak for every one when given), and a line saying so for a table's header."""
     if peak_tflops:
-        return peak_tflops, f"% of a {peak_tflops:g} TFLOP/s peak"
-    rate = matmul_tflops(device)
-    return rate, f"% of a 2048^3 fp32 matmul's {rate:.3g} TFLOP/s on this device, measured now"
+        return {amp: dict.fromkeys(FLOOR_SHAPES, peak_tflops) for amp in amps}, f"% floor: of a {peak_tflops:g} TFLOP/s peak"
+    rates = {amp: {name: matmul_tflops(device, AMP_DTYPES[amp] or torch.float32, shape)
+                   for name, shape in FLOOR_SHAPES.items()} for amp in amps}
+    return rates, ("% floor / % decoder floor: of the same precision's 2048^3 matmul / (16384x256)@(256x256) "
+                   "matmul, measured now: " + ', '.join(f"{amp} {r['2048^3']:.3g} / {r['decoder']:.3g} TFLOP/s"
+                                                        for amp, r in rates.items()))
+
+
+def onednn_kernels() -> str:
+    """The kernels oneDNN runs here for the decoder's fused linear and an encoder convolution, in fp32 and
+    (where native) bf16: 'linear f32 brg_matmul:avx512_core, ...', from ONEDNN_VERBOSE in a child process
+    (oneDNN reads it once, when it starts)."""
+    code = ("import torch, precision\n"
+            "for dtype in [torch.float32] + [torch.bfloat16] * precision.native_cpu_bf16():\n"
+            "    x = torch.randn(256, 256).to(dtype)\n"
+            "    torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'relu', [], '')\n"
+            "    torch.nn.functional.conv2d(torch.randn(1, 64, 32, 32).to(dtype), torch.randn(64, 64, 3, 3).to(dtype))\n")
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env={**os.environ, 'ONEDNN_VERBOSE': '1'},
+                         capture_output=True, text=True).stdout
+    kernels = []
+    for line in out.splitlines():
+        fields = line.split(',')
+        if len(fields) > 8 and fields[3] == 'exec' and fields[5] in ('inner_product', 'convolution'):
+            dtype = fields[8].split(':')[1]  # src:f32::blocked...
+            kernels.append(f"{'linear' if fields[5] == 'inner_product' else 'conv'} {dtype} {fields[6]}")
+    return ', '.join(sorted(set(kernels))) or 'none (oneDNN not used)'
+
+
+def floor_columns(work: float, seconds: float, floor: dict) -> str:
+    """'| TFLOP/s | % floor | % decoder floor |' of `work` flops done in `seconds` against one precision's floor."""
+    rate = work / seconds / 1e12
+    return f"| {rate:.3g} | {100 * rate / floor['2048^3']:.1f} | {100 * rate / floor['decoder']:.1f} |"
 
 
 def work_flops(model, lr_pixels: int, queries: int) -> float:

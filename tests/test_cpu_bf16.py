@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import inference
 import precision
 from checkpoint import model_from_checkpoint
+from cli import run_main
 from imgproc import image_to_tensor, load_uint8, read_image, write_image
+from model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,3 +146,28 @@ def test_scripts_bf16_with_onednn_limited_to_avx2(official_weights, train_root, 
     assert done.stderr.count('warning: this CPU has no native bf16') == 1
     ckpt = torch.load(tmp_path / 'run' / 'last.pth', map_location='cpu', weights_only=True)
     assert ckpt['step'] == 2 and all(v.isfinite().all() for v in ckpt['model'].values())
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_a_long_fp32_job_points_to_bf16_once_where_it_is_native(native, tmp_path, monkeypatch, capsys):
+    """A folder in fp32 on a CPU with native bf16: one `note:` line naming --amp=bf16, however many
+    images; none without native bf16, none for one image, none when bf16 is asked for already."""
+    monkeypatch.setattr(precision, 'native_cpu_bf16', lambda: native)
+    precision.point_to_bf16.cache_clear()
+    torch.manual_seed(0)
+    model = build_model(hidden_list=[8])
+    torch.save({'model': model.state_dict(), 'options': model.options}, tmp_path / 'small.pth')
+    (tmp_path / 'in').mkdir()
+    for i in range(3):
+        write_image(tmp_path / 'in' / f'{i}.png', np.full((6, 5, 3), 40 * i, np.uint8))
+    common = [f'--weights={tmp_path / "small.pth"}', '--scale=2', '--device=cpu', '--overwrite=True']
+    runs = {'folder': [f'--input={tmp_path / "in"}', f'--output={tmp_path / "out"}/'],
+            'one image': [f'--input={tmp_path / "in" / "0.png"}', f'--output={tmp_path / "one.png"}'],
+            'folder in bf16': [f'--input={tmp_path / "in"}', f'--output={tmp_path / "bf16"}/', '--amp=bf16']}
+    notes = {}
+    for name, argv in runs.items():
+        precision.point_to_bf16.cache_clear()
+        assert run_main(inference.main, [*argv, *common]) == 0
+        notes[name] = capsys.readouterr().err.count('note: this CPU has native bf16')
+    assert notes == {'folder': int(native), 'one image': 0, 'folder in bf16': 0}
+    precision.point_to_bf16.cache_clear()
