@@ -74,6 +74,7 @@ from video import (
     frame_size,
     is_video,
     join_segments,
+    joinable,
     render_segment,
     segment_frames,
     segment_path,
@@ -258,11 +259,13 @@ def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple]]:
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     frames = [frames_of(source, cfg) for source, _ in jobs]
-    split = cut([h * w for _, _, h, w in windows], frames, world_size)
-    cuts = {i for share in split for i, first, end in share if end - first < frames[i]}
+    whole = [not joinable(target) for _, target in jobs]  # weighed by all its frames, cut into none
+    split = cut([h * w * (n if one else 1) for (_, _, h, w), n, one in zip(windows, frames, whole)],
+                [1 if one else n for n, one in zip(frames, whole)], world_size)
+    cuts = {i for share in split for i, first, end in share if end - first < frames[i] and not whole[i]}
     folders = {i: segments_folder(jobs[i][0], jobs[i][1], cfg) for i in cuts}
     skip = cfg.frames[0] if cfg.frames else 0  # segments count frames from the video's first
-    split = [[(*jobs[i], end - first, None if i not in cuts else
+    split = [[(*jobs[i], frames[i] if whole[i] else end - first, None if i not in cuts else
                (skip + first, skip + end, segment_path(folders[i], (skip + first, skip + end), jobs[i][1].suffix)))
               for i, first, end in share] for share in split]
     for i, folder in folders.items():

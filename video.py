@@ -467,6 +467,12 @@ def encode_part(source: Path, out, render: Render, size: tuple[int, int], cfg: S
     return done
 
 
+def joinable(target: Path) -> bool:
+    """Whether segments can be joined into `target`: a video in a container that keeps timestamps (AVI
+    counts frames and keeps none: an AVI output is rendered whole by one process)."""
+    return is_video(target) and target.suffix.lower() != '.avi'
+
+
 def segments_folder(source: Path, target: Path, cfg: SimpleNamespace) -> Path:
     """The hidden folder beside `target` that keeps its segments until they are joined, named by what makes
     them: the source (path, size, modification time) and the settings; a changed one gives another folder."""

@@ -152,6 +152,23 @@ def test_a_segment_is_reused_only_when_whole(model, tmp_path):
     assert video.segment_frames(second) == 4 and video.segment_frames(tmp_path / 'none.mkv') == 0
 
 
+def test_the_plan_cuts_videos_into_segments_but_not_an_avi(tmp_path):
+    """split_work (rank 0's plan): an .avi, whose container keeps no timestamps to join by, goes whole to a
+    process, weighed by its frames; an .mkv is cut, its segments counted from the video's first frame
+    (--frames)."""
+    (tmp_path / 'in').mkdir()
+    make_clip(tmp_path / 'in' / 'a.avi', count=12, audio='', subtitles=False)
+    make_clip(tmp_path / 'in' / 'b.mkv', count=12, audio='', subtitles=False)
+    cfg = settings.parse([f'--input={tmp_path / "in"}', f'--output={tmp_path / "out"}/', '--scale=2',
+                          '--frames=[2,12]'], 'inference')
+    split = inference.split_work(cfg, 3)  # the avi alone passes the mean load: the others share the mkv
+    pieces = {(target.name, frames, segment and segment[:2]) for share in split for _, target, frames, segment in share}
+    assert pieces == {('a_x2.avi', 10, None), ('b_x2.mkv', 5, (2, 7)), ('b_x2.mkv', 5, (7, 12))}
+    [folder] = (tmp_path / 'out').glob('.b_x2.mkv.*.segments')
+    assert sorted(segment[2] for share in split for *_, segment in share if segment) == \
+        [folder / '0000002-0000007.mkv', folder / '0000007-0000012.mkv']
+
+
 # ---- under torchrun: two processes, the official weights
 
 def launch_args(source: Path, out: str, weights: Path, *extra: str) -> list[str]:
