@@ -277,8 +277,12 @@ def test_a_full_disk_mid_segment_or_mid_join_keeps_the_segments_and_the_rerun_jo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('who', ['one', 'all'])
 def test_killed_processes_leave_nothing_at_the_output_and_the_rerun_renders_what_is_missing(official_weights,
-                                                                                            tmp_path):
+                                                                                            tmp_path, who):
+    """Three processes, a segment each; once one segment is finished, kill -9 a process whose segment is
+    not (torchrun then stops the others, which remove their temporary files), or every process at once
+    (as a lost node). The rerun renders only what is missing."""
     source = make_clip(tmp_path / 'long.mkv', count=40, size=(24, 32), gop=4, audio='', subtitles=False)
     out = tmp_path / 'out' / 'long.mkv'
     cmd = torchrun(launch_args(source, str(out), official_weights, '--frames=[0,36]'), 3)
@@ -288,12 +292,17 @@ def test_killed_processes_leave_nothing_at_the_output_and_the_rerun_renders_what
         while not segments_of(out.parent) and launch.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         workers = children(launch.pid)
-        for pid in [*workers, launch.pid]:  # every process at once, as a lost node
+        done = {path.name for path in segments_of(out.parent)}
+        busy = [pid for pid, rank in workers.items() if f'{12 * int(rank):07d}-{12 * int(rank) + 12:07d}.mkv' not in done]
+        victims = busy[:1] if who == 'one' else [*workers, launch.pid]
+        for pid in victims:
             os.kill(pid, signal.SIGKILL)
         launch.wait(timeout=LAUNCH_TIMEOUT)
-    assert not out.exists()
+    assert not out.exists() and busy, (tmp_path / 'log.txt').read_text()[-2000:]
     finished = len(segments_of(out.parent))
     assert 1 <= finished < 3, (tmp_path / 'log.txt').read_text()[-2000:]
+    if who == 'one':  # only the killed process's temporary file is left behind
+        assert all(f'.{victims[0]}.' in p.name for p in out.parent.glob('.*.segments/.*'))
     rerun = run(cmd)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f'long.mkv: {finished} of its 3 segments were finished by an earlier run' in rerun.stdout
