@@ -259,18 +259,21 @@ def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple]]:
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
     frames = [frames_of(source, cfg) for source, _ in jobs]
-    whole = [not joinable(target) for _, target in jobs]  # weighed by all its frames, cut into none
+    whole = [not joinable(target) for _, target in jobs]  # images and AVI: weighed by all their frames, never cut
     split = cut([h * w * (n if one else 1) for (_, _, h, w), n, one in zip(windows, frames, whole)],
                 [1 if one else n for n, one in zip(frames, whole)], world_size)
     cuts = {i for share in split for i, first, end in share if end - first < frames[i] and not whole[i]}
-    folders = {i: segments_folder(jobs[i][0], jobs[i][1], cfg) for i in cuts}
+    folders = {i: segments_folder(*jobs[i], cfg) for i in cuts}
     skip = cfg.frames[0] if cfg.frames else 0  # segments count frames from the video's first
-    split = [[(*jobs[i], frames[i] if whole[i] else end - first, None if i not in cuts else
-               (skip + first, skip + end, segment_path(folders[i], (skip + first, skip + end), jobs[i][1].suffix)))
-              for i, first, end in share] for share in split]
+
+    def piece(i: int, first: int, end: int) -> tuple:
+        if i not in cuts:
+            return *jobs[i], frames[i], None
+        part = (skip + first, skip + end)
+        return *jobs[i], end - first, (*part, segment_path(folders[i], part, jobs[i][1].suffix))
+    split = [[piece(*item) for item in share] for share in split]
     for i, folder in folders.items():
-        keep_segments(folder, jobs[i][1], [piece[3] for share in split for piece in share if piece[1] == jobs[i][1]],
-                      cfg.overwrite)
+        keep_segments(folder, jobs[i][1], [p[3] for share in split for p in share if p[1] == jobs[i][1]], cfg.overwrite)
     return split
 
 
