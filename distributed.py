@@ -6,6 +6,7 @@ progress bar, and carries a failure flag so that the first process to fail repor
 quietly. Collectives that only exchange Python objects use gloo and wait as long as the slowest process.
 """
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,30 @@ def shares(costs: list[float], world_size: int) -> list[list[int]]:
         rank = min(range(world_size), key=lambda r: (loads[r], r))
         loads[rank] += costs[i]
         split[rank].append(i)
+    return [sorted(share) for share in split]
+
+
+def cut(costs: list[int], frames: list[int], world_size: int) -> list[list[tuple[int, int, int]]]:
+    """Each process's share of items of frames[i] frames costing costs[i] each, as (item, first, end)
+    triples, in item order: items of one frame (images) whole, by `shares`; the frames of the others
+    (videos) then fill each share up to an equal load, in item order, so that each share holds contiguous
+    runs of frames (a frame goes to the share its middle falls in). The same on every process."""
+    whole = [i for i in range(len(costs)) if frames[i] == 1]
+    split = [[(whole[j], 0, 1) for j in share] for share in shares([costs[i] for i in whole], world_size)]
+    loads = [sum(costs[i] for i, _, _ in share) for share in split]
+    cuttable = [i for i in range(len(costs)) if frames[i] > 1]
+    fill = sum(costs[i] * frames[i] for i in cuttable)
+    room = [max(Fraction(sum(loads) + fill, world_size) - load, Fraction(0)) for load in loads]
+    # share r takes the part [bounds[r], bounds[r + 1]) of the videos laid end to end
+    bounds = list(itertools.accumulate((r * fill / sum(room) for r in room), initial=Fraction(0))) if fill else []
+    at = 0
+    for i in cuttable:
+        # the first frame of each share: the first whose middle at + costs[i] * (f + 1/2) reaches its bound
+        starts = [min(max(math.ceil((b - at) / costs[i] - Fraction(1, 2)), 0), frames[i]) for b in bounds[:-1]]
+        for rank, (first, end) in enumerate(zip(starts, [*starts[1:], frames[i]])):
+            if first < end:
+                split[rank].append((i, first, end))
+        at += costs[i] * frames[i]
     return [sorted(share) for share in split]
 
 
@@ -93,10 +119,10 @@ class Team:
         if self.failed():
             raise Stopped('another process of this run failed')
 
-    def finished_one(self) -> None:
-        """Count one finished item (rank 0's progress bar)."""
+    def finished_one(self, count: int = 1) -> None:
+        """Count one finished item, or `count` (frames of a video; rank 0's progress bar)."""
         if self.store is not None:
-            self.add('done', 1)
+            self.add('done', count)
 
     def decide(self, choose):
         """choose() run by rank 0 alone and its value handed to every process (a plan, a split)."""
@@ -143,7 +169,7 @@ class Team:
         return make()
 
     @contextmanager
-    def progress(self, total: int, desc: str):
+    def progress(self, total: int, desc: str, unit: str = 'img'):
         """Rank 0 of several: one bar of the items all processes have finished, read from the store by a
         thread (with a connection of its own) while the work goes on."""
         if self.world_size == 1 or self.rank != 0:
@@ -152,7 +178,7 @@ class Team:
         stop, store = threading.Event(), open_store()
 
         def show() -> None:
-            with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as bar:
+            with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
                 while True:
                     try:
                         bar.update(store.add(self.prefix + 'done', 0) - bar.n)

@@ -28,8 +28,11 @@ rendered frame by frame through the same render and written in its own container
 
 Under torchrun each process takes a share of the images, balanced by output pixels, on its own GPU
 (LOCAL_RANK) or the CPU; the outputs are the same bytes as one process writes (docs/distributed.md).
+A video is cut into frame ranges over the processes and joined by the first (docs/video.md).
 """
 import functools
+import glob
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,7 +53,7 @@ from cli import (
     upscaled_alpha,
 )
 from dataset import IMAGE_SUFFIXES, list_images
-from distributed import Team, join, shares
+from distributed import Team, cut, join
 from files import check_writable
 from imgproc import (
     FORMATS,
@@ -65,7 +68,19 @@ from imgproc import (
 )
 from precision import check_amp, suggest_amp, use_tf32
 from render import check_size, check_window, output_size
-from video import VIDEO_SUFFIXES, frame_count, frame_size, is_video, upscale_video
+from video import (
+    VIDEO_SUFFIXES,
+    frame_count,
+    frame_size,
+    is_video,
+    join_segments,
+    joinable,
+    render_segment,
+    segment_frames,
+    segment_path,
+    segments_folder,
+    upscale_video,
+)
 from weights import resolve_weights
 
 DEFAULT_OUTPUT_DIR = Path('results/inference')
@@ -175,13 +190,20 @@ def load(cfg: SimpleNamespace, argv: list[str], weights: Path, device: torch.dev
     return model
 
 
+def video_render(model, device: torch.device, cfg: SimpleNamespace):
+    """The function that renders a video's frame (the image path, whole)."""
+    return functools.partial(render_window, model, device, window=None, cfg=cfg, progress=False)
+
+
+def video_size(source: Path, cfg: SimpleNamespace) -> tuple[int, int]:
+    return checked_size(source, cfg, frame_size(source))[0]
+
+
 def upscale(model, device: torch.device, source: Path, target: Path, cfg: SimpleNamespace, progress: bool) -> str:
     """Render the image or video at `source` and write it to `target` with what the input carries that its
     format holds (a warning line names the rest); returns the line that says so."""
     if is_video(source):
-        size = checked_size(source, cfg, frame_size(source))[0]
-        render = functools.partial(render_window, model, device, window=None, cfg=cfg, progress=False)
-        return upscale_video(render, source, target, size, cfg, progress)
+        return upscale_video(video_render(model, device, cfg), source, target, video_size(source, cfg), cfg, progress)
     picture = read_picture(source)
     lr = image_to_tensor(picture.rgb)[None]
     size, window = checked_size(source, cfg, lr.shape[2:])
@@ -227,40 +249,94 @@ def main(argv: list[str]) -> list[Path]:
     return [target for _, target in jobs]
 
 
-def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple[Path, Path]]]:
+def split_work(cfg: SimpleNamespace, world_size: int) -> list[list[tuple]]:
     """Rank 0's plan under torchrun: the images and videos still to do, checked from their headers, in
-    world_size shares balanced by output pixels (times frames: a video goes whole to one process)."""
+    world_size shares balanced by output pixels times frames (distributed.cut): an image goes whole to one
+    process, a video's frames are cut into contiguous segments, one or more per process. Each share's items
+    are (input, output, frames, segment): segment None for a whole input, else (first frame, end, file)."""
     jobs = still_to_do(plan(cfg), cfg)
     windows = [checked_size(source, cfg, input_size(source))[1] for source, _ in jobs]
     for folder in dict.fromkeys(target.parent for _, target in jobs):
         check_writable(folder, 'output folder')
-    costs = [h * w * frames_of(source, cfg) for (source, _), (_, _, h, w) in zip(jobs, windows)]
-    return [[jobs[i] for i in share] for share in shares(costs, world_size)]
+    frames = [frames_of(source, cfg) for source, _ in jobs]
+    whole = [not joinable(target) for _, target in jobs]  # images and AVI: weighed by all their frames, never cut
+    split = cut([h * w * (n if one else 1) for (_, _, h, w), n, one in zip(windows, frames, whole)],
+                [1 if one else n for n, one in zip(frames, whole)], world_size)
+    cuts = {i for share in split for i, first, end in share if end - first < frames[i] and not whole[i]}
+    folders = {i: segments_folder(*jobs[i], cfg) for i in cuts}
+    skip = cfg.frames[0] if cfg.frames else 0  # segments count frames from the video's first
+
+    def piece(i: int, first: int, end: int) -> tuple:
+        if i not in cuts:
+            return *jobs[i], frames[i], None
+        part = (skip + first, skip + end)
+        return *jobs[i], end - first, (*part, segment_path(folders[i], part, jobs[i][1].suffix))
+    split = [[piece(*item) for item in share] for share in split]
+    for i, folder in folders.items():
+        keep_segments(folder, jobs[i][1], [p[3] for share in split for p in share if p[1] == jobs[i][1]], cfg.overwrite)
+    return split
+
+
+def keep_segments(folder: Path, target: Path, segments: list[tuple], overwrite: bool) -> None:
+    """Make the segments folder of `target`, removing the folders of other settings (and with overwrite
+    this one's segments too), and say how many of its `segments` an earlier run has finished."""
+    for old in target.parent.glob(f'.{glob.escape(target.name)}.*.segments'):
+        if old != folder or overwrite:
+            shutil.rmtree(old)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = sum(segment_frames(path) == end - first for first, end, path in segments)
+    if done:
+        print(f"{target}: {done} of its {len(segments)} segments were finished by an earlier run and are kept")
 
 
 def run_share(cfg: SimpleNamespace, argv: list[str], team: Team) -> list[Path]:
     """One process of a torchrun launch: its share of rank 0's split, with one progress bar (rank 0)
-    of every process's images. A process that fails raises the run's failure flag and reports; the
-    others stop before their next image. Images are read (and an unreadable one found) when rendered."""
+    of every process's images, or frames where a video is cut; rank 0 then joins the segments of each cut
+    video. A process that fails raises the run's failure flag and reports; the others stop before their
+    next image or frame. Images are read (and an unreadable one found) when rendered."""
     split = team.decide(lambda: split_work(cfg, team.world_size))
-    targets = [target for share in split for _, target in share]
+    pieces = [piece for share in split for piece in share]
+    targets = list(dict.fromkeys(piece[1] for piece in pieces))
     if not targets:
         return []
     weights = team.first_on_node(lambda: resolve_weights(cfg.weights))  # fetched once per node when missing
     model = load(cfg, argv, weights, team.device) if split[team.rank] else None
     if team.rank == 0 and isinstance(model, torch.nn.Module):
         suggest_amp(team.device, cfg.amp)
-    start = time.perf_counter()
-    with team.progress(len(targets), 'inference'):
-        for source, target in split[team.rank]:
+    start, cut_any = time.perf_counter(), any(piece[3] for piece in pieces)
+    with team.progress(sum(piece[2] for piece in pieces) if cut_any else len(pieces), 'inference',
+                       'frame' if cut_any else 'img'):
+        for source, target, frames, segment in split[team.rank]:
             team.check()
-            upscale(model, team.device, source, target, cfg, progress=False)
-            team.finished_one()
+            if segment:
+                if not render_segment(video_render(model, team.device, cfg), source, segment[2],
+                                      video_size(source, cfg), cfg, segment[:2],
+                                      lambda: (team.check(), team.finished_one())):
+                    team.finished_one(frames)  # finished by an earlier run
+            else:
+                upscale(model, team.device, source, target, cfg, progress=False)
+                team.finished_one(frames if cut_any else 1)
         team.wait()
+    joined = join_all(pieces, cfg) if team.rank == 0 else []
     if team.rank == 0:
         print(f"{len(targets)} output(s) written into {targets[0].parent} by {team.world_size} processes in "
               f"{time.perf_counter() - start:.1f} s")
-    return [target for _, target in split[team.rank]]
+    team.wait()  # a join that fails stops the others with it
+    return [target for _, target, _, segment in split[team.rank] if not segment] + joined
+
+
+def join_all(pieces: list[tuple], cfg: SimpleNamespace) -> list[Path]:
+    """Join the segments of each cut video, in order, into its output, then remove its segments folder;
+    returns the outputs."""
+    segments = {}
+    for source, target, _, segment in pieces:
+        if segment:
+            segments.setdefault((source, target), []).append(segment)
+    for (source, target), parts in segments.items():
+        files = [path for _, _, path in sorted(parts)]
+        join_segments(source, files, target, cfg)
+        shutil.rmtree(files[0].parent)
+    return [target for _, target in segments]
 
 
 if __name__ == '__main__':
