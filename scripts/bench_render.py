@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config
+import render
 from checkpoint import model_from_checkpoint
 from cli import run_main
 from dataset import BenchmarkDataset
@@ -155,6 +156,26 @@ def run_profile(args, device: torch.device) -> None:
                   + ', '.join(f"{k} {s:.1f} %" for k, s in top), flush=True)
 
 
+def run_blocks(args, device: torch.device) -> None:
+    """MP/s of the fast path per precision at each CPU decoder block size (render.CPU_BLOCK_ROWS rows),
+    alternately in one process."""
+    model, weights = load_model(device)
+    modes = [(amp, rows) for amp in ['fp32'] + ['bf16'] * native_bf16(device) for rows in args.blocks]
+
+    def at(amp, rows, lr, size):
+        render.CPU_BLOCK_ROWS = rows
+        return model.render(lr, size, chunk=args.chunk, amp=amp)
+    print(f"\n{header('Decoder block sizes', device)}\n{weights}\n\n| LR | scale | amp | rows a block | MP/s |\n"
+          "|---|---|---|---|---|")
+    default = render.CPU_BLOCK_ROWS
+    for size, scale in args.cases:
+        _, out_size, times = time_case(args, device, {m: functools.partial(at, *m) for m in modes}, size, scale)
+        for (amp, rows), (t, _, _) in times.items():
+            print(f"| {size}x{size} | x{scale:g} | {amp} | {rows} | {out_size[0] * out_size[1] / 1e6 / t:.3f} |",
+                  flush=True)
+    render.CPU_BLOCK_ROWS = default
+
+
 def run_models(args, device: torch.device) -> None:
     """MP/s of EDSR-baseline-LTE beside EDSR-baseline-LIIF (fast and reference), alternately in one process."""
     torch.manual_seed(0)
@@ -270,6 +291,7 @@ def parse_args(argv: list[str]):
     p.add_argument('--compiled_only', action='store_true',
                    help="only the compiled modes (and the reference or fast fp32 row they are compared with)")
     p.add_argument('--models', action='store_true', help="LTE beside LIIF's fast and reference paths at the cases")
+    p.add_argument('--blocks', default='', help="MP/s at these CPU decoder block sizes (rows), e.g. 1024,4096,16384")
     p.add_argument('--profile', action='store_true', help="where the fast path's time goes, per precision, at the cases")
     p.add_argument('--psnr', action='store_true', help="also Set5 / Set14 x4 PSNR per amp (and compiled)")
     p.add_argument('--test_py', action='store_true', help="also time test.py on Set5 + Set14 x4")
@@ -287,8 +309,9 @@ def parse_args(argv: list[str]):
                   [(int(size), scale) for size in comma_list(args.sizes, int) if size > 0
                    for scale in comma_list(args.scales)])
     args.views = comma_list(args.views)
-    if any(size <= 0 or scale <= 0 for size, scale in args.cases) or args.onnx_queries < 1:
-        raise ValueError("sizes and scales must be positive and onnx_queries >= 1")
+    args.blocks = comma_list(args.blocks, int)
+    if any(size <= 0 or scale <= 0 for size, scale in args.cases) or args.onnx_queries < 1 or min(args.blocks, default=1) < 1:
+        raise ValueError("sizes, scales and blocks must be positive and onnx_queries >= 1")
     if args.views and not (args.input and Path(args.input).is_file() and all(0 < z <= MAX_ZOOM for z in args.views)):
         raise ValueError(f"--views takes zooms in (0, {MAX_ZOOM:g}] and an image (--input=PATH)")
     return args
@@ -302,6 +325,8 @@ def main(argv: list[str]) -> None:
         run_models(args, device)
     elif args.profile:
         run_profile(args, device)
+    elif args.blocks:
+        run_blocks(args, device)
     elif args.cases:
         run_grid(args, device, results)
     if args.psnr:
