@@ -145,7 +145,8 @@ def run_main(main, argv: list[str]) -> int:
         return 1
     except (ValueError, OSError, MemoryError) as e:  # OSError: FileNotFoundError, PermissionError, a full disk
         if reports_error():  # under torchrun, only the first process to fail
-            over_bar = '\r\x1b[K' if under_torchrun() and sys.stderr.isatty() else ''  # rank 0's progress bar
+            # rank 0's progress bar may hold the line (another process's): clear it on a terminal, leave it in a log
+            over_bar = ('\r\x1b[K' if sys.stderr.isatty() else '\n') if under_torchrun() else ''
             tqdm.write(f"{over_bar}error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
     finally:
