@@ -135,7 +135,8 @@ def onednn_kernels() -> str:
     (where native) bf16: 'linear f32 brg_matmul:avx512_core, ...', from ONEDNN_VERBOSE in a child process
     (oneDNN reads it once, when it starts)."""
     code = ("import torch, precision\n"
-            "for dtype in [torch.float32] + [torch.bfloat16] * precision.native_cpu_bf16():\n"
+            "for dtype in [d for d in (torch.float32, torch.bfloat16) if precision.onednn_linear(d)\n"
+            "              and (d == torch.float32 or precision.native_cpu_bf16())]:\n"
             "    x = torch.randn(256, 256).to(dtype)\n"
             "    torch.ops.mkldnn._linear_pointwise(x, x, x[0], 'relu', [], '')\n"
             "    torch.nn.functional.conv2d(torch.randn(1, 64, 32, 32).to(dtype), torch.randn(64, 64, 3, 3).to(dtype))\n")
@@ -144,7 +145,8 @@ def onednn_kernels() -> str:
     kernels = []
     for line in out.splitlines():
         fields = line.split(',')
-        if len(fields) > 8 and fields[3] == 'exec' and fields[5] in ('inner_product', 'convolution'):
+        probe = 'mb1ic1oc1' in line  # precision.onednn_linear's 1x1 check, not a model's shape
+        if len(fields) > 8 and fields[3] == 'exec' and fields[5] in ('inner_product', 'convolution') and not probe:
             dtype = fields[8].split(':')[1]  # src:f32::blocked...
             kernels.append(f"{'linear' if fields[5] == 'inner_product' else 'conv'} {dtype} {fields[6]}")
     return ', '.join(sorted(set(kernels))) or 'none (oneDNN not used)'
