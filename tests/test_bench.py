@@ -5,6 +5,7 @@ import json
 import pytest
 
 from cli import run_main
+from fast_liif import FastLIIF
 from scripts import bench_node, bench_render, bench_train
 
 
@@ -18,6 +19,19 @@ def test_render_rows_compare_every_mode_with_the_reference(tmp_path):
     # fp32 modes compute the reference's function: float32 rounding apart (tests/test_fast.py's 1e-5)
     assert all(r['max_abs_diff'] <= 1e-5 for r in rows if r['amp'] == 'fp32')
     assert all(r['mp_per_s'] > 0 for r in rows)
+
+
+def test_the_diff_column_is_each_modes_distance_from_the_reference(tmp_path, monkeypatch):
+    """A fast path made off by 0.25 everywhere shows 0.25 in every fast row, 0 in the reference's."""
+    decode = FastLIIF.decode
+    monkeypatch.setattr(FastLIIF, 'decode', lambda self, *args: decode(self, *args) + 0.25)
+    out = tmp_path / 'render.json'
+    assert run_main(bench_render.main, ['--cases=8x2', '--repeats=1', '--warmup=0', '--threads=1',
+                                        f'--json={out}', f'--out_dir={tmp_path}']) == 0
+    rows = json.loads(out.read_text())['render']
+    assert rows[0]['path'] == 'reference' and rows[0]['max_abs_diff'] == 0
+    # fp32 rows: 0.25 up to float32 rounding; bf16 rows (native CPUs) further off, within 0.05 (test_fast)
+    assert all(abs(r['max_abs_diff'] - 0.25) <= (1e-5 if r['amp'] == 'fp32' else 0.05) for r in rows[1:])
 
 
 @pytest.mark.slow
