@@ -27,7 +27,7 @@ fast = True  # LIIF: folded first layer + batched ensemble (same function); Fals
 compile_decoder = False  # LIIF fast path: torch.compile the decoder for rendering (CUDA graphs on CUDA); off until measured faster
 
 # ---- data
-train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
+train_data = 'downsampled'  # 'downsampled' (LR made at random scales), 'degraded' (the same, through the degradation section's real-world model), 'paired' (train_lr_dir + train_dir) or 'varied' (paired, sizes over [size_min, size_max])
 train_dir = ['data/DIV2K/DIV2K_train_HR']  # folders of HR training images (all are used)
 train_lr_dir = ['data/DIV2K/DIV2K_train_LR_bicubic/X2']  # 'paired' / 'varied': LR folders, one per train_dir folder, matched by sorted file order
 valid_dir = 'data/DIV2K/DIV2K_valid_HR'  # HR images (patch PSNR as the official) or a benchmark set like Set5 (PSNR at valid_scale)
@@ -47,7 +47,41 @@ in_memory = True  # decode the training images once and keep them as uint8 when 
 node_cache = True  # torchrun + in_memory: decode them once per node into one read-only memory-mapped file that every process shares (False: a copy per process)
 cache_dir = ''  # node_cache's folder, on a local disk with room for the decoded images ('' = <system temp folder>/liif-cache)
 num_workers = 8  # DataLoader worker processes
-device_data = False  # make the training patches on the device from the images held there ('downsampled', in_memory); the workers only draw
+device_data = False  # make the training patches on the device from the images held there ('downsampled' or 'degraded', in_memory); the workers only draw (and make the degraded LR)
+
+# ---- degradation
+# train_data='degraded': Real-ESRGAN's second-order model (blur, resize, noise, JPEG, twice; then the final
+# resize with a sinc filter), its values from train_realesrgan_x4plus.yml; the final resize goes to the
+# drawn scale. Names ending in 2 are the second order's. See degrade.py and docs/training.md.
+kernel_range = [7, 21]  # blur kernels' odd sides, drawn uniformly from this range
+kernel_list = ['iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso']  # first blur: kernel shapes
+kernel_prob = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]  # first blur: the shapes' probabilities (add up to 1)
+sinc_prob = 0.1  # first blur: chance of a 2-D sinc kernel instead
+blur_sigma = [0.2, 3.0]  # first blur: Gaussian sigma range, HR pixels
+betag_range = [0.5, 4.0]  # first blur: generalized Gaussian shape beta
+betap_range = [1.0, 2.0]  # first blur: plateau shape beta
+resize_prob = [0.2, 0.7, 0.1]  # first resize: chances of up, down and keep
+resize_range = [0.15, 1.5]  # first resize: factor range
+gaussian_noise_prob = 0.5  # first noise: chance of Gaussian noise (else Poisson)
+noise_range = [1.0, 30.0]  # first noise: Gaussian sigma, 8-bit levels
+poisson_scale_range = [0.05, 3.0]  # first noise: Poisson noise scale
+gray_noise_prob = 0.4  # first noise: chance of one gray noise map for all channels
+jpeg_range = [30, 95]  # first JPEG: quality range
+second_blur_prob = 0.8  # chance of the second blur
+kernel_list2 = ['iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso']  # second blur: kernel shapes
+kernel_prob2 = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]  # second blur: the shapes' probabilities
+sinc_prob2 = 0.1  # second blur: chance of a sinc kernel
+blur_sigma2 = [0.2, 1.5]  # second blur: Gaussian sigma range
+betag_range2 = [0.5, 4.0]  # second blur: generalized Gaussian beta
+betap_range2 = [1.0, 2.0]  # second blur: plateau beta
+resize_prob2 = [0.3, 0.4, 0.3]  # second resize: chances of up, down and keep (relative to the LR size)
+resize_range2 = [0.3, 1.2]  # second resize: factor range
+gaussian_noise_prob2 = 0.5  # second noise: chance of Gaussian noise
+noise_range2 = [1.0, 25.0]  # second noise: Gaussian sigma, 8-bit levels
+poisson_scale_range2 = [0.05, 2.5]  # second noise: Poisson noise scale
+gray_noise_prob2 = 0.4  # second noise: chance of gray noise
+jpeg_range2 = [30, 95]  # final JPEG: quality range
+final_sinc_prob = 0.8  # chance of the sinc filter after the final resize
 
 # ---- training
 batch_size = 16  # patches per step (over all processes)
@@ -64,7 +98,7 @@ amp = 'fp32'  # 'fp32', 'bf16' or 'fp16' (CUDA) autocast, in training, testing a
 channels_last = False  # channels_last memory format for the encoder (CUDA)
 compile = False  # torch.compile the training step (forward, loss, backward; CUDA graphs on one GPU)
 resume = ''  # a run's checkpoint to continue ('' = start fresh; 'auto' = out_dir/last.pth if present)
-init_weights = ''  # checkpoint (official or ours) to start from for fine-tuning
+init_weights = ''  # checkpoint (official or ours) to start from for fine-tuning (the default weights' path: fetched when missing)
 max_steps = 0  # stop after this many optimiser steps in total (0 = run all epochs); for short runs
 
 # ---- testing
@@ -76,6 +110,7 @@ chunk = 30000  # queries per decoder call; bounds memory at any scale (0 = sized
 save_images = False  # also write the SR images beside the results table
 test_dir = ''  # HR folder of (LR, HR) pairs to score instead of test_sets, e.g. celebA-HQ val/256 ('' = benchmark sets)
 test_lr_dir = ''  # LR folder paired with test_dir by sorted file order, images used whole (e.g. val/32)
+degrade = ''  # score degraded inputs: a named, seeded degradation of every LR, e.g. 'jpeg40', 'noise10', 'jpeg40+noise10', 'blur1.5' (degrade.named_plan; '' = clean)
 test_protocol = 'benchmark'  # 'benchmark' (PSNR of Y, border = scale, and SSIM), 'rgb' (PSNR in RGB, every pixel: celebA-HQ's) or 'div2k' (PSNR in RGB, border = scale + 6: DIV2K validation's)
 
 # ---- inference
@@ -140,6 +175,11 @@ EXPERIMENTS = {
     'celebAHQ-64-128-upsample': {**_celebahq(64, 128), 'gt_resize': 128, 'model': 'upsample', 'upsample_scale': 2},
     # minutes on one GPU: batch 32 at twice the official lr (linear scaling), cosine to max_steps after a
     # 200-step warm-up (Adam's early steps at 2e-4 are unstable without it), bf16 autocast for speed
+    # real photos: the official weights fine-tuned on patches through the degradation section's model,
+    # L1, cosine from half the official lr (the weights are already good; see docs/training.md)
+    'edsr-baseline-liif-real': {'train_data': 'degraded', 'init_weights': 'results/pretrained_models/edsr-baseline-liif.pth',
+                                'lr': 5e-5, 'schedule': 'cosine', 'warmup_steps': 100, 'max_steps': 1000, 'amp': 'bf16',
+                                'repeat': 5, 'save_every': 2, 'valid_dir': 'data/benchmark/Set5', 'valid_scale': 4.0},
     'edsr-baseline-liif-short': {'batch_size': 32, 'lr': 2e-4, 'schedule': 'cosine', 'warmup_steps': 200,
                                  'amp': 'bf16'},
 }

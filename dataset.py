@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from degrade import Degradation, apply, degrade_named, draw_plan
 from distributed import shared_images
 from imgproc import (
     bicubic_taps,
@@ -263,14 +264,44 @@ class TrainDataset(EpochSeeded):
         return {'image': i, 'scale': scale, 'side': side, 'top': top, 'left': left, 'flips': flips,
                 'picks': sample_pixels(side, side, self.sample_q, rng)}
 
-    def __getitem__(self, index: int) -> dict:
-        d = self.draw(index)
+    def crop(self, d: dict) -> np.ndarray:
+        """The HR crop (side x side x 3 uint8) of a draw, before the flips."""
         img = self.images[d['image']] if self.images is not None else load_uint8(self.files[d['image']])
         top, left, side = d['top'], d['left'], d['side']
-        hr = np.ascontiguousarray(img[top:top + side, left:left + side])
-        lr = pil_resize(hr, (self.patch_size, self.patch_size))
-        lr, hr = augment(lr, *d['flips']), augment(hr, *d['flips'])
+        return np.ascontiguousarray(img[top:top + side, left:left + side])
+
+    def make_lr(self, hr: np.ndarray, d: dict) -> np.ndarray:
+        """The LR patch (before the flips) of an HR crop: PIL bicubic."""
+        return pil_resize(hr, (self.patch_size, self.patch_size))
+
+    def __getitem__(self, index: int) -> dict:
+        d = self.draw(index)
+        hr = self.crop(d)
+        lr, hr = augment(self.make_lr(hr, d), *d['flips']), augment(hr, *d['flips'])
         return {'lr': image_to_tensor(lr), **pixel_queries(hr, d['picks']), 'scale': d['scale']}
+
+
+class DegradedDataset(TrainDataset):
+    """TrainDataset's patches with the LR made by a real-world degradation (degrade.draw_plan: Real-ESRGAN's
+    second-order model, its final resize to patch_size) instead of PIL bicubic. The crop, scale, flips
+    and queries are TrainDataset's own draws for the same seed; the degradation draws from a second
+    generator of (seed, epoch, index), so items stay exactly reproducible. Its draws carry the degraded
+    LR ('lr', uint8, before the flips), which DevicePatches uses as it is: JPEG needs the CPU encoder."""
+
+    def __init__(self, root: str | Path | list, degradation: Degradation, **options):
+        super().__init__(root, **options)
+        self.degradation = degradation
+
+    def draw(self, index: int) -> dict:
+        d = super().draw(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        p = self.patch_size
+        plan = draw_plan(rng, self.degradation, (d['side'], d['side']), (p, p))
+        d['lr'] = torch.from_numpy(apply(self.crop(d), plan, rng))
+        return d
+
+    def make_lr(self, hr: np.ndarray, d: dict) -> np.ndarray:
+        return d['lr'].numpy()
 
 
 class Draws(Dataset):
@@ -329,10 +360,7 @@ class DevicePatches:
         """The batch {'lr', 'coord', 'cell', 'gt', 'scale'} of a batch of draws (collated TrainDataset.draw)."""
         d = {k: v.to(self.device, non_blocking=True) for k, v in draws.items()}
         side, flips = d['side'], d['flips']
-        crops = self.crops(d)  # (B, S, S, 3), rows and columns past the side repeat its last one
-        taps = self.first[side], self.fixed[side]
-        wide = pil_resample_torch(crops.transpose(1, 2), *taps, side).transpose(1, 2)  # Pillow: width first
-        lr = pil_resample_torch(wide, *taps, side)  # (B, p, p, 3)
+        lr = d['lr'] if 'lr' in d else self.bicubic_lr(d)  # (B, p, p, 3); 'lr': made by the workers (degraded)
         grid = torch.arange(lr.shape[1], device=self.device)
         rows, cols = dihedral_source(grid.view(1, -1, 1), grid.view(1, 1, -1), torch.full_like(side, lr.shape[1]), flips)
         lr = lr[torch.arange(len(lr), device=self.device).view(-1, 1, 1), rows, cols]
@@ -343,6 +371,14 @@ class DevicePatches:
         return {'lr': lr.permute(0, 3, 1, 2).contiguous().float() / 255, 'coord': coord,  # NCHW, as collated
                 'cell': self.cell[side].view(-1, 1, 1).expand(*coord.shape).contiguous(), 'gt': gt.float() / 255,
                 'scale': d['scale']}
+
+    def bicubic_lr(self, d: dict) -> torch.Tensor:
+        """The items' LR patches (B, p, p, 3) by Pillow's bicubic, made on the device."""
+        side = d['side']
+        crops = self.crops(d)  # (B, S, S, 3), rows and columns past the side repeat its last one
+        taps = self.first[side], self.fixed[side]
+        wide = pil_resample_torch(crops.transpose(1, 2), *taps, side).transpose(1, 2)  # Pillow: width first
+        return pil_resample_torch(wide, *taps, side)
 
     def gather(self, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """RGB (..., 3) uint8 at (rows, cols) of each item's image (image (B,), rows and cols (B, ...))."""
@@ -629,3 +665,20 @@ class BenchmarkDataset(Dataset):
             lr = pil_resize(hr, (h_lr, w_lr))
         return {'lr': image_to_tensor(lr), 'hr': image_to_tensor(hr), 'scale': self.scale,
                 'name': self.hr_files[index].stem}
+
+
+class DegradedInputs(Dataset):
+    """A test set whose LR images go through a named degradation (degrade.named_plan) before the model
+    sees them, each seeded by its image's name (degrade.degrade_named); the ground truths are unchanged."""
+
+    def __init__(self, dataset: Dataset, name: str):
+        self.dataset, self.name = dataset, name
+        self.hr_files = dataset.hr_files
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        lr = item['lr'].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # the 8-bit image it was
+        return {**item, 'lr': image_to_tensor(degrade_named(lr, self.name, item['name']))}

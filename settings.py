@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import config
 from dataset import check_patch_queries, check_scale_range, check_size_range, check_varied_queries
+from degrade import check_degradation, from_settings, named_plan
 from files import found, replacing
 from image_quality_assessment import PROTOCOLS
 from imgproc import FORMATS, HOLDS_16_BITS
@@ -26,7 +27,7 @@ MAX_THREADS = 1024  # more than any CPU has cores; torch takes up to 2**31 - 1 a
 # The settings each script reads: whole sections of config.py, plus single settings from other
 # sections, minus the ones it ignores.
 SCRIPTS = {
-    'train': {'sections': ['experiment', 'model', 'data', 'training'], 'plus': ['chunk'], 'minus': ['compile_decoder']},
+    'train': {'sections': ['experiment', 'model', 'data', 'degradation', 'training'], 'plus': ['chunk'], 'minus': ['compile_decoder']},
     'test': {'sections': ['experiment', 'model', 'testing'], 'plus': ['amp'], 'minus': ['seed']},
     'inference': {'sections': ['experiment', 'model', 'inference'], 'plus': ['weights', 'chunk', 'amp'],
                   'minus': ['out_dir', 'seed']},
@@ -225,8 +226,9 @@ def _check_model_and_device(problems: _Problems, cfg: SimpleNamespace) -> None:
 
 def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
     """The data section: folders, patch and query counts; the datasets own the rules they share."""
-    if cfg.train_data not in ('downsampled', 'paired', 'varied'):
-        problems.append(f"train_data must be 'downsampled', 'paired' or 'varied', got {cfg.train_data!r}")
+    if cfg.train_data not in ('downsampled', 'degraded', 'paired', 'varied'):
+        problems.append(f"train_data must be 'downsampled', 'degraded', 'paired' or 'varied', got {cfg.train_data!r}")
+    made = cfg.train_data in ('downsampled', 'degraded')  # patches made from HR images at random scales
     paired = cfg.train_data in ('paired', 'varied')
     for name in ('train_dir', 'train_lr_dir') if paired else ('train_dir',):
         if not getattr(cfg, name):
@@ -246,15 +248,17 @@ def _check_train_data(problems: _Problems, cfg: SimpleNamespace) -> None:
     problems.rule(check_scale_range, cfg.scale_min, cfg.scale_max)
     # downsampled patches (training, or validation on a folder of HR images) have random scales
     downsampled_valid = not cfg.valid_lr_dir and not found(Path(cfg.valid_dir) / 'HR', Path.is_dir)
-    if (cfg.train_data == 'downsampled' or downsampled_valid) and not (cfg.patch_size > 0 and cfg.sample_q > 0):
+    if (made or downsampled_valid) and not (cfg.patch_size > 0 and cfg.sample_q > 0):
         problems.append(f"patch_size and sample_q must be > 0 for patches made from HR images (training with "
-                        f"train_data='downsampled' or validation without valid_lr_dir), got {cfg.patch_size} "
-                        f"and {cfg.sample_q}")
-    elif cfg.train_data == 'downsampled':
+                        f"train_data='downsampled' or 'degraded', or validation without valid_lr_dir), got "
+                        f"{cfg.patch_size} and {cfg.sample_q}")
+    elif made:
         problems.rule(check_patch_queries, cfg.patch_size, cfg.scale_min, cfg.sample_q)
-    if cfg.device_data and (cfg.train_data != 'downsampled' or not cfg.in_memory):
-        problems.append(f"device_data makes patches of train_data='downsampled' from images held in memory; got "
-                        f"train_data={cfg.train_data!r}, in_memory={cfg.in_memory}")
+    if cfg.train_data == 'degraded':
+        problems.rule(lambda: check_degradation(from_settings(cfg)))
+    if cfg.device_data and (not made or not cfg.in_memory):
+        problems.append(f"device_data makes patches of train_data='downsampled' or 'degraded' from images held in "
+                        f"memory; got train_data={cfg.train_data!r}, in_memory={cfg.in_memory}")
     if cfg.train_data == 'varied':
         problems.positive('size_min', 'size_max')
         problems.rule(check_size_range, cfg.size_min, cfg.size_max)
@@ -275,8 +279,9 @@ def _check_training(problems: _Problems, cfg: SimpleNamespace) -> None:
     if not 0 <= cfg.ema_decay < 1:
         problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     for name in ('resume', 'init_weights'):
-        if getattr(cfg, name) not in ('', 'auto'):
-            problems.existing(name, 'checkpoint')
+        value = getattr(cfg, name)
+        if value not in ('', 'auto') and not (name == 'init_weights' and value == config.weights and not found(value)):
+            problems.existing(name, 'checkpoint')  # (the default weights, missing, are fetched: weights.resolve_weights)
 
 
 def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
@@ -288,6 +293,8 @@ def _check_testing(problems: _Problems, cfg: SimpleNamespace) -> None:
         problems.existing('weights', 'checkpoint')
     if cfg.test_protocol not in PROTOCOLS:
         problems.append(f"test_protocol must be one of {', '.join(map(repr, PROTOCOLS))}, got {cfg.test_protocol!r}")
+    if cfg.degrade:
+        problems.rule(named_plan, cfg.degrade)
     if cfg.test_dir or cfg.test_lr_dir:  # paired folders instead of benchmark sets
         problems.existing('test_dir')
         problems.existing('test_lr_dir')

@@ -7,6 +7,7 @@ every pixel of the whole ground truth, averaged per image) or DIV2K's validation
     python test.py --test_sets=Set5 --test_scales=[4,2.5] --weights=path/to/ckpt.pth --save_images=True
     python test.py --experiment=celebAHQ-32-256-liif --weights=results/celebAHQ-32-256-liif/best.pth
     python test.py --test_lr_dir=val/32 --test_dir=val/256 --test_protocol=rgb --weights=path/to/ckpt.pth
+    python test.py --degrade=jpeg40+noise10 --test_scales=[2,3,4]   # inputs through a named degradation
     python test.py --test_lr_dir=data/DIV2K/DIV2K_valid_LR_bicubic/X4 --test_dir=data/DIV2K/DIV2K_valid_HR --test_protocol=div2k
 
     torchrun --standalone --nproc_per_node=4 test.py --weights=path/to/ckpt.pth   # 4 GPUs (or CPU processes)
@@ -24,7 +25,7 @@ from torch.utils.data import Subset
 
 import settings
 from cli import checkpoint_model, format_scale, pick_device, run_main, set_threads
-from dataset import BenchmarkDataset, PairedTestSet
+from dataset import BenchmarkDataset, DegradedInputs, PairedTestSet
 from distributed import Team, join, shares
 from files import check_writable, replacing
 from image_quality_assessment import evaluate
@@ -67,12 +68,15 @@ def image_saver(folder: Path):
 
 def datasets_to_score(cfg) -> dict[tuple[str, float], BenchmarkDataset | PairedTestSet]:
     """{(name, scale): dataset}: the pairs of test_lr_dir and test_dir (named by the HR folder and its
-    parent, e.g. 'val/256'), or every benchmark set of test_sets at every scale of test_scales."""
+    parent, e.g. 'val/256'), or every benchmark set of test_sets at every scale of test_scales; their LR
+    images degraded as `degrade` names (DegradedInputs) when it is set."""
     if cfg.test_dir:
         pairs = PairedTestSet(cfg.test_lr_dir, cfg.test_dir)
-        return {('/'.join(Path(cfg.test_dir).resolve().parts[-2:]), float(pairs.scale)): pairs}
-    return {(set_name, scale): BenchmarkDataset(Path(cfg.test_root) / set_name, scale)
-            for set_name in cfg.test_sets for scale in cfg.test_scales}
+        sets = {('/'.join(Path(cfg.test_dir).resolve().parts[-2:]), float(pairs.scale)): pairs}
+    else:
+        sets = {(set_name, scale): BenchmarkDataset(Path(cfg.test_root) / set_name, scale)
+                for set_name in cfg.test_sets for scale in cfg.test_scales}
+    return {key: DegradedInputs(dataset, cfg.degrade) for key, dataset in sets.items()} if cfg.degrade else sets
 
 
 def split_items(datasets: dict, world_size: int) -> list[list[tuple[int, int]]]:
@@ -148,7 +152,8 @@ def main(argv: list[str]) -> list[dict]:
     team.decide(lambda: open_out_dir(cfg, out_dir))  # rank 0; the others wait for it
     if team.rank == 0:
         processes = f" x {team.world_size} processes" if team.world_size > 1 else ''
-        print(f"evaluating {cfg.weights} on {device}{processes} ({cfg.amp})")
+        degraded = f", inputs degraded by {cfg.degrade}" if cfg.degrade else ''
+        print(f"evaluating {cfg.weights} on {device}{processes} ({cfg.amp}{degraded})")
 
     start = time.perf_counter()
     per_image, summary = [], []

@@ -46,12 +46,23 @@ import render
 import settings
 from checkpoint import copy_atomic, load_weights, resume, rng_state, save_atomic, set_rng_state
 from cli import pick_device, run_main, seed_everything, set_threads
-from dataset import BenchmarkDataset, DevicePatches, Draws, PairedDataset, TrainDataset, VariedDataset, list_images
+from dataset import (
+    BenchmarkDataset,
+    DegradedDataset,
+    DevicePatches,
+    Draws,
+    PairedDataset,
+    TrainDataset,
+    VariedDataset,
+    list_images,
+)
+from degrade import from_settings
 from distributed import Team, join
 from files import check_writable, replacing
 from image_quality_assessment import evaluate, psnr
 from imgproc import image_to_tensor, load_uint8, pil_resize
 from model import build_model, model_name, normalise
+from weights import resolve_weights
 
 LOG_EVERY = 20  # optimiser steps between loss read-outs (each one waits for the device)
 VALID_BATCH = 16  # the official validation batch; its PSNR is averaged per batch
@@ -77,6 +88,8 @@ def train(cfg: SimpleNamespace, team: Team) -> dict:
     out_dir = Path(cfg.out_dir)  # written to only once every input below has been read and checked
     if master:
         check_writable(out_dir, 'out_dir')
+    if cfg.init_weights:  # the official weights are fetched when they are the missing default file
+        cfg.init_weights = str(team.first_on_node(lambda: resolve_weights(cfg.init_weights)))
     train_set, sampler, loader, on_device = training_data(cfg, team)
     run = build_run(cfg, device, world_size, math.ceil(len(sampler.shuffle) / sampler.batch_size))
     resumed_rng = resume_if_asked(run, master)
@@ -133,9 +146,10 @@ def training_data(cfg: SimpleNamespace, team: Team):
 
 
 def training_set(cfg, cache_dir: Path | None = None) -> TrainDataset | PairedDataset | VariedDataset:
-    """The training items train_data asks for: patches made from HR images at random scales, patches of
-    paired LR / HR folders, or paired images with ground truths of varying size; with cache_dir, their
-    decoded images come from the shared file there (distributed.shared_images)."""
+    """The training items train_data asks for: patches made from HR images at random scales (LR by bicubic
+    or by the real-world degradation), patches of paired LR / HR folders, or paired images with ground
+    truths of varying size; with cache_dir, their decoded images come from the shared file there
+    (distributed.shared_images)."""
     common = dict(repeat=cfg.repeat, augment=True, in_memory=cfg.in_memory, seed=cfg.seed, cache_dir=cache_dir)
     # too-small images are reported by train() once the run folder exists, not warned about here
     if cfg.train_data == 'paired':
@@ -143,8 +157,11 @@ def training_set(cfg, cache_dir: Path | None = None) -> TrainDataset | PairedDat
     if cfg.train_data == 'varied':
         return VariedDataset(cfg.train_lr_dir, cfg.train_dir, cfg.size_min, cfg.size_max, cfg.gt_resize,
                              cfg.sample_q, **common)
-    return TrainDataset(cfg.train_dir, cfg.patch_size, cfg.scale_min, cfg.scale_max, cfg.sample_q, warn=False,
-                        **common)
+    made = dict(patch_size=cfg.patch_size, scale_min=cfg.scale_min, scale_max=cfg.scale_max, sample_q=cfg.sample_q,
+                warn=False, **common)
+    if cfg.train_data == 'degraded':
+        return DegradedDataset(cfg.train_dir, from_settings(cfg), **made)
+    return TrainDataset(cfg.train_dir, **made)
 
 
 def worker_count(requested: int, world_size: int) -> int:

@@ -4,6 +4,7 @@ loader makes.
     python scripts/bench_train.py                          # the steps per mode (official batch)
     python scripts/bench_train.py --loader                 # and the DataLoader alone
     python scripts/bench_train.py --loader_only --patch_size=16   # only the loader
+    python scripts/bench_train.py --loader_only --train_data=degraded   # the real-world degradation's cost
 
 Steps are timed as train.py takes them (train.build_run and train.wrap: the objective, fused Adam,
 autocast, a GradScaler for fp16, compile=True's compiled step, train.train_step) at the official batch
@@ -30,7 +31,8 @@ import config
 import settings
 import train
 from cli import run_main
-from dataset import DevicePatches, Draws, TrainDataset
+from dataset import DegradedDataset, DevicePatches, Draws, TrainDataset
+from degrade import from_settings
 from model import build_model
 from precision import autocast, native_bf16
 from scripts.benchlib import (
@@ -56,9 +58,14 @@ def train_dirs(args) -> list[Path]:
 
 
 def train_set(args) -> TrainDataset:
-    """train.py's training patches at the benchmark's patch size, queries and scales."""
-    dataset = TrainDataset(train_dirs(args), args.patch_size, config.scale_min, config.scale_max, args.sample_q,
-                           config.repeat, augment=True, in_memory=config.in_memory, seed=0)
+    """train.py's training patches at the benchmark's patch size, queries and scales; with
+    --train_data=degraded their LR made by config.py's degradation model."""
+    options = dict(patch_size=args.patch_size, scale_min=config.scale_min, scale_max=config.scale_max,
+                   sample_q=args.sample_q, repeat=config.repeat, augment=True, in_memory=config.in_memory, seed=0)
+    if args.train_data == 'degraded':
+        dataset = DegradedDataset(train_dirs(args), from_settings(settings.parse([], 'train')), **options)
+    else:
+        dataset = TrainDataset(train_dirs(args), **options)
     dataset.set_epoch(1)
     return dataset
 
@@ -169,7 +176,7 @@ def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: li
               'one_worker_draws_per_s': items_per_s(dataset.draw, items),
               'draws_per_s': loader_per_s(args, Draws(dataset), order, workers, device),
               'device_patches_per_s': device_patches_per_s(args, dataset, order, device)}
-    print(f"\n| training data ({len(dataset.files)} images of {', '.join(str(p) for p in train_dirs(args))}) "
+    print(f"\n| training data ({args.train_data}, {len(dataset.files)} images of {', '.join(str(p) for p in train_dirs(args))}) "
           f"| workers | per second |\n|---|---|---|")
     print(f"| patches, one worker (in process) | 1 | {result['one_worker_patches_per_s']:.0f} |")
     print(f"| patches, train.py's loader (num_workers {args.workers}, {os.cpu_count()} cores) | {workers} "
@@ -192,6 +199,8 @@ def parse_args(argv: list[str]):
     p = parser(__doc__, rounds=False)
     p.add_argument('--loader', action='store_true', help="also time the training DataLoader alone")
     p.add_argument('--loader_only', action='store_true', help="only the DataLoader, no training steps")
+    p.add_argument('--train_data', default='downsampled', choices=['downsampled', 'degraded'],
+                   help="the patches: bicubic LR, or through the real-world degradation model")
     p.add_argument('--train_dir', default='', help="training folders, comma-separated (default: DIV2K or the 291)")
     p.add_argument('--batch', type=int, default=config.batch_size, help="patches per training step")
     p.add_argument('--sample_q', type=int, default=config.sample_q, help="queries per patch")

@@ -3,9 +3,11 @@
     python scripts/make_figure.py                                    # figure/zoom_comparison.png
     python scripts/make_figure.py --input=photo.png --box=40,60,16 --scales=4,12,30 --out=figure/photo_zoom.png
     python scripts/make_figure.py --screenshot=figure/viewer.png     # the viewer page at the box, in headless Chromium
+    python scripts/make_figure.py --input=photo.jpg --compare=results/pretrained_models/edsr-baseline-liif-real.pth \
+        --scales=2.5 --box=40,60,96 --out=figure/real_photo.png        # two checkpoints, a row each
 
 The figure: the input with the region marked, the region itself (LR crop), and for each scale the
-region's bicubic (PIL, as the project resizes) and LIIF renders, side by side. Each render is the
+region's bicubic (PIL, as the project resizes) and LIIF renders (of a second checkpoint too, --compare). Each render is the
 window of the whole image rendered at that scale, so only the region is computed, and the panels
 are shown at the largest scale's size (smaller scales magnified by pixel repetition, so their
 pixels stay visible). --screenshot drives the real page (scripts/viewer.py) in headless Chromium
@@ -126,16 +128,16 @@ def screenshot(viewer: Viewer, out: Path, centre: tuple[float, float], width: in
 
 # ---------------------------------------------------------------- the comparison figure
 
-def region_renders(model, image8: np.ndarray, lr: torch.Tensor, box: tuple[int, int, int], scale: float,
-                   amp: str = 'fp32') -> tuple[np.ndarray, np.ndarray]:
-    """(bicubic, LIIF) uint8 renders of the square box (top, left, side) of the input at `scale`:
-    the windows of the whole image's renders that cover the box."""
+def region_renders(models: list, image8: np.ndarray, lr: torch.Tensor, box: tuple[int, int, int], scale: float,
+                   amp: str = 'fp32') -> list[np.ndarray]:
+    """[bicubic, then each model's] uint8 renders of the square box (top, left, side) of the input at
+    `scale`: the windows of the whole image's renders that cover the box."""
     top, left, side = box
     size = output_size(*image8.shape[:2], scale)
     y0, x0 = round(top * scale), round(left * scale)
     window = (y0, x0, round((top + side) * scale) - y0, round((left + side) * scale) - x0)
-    liif = model.render(lr, size, amp=amp, window=window)
-    return bicubic_window(image8, size, window), quantize(liif, 8)
+    return [bicubic_window(image8, size, window)] + [quantize(m.render(lr, size, amp=amp, window=window), 8)
+                                                     for m in models]
 
 
 def font(size: int):
@@ -156,14 +158,14 @@ def labelled(panel: np.ndarray | Image.Image, text: str, side: int) -> Image.Ima
     return tile
 
 
-def figure(model, path: Path, box: tuple[int, int, int], scales: list[float], amp: str = 'fp32') -> Image.Image:
+def figure(models: dict, path: Path, box: tuple[int, int, int], scales: list[float], amp: str = 'fp32') -> Image.Image:
     """The comparison figure for the image at `path`: the input with the box marked and the LR crop
-    (first column), then bicubic (top row) and LIIF (bottom row) at each scale."""
+    (first column), then at each scale bicubic (top row) and each of `models` ({label: model}) below."""
     image8 = load_uint8(path)
-    lr = image_to_tensor(read_image(path))[None].to(next(model.parameters()).device)
+    lr = image_to_tensor(read_image(path))[None].to(next(next(iter(models.values())).parameters()).device)
     top, left, side = box
-    renders = [region_renders(model, image8, lr, box, s, amp) for s in scales]
-    panel = max(r.shape[0] for pair in renders for r in pair)
+    renders = [region_renders(list(models.values()), image8, lr, box, s, amp) for s in scales]
+    panel = max(r.shape[0] for rows in renders for r in rows)
     enlarge = panel >= max(image8.shape[:2])  # pixel repetition when enlarging, as for the panels
     overview = ImageOps.contain(Image.fromarray(image8), (panel, panel), Image.NEAREST if enlarge else Image.LANCZOS)
     k = overview.width / image8.shape[1]
@@ -171,10 +173,10 @@ def figure(model, path: Path, box: tuple[int, int, int], scales: list[float], am
                                        outline=RED, width=2)
     columns = [[labelled(overview, f"input {image8.shape[0]}x{image8.shape[1]}", panel),
                 labelled(image8[top:top + side, left:left + side], f"LR crop {side}x{side}", panel)]]
-    for s, (bicubic, liif) in zip(scales, renders):
-        columns.append([labelled(bicubic, f"bicubic x{s:g}", panel), labelled(liif, f"LIIF x{s:g}", panel)])
+    for s, rows in zip(scales, renders):
+        columns.append([labelled(r, f"{label} x{s:g}", panel) for label, r in zip(['bicubic', *models], rows)])
     cell = panel + LABEL
-    canvas = Image.new('RGB', (len(columns) * (panel + GAP) - GAP, 2 * cell + GAP), 'white')
+    canvas = Image.new('RGB', (len(columns) * (panel + GAP) - GAP, (1 + len(models)) * (cell + GAP) - GAP), 'white')
     for i, column in enumerate(columns):
         for j, tile in enumerate(column):
             canvas.paste(tile, (i * (panel + GAP), j * (cell + GAP)))
@@ -199,6 +201,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--out', default='figure/zoom_comparison.png', help="the figure to write")
     parser.add_argument('--screenshot', default='', help="write a screenshot of the viewer here instead")
     parser.add_argument('--weights', default=config.weights, help=f"checkpoint (default {config.weights})")
+    parser.add_argument('--compare', default='', help="a second checkpoint: its renders in a third row, rows "
+                        "labelled by the checkpoints' file names")
     parser.add_argument('--device', default=config.device, help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     args = parser.parse_args(argv)
     box = parse_ints(args.box, 3, '--box')
@@ -223,7 +227,11 @@ def main(argv: list[str]) -> None:
     if args.screenshot:
         screenshot(Viewer(args.input, model), out, (box[0] + box[2] / 2, box[1] + box[2] / 2))
     else:
-        image = figure(model, Path(args.input), tuple(box), scales)
+        models = {'LIIF': model}
+        if args.compare:
+            models = {Path(args.weights).stem: model,
+                      Path(args.compare).stem: model_from_checkpoint(args.compare).to(device).eval()}
+        image = figure(models, Path(args.input), tuple(box), scales)
         out.parent.mkdir(parents=True, exist_ok=True)
         with replacing(out) as tmp:
             image.save(tmp, optimize=True)

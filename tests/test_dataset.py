@@ -9,7 +9,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import BenchmarkDataset, DevicePatches, Draws, TrainDataset, list_images
+import settings
+from dataset import (
+    BenchmarkDataset,
+    DegradedDataset,
+    DegradedInputs,
+    DevicePatches,
+    Draws,
+    TrainDataset,
+    augment,
+    list_images,
+)
+from degrade import apply, degrade_named, draw_plan, from_settings
 from helpers import TRANSFORMS, pixel_index, same_items, transform
 
 
@@ -297,3 +308,82 @@ def test_benchmark_errors(benchmark_root, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert len(BenchmarkDataset(root, 2.0 + 1e-12)) == 2  # a non-integer scale goes on the fly
+
+
+def degraded_pair(train_root, **options):
+    """The same patches with bicubic and with degraded LR (config.py's degradation model)."""
+    kwargs = dict(root=[train_root / 'T91', train_root / 'BSDS200'], patch_size=16, sample_q=64, first_k=6,
+                  repeat=2, warn=False, **options)
+    degradation = from_settings(settings.parse([], 'train'))
+    return TrainDataset(**kwargs), DegradedDataset(degradation=degradation, **kwargs)
+
+
+def test_degraded_patches_keep_the_draws_and_degrade_only_the_lr(train_root):
+    """The crop, scale, flips and queries are the bicubic dataset's for the same seed; the LR is the
+    crop through a plan drawn from the second generator (seed, epoch, index, 1), then flipped."""
+    clean, degraded = degraded_pair(train_root)
+    for ds in (clean, degraded):
+        ds.set_epoch(3)
+    for index in (0, 5, 11):
+        a, b = clean[index], degraded[index]
+        assert same_items({k: a[k] for k in ('coord', 'cell', 'gt', 'scale')},
+                          {k: b[k] for k in ('coord', 'cell', 'gt', 'scale')})
+        assert b['lr'].shape == a['lr'].shape and not torch.equal(a['lr'], b['lr'])
+        d = clean.draw(index)
+        rng = np.random.default_rng([0, 3, index, 1])
+        plan = draw_plan(rng, degraded.degradation, (d['side'], d['side']), (16, 16))
+        lr = np.ascontiguousarray(augment(apply(clean.crop(d), plan, rng), *d['flips']))
+        assert torch.equal(b['lr'], torch.from_numpy(lr).permute(2, 0, 1).float() / 255)
+
+
+def test_degraded_patches_are_reproducible_in_workers_and_from_files(train_root):
+    """Items depend on (seed, epoch, index) only: decoded in memory or per item, in the process or in
+    two workers; another epoch draws other degradations."""
+    _, a = degraded_pair(train_root)
+    _, b = degraded_pair(train_root, in_memory=False)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    serial = list(DataLoader(a, batch_size=4, num_workers=0))
+    parallel = list(DataLoader(b, batch_size=4, num_workers=2))
+    for x, y in zip(serial, parallel, strict=True):
+        assert same_items(x, y)
+    a.set_epoch(4)
+    assert not torch.equal(a[0]['lr'], serial[0]['lr'][0])
+
+
+def test_device_patches_take_the_workers_degraded_lr(train_root):
+    """device_data with degraded patches: the workers make the LR (a real JPEG encoder), the device
+    the flips and queries; the batches equal the loader's bit for bit."""
+    _, dataset = degraded_pair(train_root)
+    dataset.set_epoch(1)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    loader = DataLoader(dataset, batch_size=4, sampler=order)
+    draws = DataLoader(Draws(dataset), batch_size=4, sampler=order)
+    patches = DevicePatches(dataset, 'cpu')
+    for batch, drawn in zip(loader, draws, strict=True):
+        assert same_items(batch, patches(drawn))
+
+
+def test_degraded_test_inputs(benchmark_root):
+    """test.py's --degrade: jpeg40 is OpenCV's own JPEG of the 8-bit LR at quality 40; noise10 adds noise
+    of standard deviation 10 levels (what clipping at 0 and 255 leaves aside), the same every time for an
+    image; the ground truth is untouched."""
+    clean = BenchmarkDataset(benchmark_root / 'Set5', 4)
+    item = clean[0]  # baby: 128 x 128 at x4
+    lr = (item['lr'].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    ok, data = cv2.imencode('.jpg', lr[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 40])
+    expected = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+    jpeg = DegradedInputs(clean, 'jpeg40')[0]
+    assert torch.equal(jpeg['hr'], item['hr']) and jpeg['name'] == item['name']
+    assert np.array_equal((jpeg['lr'].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), expected)
+    noisy = DegradedInputs(clean, 'noise10')
+    first, again = noisy[0]['lr'], noisy[0]['lr']
+    other_key = torch.from_numpy(degrade_named(lr, 'noise10', 'another name')).permute(2, 0, 1) / 255
+    assert torch.equal(first, again) and not torch.equal(first, other_key)
+    inside = (item['lr'] > 0.15) & (item['lr'] < 0.85)  # 3 sigma from the clipping ends
+    residual = (first - item['lr'])[inside].double() * 255
+    # noise of variance 100 plus the rounding's 1/12; 4 standard errors: sigma / sqrt(n) for the mean,
+    # 1 / sqrt(2 n) relative for the standard deviation (a normal's)
+    n, sigma = residual.numel(), math.sqrt(100 + 1 / 12)
+    assert n > 10000 and abs(residual.mean()) < 4 * sigma / math.sqrt(n)
+    assert abs(residual.std() / sigma - 1) < 4 / math.sqrt(2 * n)

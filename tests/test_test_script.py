@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import re
+import zlib
 from pathlib import Path
 
 import cv2
@@ -103,7 +104,35 @@ def test_non_integer_scales_write_tables_and_images(small_set, official_weights,
     assert (tmp_path / 'images' / 'Tiny' / 'x2.5' / 'baby.png').is_file()
 
 
+def test_degraded_inputs_are_scored_as_written(small_set, official_weights, tmp_path):
+    """--degrade=jpeg40+noise10 at x3, scored independently: the official on-the-fly LR, OpenCV's JPEG at
+    quality 40, then noise: the same noise as test.py's only through the seeding rule written in the
+    docs (numpy's default_rng of [crc32 of the image name, LR height, LR width], standard normal, one
+    plane per channel, 10/255, clipped, rounded); the clean score of the same run is higher."""
+    argv = [f'--test_root={small_set}', f'--weights={official_weights}', '--test_sets=Tiny', '--test_scales=[3]',
+            f'--out_dir={tmp_path}', '--device=cpu']
+    [clean] = test_script.main(argv)
+    [degraded] = test_script.main([*argv, '--degrade=jpeg40+noise10'])
+    assert degraded['psnr'] < clean['psnr'] - 1
+    model = model_from_checkpoint(official_weights).eval()
+    per_image = read_csv(tmp_path / 'test_per_image.csv')
+    for p in per_image:
+        hr = cv2.imread(str(small_set / 'Tiny' / 'HR' / f"{p['name']}.png"))[:, :, ::-1]
+        h, w = hr.shape[0] // 3, hr.shape[1] // 3
+        hr = np.ascontiguousarray(hr[:h * 3, :w * 3])
+        lr = np.asarray(Image.fromarray(hr).resize((w, h), Image.BICUBIC))
+        lr = cv2.imdecode(cv2.imencode('.jpg', lr[:, :, ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 40])[1], 1)[:, :, ::-1]
+        rng = np.random.default_rng([zlib.crc32(p['name'].encode()), h, w])
+        noise = rng.standard_normal((3, h, w), dtype=np.float32).transpose(1, 2, 0) * np.float32(10 / 255)
+        lr = np.round(np.clip(lr / np.float32(255) + noise, 0, 1) * 255).astype(np.float32) / 255
+        lr = torch.from_numpy(lr).permute(2, 0, 1)[None]
+        sr = model.render(lr, (h * 3, w * 3)).clamp(0, 1)[0].permute(1, 2, 0).double().numpy()
+        assert float(p['psnr']) == pytest.approx(reference_psnr(sr, hr / 255.0, 3), abs=1e-4)
+
+
 @pytest.mark.parametrize('setup, args, message', [
+    (None, ['--weights={official}', '--degrade=jpeg0'], "degrade: 'jpeg0' in 'jpeg0' is not jpegQ"),
+    (None, ['--weights={official}', '--degrade=jpeg40+sharpen2'], "'sharpen2' in 'jpeg40+sharpen2'"),
     ('text', ['--weights={tmp}/bad.pth'], 'not a readable PyTorch checkpoint'),
     ('folder', ['--weights={tmp}/folder'], 'is a folder, not a checkpoint'),
     (None, ['--weights={official}', '--experiment=rdn-liif'], "encoder='rdn' but"),

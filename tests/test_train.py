@@ -13,13 +13,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import config
 import precision
 import train
 from checkpoint import model_from_checkpoint, read_checkpoint
 from dataset import TrainDataset
 from helpers import ROOT, STEPS_PER_EPOCH, VALID_REPEAT, assert_same_tensors, load, tiny, tiny_liif
 from imgproc import load_uint8, write_image
-from model import build_model
+from model import MODELS, build_model
 
 
 def reference_valid_psnr(state: dict, data: Path) -> float:
@@ -172,6 +173,19 @@ def test_fine_tuning_starts_from_the_official_weights(data, tmp_path, official_w
         train.make_model(train.settings.parse(tiny(data, tmp_path, f'--init_weights={official_weights}')))
 
 
+def test_missing_default_weights_are_fetched_to_fine_tune(data, tmp_path, official_weights, monkeypatch):
+    """init_weights naming the default weights' path (as edsr-baseline-liif-real does) on a clone without
+    them: the settings accept it and train.py fetches them (resolve_weights), once, before training."""
+    monkeypatch.chdir(tmp_path)  # no results/pretrained_models/ here
+    asked = []
+    monkeypatch.setattr(train, 'resolve_weights', lambda path: asked.append(path) or official_weights)
+    train.main(tiny(data, tmp_path / 'run', f"--init_weights={config.weights}", '--hidden_list=[256,256,256,256]',
+                    '--max_steps=1'))
+    assert asked == [config.weights]
+    with pytest.raises(ValueError, match='init_weights: checkpoint .*other.pth.* does not exist'):
+        train.main(tiny(data, tmp_path / 'run2', '--init_weights=results/pretrained_models/other.pth', '--max_steps=1'))
+
+
 @pytest.mark.slow
 def test_ema_follows_its_formula_and_is_validated(data, tmp_path):
     d = 0.9
@@ -255,6 +269,32 @@ def test_device_data_trains_as_the_loader_does(data, tmp_path):
     assert_same_tensors(b['optimizer'], a['optimizer'], atol=0)
 
 
+def test_degraded_training_resumes_exactly_and_runs_on_the_device(data, tmp_path):
+    """train_data='degraded': an epoch, then a resumed second one, equal two epochs straight (every
+    degradation is drawn per (seed, epoch, index)); device_data trains on the same patches; the same run
+    on bicubic patches ends elsewhere (the degraded LR reaches the model)."""
+    degraded = ('--train_data=degraded',)
+    train.main(tiny(data, tmp_path / 'straight', '--epochs=2', *degraded))
+    train.main(tiny(data, tmp_path / 'resumed', '--epochs=1', *degraded))
+    train.main(tiny(data, tmp_path / 'resumed', '--epochs=2', '--resume=auto', *degraded))
+    train.main(tiny(data, tmp_path / 'device', '--epochs=2', '--device_data=True', *degraded))
+    straight = load(tmp_path / 'straight' / 'last.pth')
+    for name in ('resumed', 'device'):
+        other = load(tmp_path / name / 'last.pth')
+        assert_same_tensors(other['model'], straight['model'], atol=0)
+        assert_same_tensors(other['optimizer'], straight['optimizer'], atol=0)
+    train.main(tiny(data, tmp_path / 'bicubic', '--epochs=2'))  # the same draws, bicubic LR: other weights
+    bicubic = load(tmp_path / 'bicubic' / 'last.pth')['model']
+    assert not any(torch.equal(bicubic[k], straight['model'][k]) for k in bicubic)
+
+
+@pytest.mark.parametrize('model', list(MODELS))
+def test_every_registered_model_trains_on_degraded_patches(data, tmp_path, model):
+    """The degraded items are the bicubic items' kind (lr, coord, cell, gt): any model takes them."""
+    done = train.main(tiny(data, tmp_path, f'--model={model}', '--train_data=degraded', '--max_steps=2'))
+    assert done['step'] == 2 and math.isfinite(done['best_psnr'])
+
+
 @pytest.mark.slow
 def test_compiled_step_equals_the_eager_step(data, train_root, monkeypatch):
     """compile=True (torch.compile of the objective: forward, loss and backward) takes the eager steps
@@ -305,6 +345,14 @@ def test_compiled_step_equals_the_eager_step(data, train_root, monkeypatch):
     (None, ['--num_workers=-1'], 'num_workers must be a non-negative int'),
     (None, ['--device_data=True', '--in_memory=False'], 'device_data makes patches'),
     ('corrupt', ['--out_dir={tmp}/corrupt.pth/run'], 'corrupt.pth is a file, not a folder'),
+    (None, ['--train_data=degraded', '--blur_sigma=[-1.0,2.0]'], 'blur_sigma must be [low, high]'),
+    (None, ['--train_data=degraded', '--jpeg_range2=[30,101]'], 'jpeg_range2 must be [low, high] of integers'),
+    (None, ['--train_data=degraded', '--kernel_list=[]'], 'kernel_list is empty'),
+    (None, ['--train_data=degraded', '--kernel_prob=[0.5,0.5,0.1,0,0,0]'], 'kernel_prob must add up to 1'),
+    (None, ['--train_data=degraded', '--resize_prob2=[0.5,0.5]'], 'resize_prob2 must hold 3 probabilities'),
+    (None, ['--train_data=degraded', '--gray_noise_prob=1.5'], 'gray_noise_prob must be a probability'),
+    (None, ['--train_data=degraded', '--kernel_range=[7,20]'], 'kernel_range must be [low, high] of odd'),
+    (None, ['--train_data=bicubic'], "train_data must be 'downsampled', 'degraded'"),
 ])
 def test_a_refused_run_writes_nothing(data, tmp_path, official_weights, setup, args, message):
     if setup == 'corrupt':

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -444,7 +445,7 @@ def test_onnx_weights_show_the_same_views(crop, onnx_file, model, viewer, capsys
 
 def test_figure_panels_are_windows_of_the_whole_renders(crop, model, viewer):
     box, scale = (20, 11, 9), 3
-    bicubic, liif = make_figure.region_renders(model, viewer.image8, viewer.lr, box, scale)
+    bicubic, liif = make_figure.region_renders([model], viewer.image8, viewer.lr, box, scale)
     window = (60, 33, 27, 27)
     np.testing.assert_array_equal(bicubic, pil_resize(viewer.image8, (192, 168))[60:87, 33:60])
     assert_within_one_level(liif, reference(model, viewer, scale, window))
@@ -457,6 +458,14 @@ def test_figure_command(crop, official_weights, tmp_path, capsys):
     fig = Image.open(out)
     panel, label, gap = 30, make_figure.LABEL, make_figure.GAP  # 6 px at x5; columns: input and crop, x2, x5
     assert fig.size == (3 * (panel + gap) - gap, 2 * (panel + label) + gap)
+    twin = tmp_path / 'twin.pth'
+    shutil.copy(official_weights, twin)
+    assert run_main(make_figure.main, [f'--input={crop}', '--box=4,5,6', '--scales=2', f'--out={out}',
+                                       f'--weights={official_weights}', f'--compare={twin}']) == 0
+    fig = np.asarray(Image.open(out))  # a third row: the second checkpoint's (here a copy of the first)
+    assert fig.shape[:2] == (3 * (12 + label) + 2 * gap, 2 * (12 + gap) - gap)
+    rows = [fig[k * (12 + label + gap) + label:][:12, 12 + gap:] for k in range(3)]
+    np.testing.assert_array_equal(rows[1], rows[2])
     assert run_main(make_figure.main, [f'--input={crop}', '--box=60,5,6', f'--out={tmp_path / "no.png"}']) == 2
     assert 'not inside the 64x56 image' in capsys.readouterr().err and not (tmp_path / 'no.png').exists()
 
