@@ -57,7 +57,7 @@ from precision import AMP_DTYPES, check_amp
 from render import check_size, check_window, output_size
 from weights import resolve_weights
 
-PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
+PAGE = ROOT / 'web'  # the page: index.html, viewer.js, viewer.css, ... (shared with scripts/export_web.py)
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
 MAX_VIEW_PIXELS = 4_000_000  # pixels per rendered view (one request)
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # views are sent once: speed over size
@@ -174,8 +174,8 @@ class Viewer:
         return self.image8.shape[0], self.image8.shape[1]
 
     def info(self) -> dict:
-        return {'name': self.name, 'height': self.shape[0], 'width': self.shape[1], 'max_zoom': MAX_ZOOM,
-                'max_view_pixels': MAX_VIEW_PIXELS}
+        return {'engine': 'server', 'name': self.name, 'height': self.shape[0], 'width': self.shape[1],
+                'max_zoom': MAX_ZOOM, 'max_view_pixels': MAX_VIEW_PIXELS}
 
     def render(self, view: View) -> np.ndarray:
         """The view's HxWx3 (HxWx4 with an alpha) uint8 pixels; the model's views one at a time
@@ -286,8 +286,8 @@ def static_files() -> dict[str, tuple[str, bytes]]:
     """URL path -> (content type, bytes) for the page's files, read once: nothing else on disk is served."""
     types = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
              '.css': 'text/css; charset=utf-8'}
-    files = {f'/static/{p.name}': (types[p.suffix], p.read_bytes()) for p in PAGE.iterdir() if p.suffix in types}
-    files['/'] = files['/static/index.html']
+    files = {f'/{p.name}': (types[p.suffix], p.read_bytes()) for p in PAGE.iterdir() if p.suffix in types}
+    files['/'] = files['/index.html']
     return files
 
 
