@@ -75,7 +75,7 @@ def wait_for(driver, condition: str, timeout: float = WAIT):
 
 
 def open_page(url: str, downloads: Path | None = None, webgpu: bool = False, query: str = ''):
-    driver = make_figure.headless_chromium(320, 240, downloads, webgpu=webgpu)
+    driver = make_figure.headless_chromium(640, 480, downloads, webgpu=webgpu)
     driver.set_script_timeout(WAIT)
     driver.downloads = downloads
     driver.get(url + query)
@@ -141,7 +141,7 @@ EXACT_CASES = [  # (photo, crop rows, cols, render options, the same as inferenc
 def test_engine_equals_onnx_runtime(backend, url, site, benchmark_root):
     """model.render of real photos at x2.5, x4 (a window) and a non-integer size equals OnnxModel's render
     of the same graph to one level in 8 bits."""
-    driver = make_figure.headless_chromium(320, 240, webgpu=backend == 'webgpu')
+    driver = make_figure.headless_chromium(640, 480, webgpu=backend == 'webgpu')
     driver.set_script_timeout(WAIT)
     try:
         driver.get(url)
@@ -171,7 +171,7 @@ def test_service_worker_isolates_a_site_served_without_headers(site):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     handler.log_message = lambda *args: None
     server = serve(http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler))
-    driver = make_figure.headless_chromium(320, 240)
+    driver = make_figure.headless_chromium(640, 480)
     try:
         driver.get(f'http://127.0.0.1:{server.server_address[1]}/')
         wait_for(driver, "window.viewer && viewer.state.model")
@@ -227,8 +227,8 @@ def test_a_model_that_does_not_load_gets_one_message(url, site, benchmark_root):
         assert 'could not load the model' in driver.find_element('id', 'status').text
         open_in_page(driver, put(site, 'ok.png', png_bytes(real_photo(benchmark_root, 'Set5/HR/bird.png', 30, 30))),
                      'ok.png')
-        driver.execute_script("viewer.zoomAt(2, 0, 0)")  # the preview pans and zooms without a model
-        assert driver.execute_script("return viewer.state.zoom") == 2
+        driver.execute_script("viewer.zoomAt(24, 0, 0)")  # the preview pans and zooms without a model
+        assert driver.execute_script("return viewer.state.zoom") == 24
         assert 'could not load the model' in driver.find_element('id', 'status').text
     finally:
         driver.quit()
@@ -244,7 +244,7 @@ def test_a_12_megapixel_photo_opens_and_a_view_renders(page, site, benchmark_roo
     ok, jpeg = cv2.imencode('.jpg', big, [cv2.IMWRITE_JPEG_QUALITY, 90])
     open_in_page(page, put(site, 'big.jpg', jpeg.tobytes()), 'big.jpg')
     assert page.execute_script("return [viewer.state.info.height, viewer.state.info.width]") == [3000, 4000]
-    page.execute_script("viewer.zoomAt(1.5, 160, 120)")
+    page.execute_script("viewer.zoomAt(1.5, 320, 200)")
     wait_for(page, "document.body.dataset.status === 'ready'")
     assert page.execute_script("return viewer.state.tiles.liif.length") >= 1
 
@@ -253,6 +253,7 @@ def wait_download(folder: Path, name: str) -> Path:
     path, end = folder / name, time.monotonic() + WAIT
     while not path.exists() and time.monotonic() < end:
         time.sleep(0.05)
+    assert path.exists(), sorted(p.name for p in folder.iterdir())
     size = -1
     while path.stat().st_size != size:  # the last bytes
         size = path.stat().st_size
@@ -284,12 +285,12 @@ def test_save_view_keeps_the_alpha(page, site, benchmark_root):
     rgb = real_photo(benchmark_root, 'Set5/HR/head.png', 32, 28)
     alpha = np.clip(np.arange(28) * 12 - 60, 0, 255).astype(np.uint8)[None].repeat(32, axis=0)
     open_in_page(page, put(site, 'rgba.png', png_bytes(np.dstack([rgb, alpha]))), 'rgba.png')
-    page.execute_script("viewer.fit(); viewer.zoomAt(3, 0, 0)")
+    page.execute_script("viewer.fit(); viewer.zoomAt(20, 0, 0)")
     wait_for(page, "document.body.dataset.status === 'ready'")
     window = view_window(page)
     page.find_element('id', 'save').click()
-    saved = np.asarray(Image.open(wait_download(page.downloads, 'rgba_x3.00.png')))
-    expected = onnx_render(site / 'liif.onnx', np.repeat(alpha[:, :, None], 3, axis=2), (96, 84), window)
+    saved = np.asarray(Image.open(wait_download(page.downloads, 'rgba_x20.00.png')))
+    expected = onnx_render(site / 'liif.onnx', np.repeat(alpha[:, :, None], 3, axis=2), (640, 560), window)
     assert saved.shape == (*window[2:], 4)
     assert np.abs(saved[..., 3].astype(int) - expected.mean(axis=2)).max() <= 1
 

@@ -95,6 +95,9 @@ class Model {
     const pieces = splitWindow(height, width, Math.max(1, Math.floor(this.queries / input.lr.dims[0])));
     let done = 0;
     for (const [r, c, h, w] of pieces) {
+      // a graph run may finish without the event loop turning: give it a turn, so that an abort sent
+      // by a message (the page cancelling) lands before the next run
+      if (signal) await new Promise(resolve => setTimeout(resolve));
       signal?.throwIfAborted();
       const feed = {lr: input.lr, size: new ort.Tensor('int64', BigInt64Array.from(whole, BigInt), [2]),
                     window: new ort.Tensor('int64', BigInt64Array.from([top + r, left + c, h, w], BigInt), [4])};

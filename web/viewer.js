@@ -78,8 +78,7 @@ function modes() {
 
 function changed() {  // the view moved: draw the preview now, ask for the model's pixels after a pause
   if (!state.info) return;
-  const key = viewKey(visibleWindow());
-  setStatus(modes().every(m => state.done[m] === key) ? 'ready' : 'rendering');
+  updateStatus();
   draw();
   clearTimeout(state.timer);
   state.timer = setTimeout(requestView, DEBOUNCE_MS);
