@@ -36,6 +36,7 @@ function fitZoom() {
 
 function fit() {
   if (!state.info) return;
+  resize();  // the bar's text may have changed the stage's size
   state.zoom = fitZoom();
   const [H, W] = renderSize(state.zoom);
   state.ox = Math.floor((canvas.width - W) / 2);
@@ -505,7 +506,6 @@ async function serverInfo() {  // viewer.py's /info; null on a static host
 }
 
 async function start() {
-  resize();
   const info = await serverInfo();
   if (info?.engine !== 'server') {
     if (await isolate()) return;
