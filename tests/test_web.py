@@ -22,9 +22,10 @@ from helpers import tiny_liif
 from imgproc import to_integer
 from onnx_model import OnnxModel, export
 from scripts import export_web, make_figure, serve_web
+from scripts import viewer as viewer_script
 
 ROOT = Path(__file__).resolve().parents[1]
-WAIT = 600  # seconds: a generous bound on conditions, never a sleep (the machine may be busy)
+WAIT = 300  # seconds: a generous bound on conditions, never a sleep (the machine may be busy)
 
 
 def _missing() -> str:
@@ -307,3 +308,24 @@ def test_export_command_refuses_bad_settings_with_one_line(tmp_path):
         assert done.returncode == 2 and done.stderr.startswith('error: ') and message in done.stderr, done.stderr
         assert done.stderr.count('\n') == 1 and not (tmp_path / 'new').exists()
     assert sorted(p.name for p in (tmp_path / 'other').iterdir()) == ['keep.txt']
+
+
+def test_viewer_command_with_the_browser_engine(site, benchmark_root, tmp_path):
+    """scripts/viewer.py --engine=browser: the same page renders the views with the model file it serves."""
+    rgb = real_photo(benchmark_root, 'Set14/HR/pepper.png', 30, 34)
+    Image.fromarray(rgb).save(tmp_path / 'pepper.png')
+    server = serve(viewer_script.make_server(viewer_script.Viewer(tmp_path / 'pepper.png', site / 'liif.onnx'),
+                                             '127.0.0.1', 0))
+    driver = open_page(f'http://127.0.0.1:{server.server_address[1]}/', tmp_path)
+    try:
+        assert driver.execute_script("return crossOriginIsolated && viewer.state.info.name") == 'pepper.png'
+        driver.execute_script("viewer.zoomAt(20, 0, 0)")
+        wait_for(driver, "document.body.dataset.status === 'ready'")
+        window = view_window(driver)
+        driver.find_element('id', 'save').click()
+        saved = np.asarray(Image.open(wait_download(tmp_path, 'pepper_x20.00.png')))
+        assert np.abs(saved.astype(int) - onnx_render(site / 'liif.onnx', rgb, (600, 680), window)).max() <= 1
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()

@@ -194,7 +194,7 @@ async function startWorker(info) {  // the model in a worker; an image from the 
   for (const e of document.querySelectorAll('.browser')) e.hidden = false;
   $('compare').hidden = true;  // bicubic beside LIIF is the server's (PIL's own resize)
   const params = new URLSearchParams(location.search);
-  const loading = call('load', {url: params.get('model') || info?.model || '', backend: params.get('backend') || ''}).done;
+  const loading = call('load', {url: params.get('model') || '', backend: params.get('backend') || ''}).done;
   if (info) await openFile(await (await fetch('image.png')).blob(), info.name);
   else {
     $('hint').hidden = false;
