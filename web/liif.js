@@ -99,15 +99,19 @@ class Model {
       // by a message (the page cancelling) lands before the next run
       if (signal) await new Promise(resolve => setTimeout(resolve));
       signal?.throwIfAborted();
-      const feed = {lr: input.lr, size: new ort.Tensor('int64', BigInt64Array.from(whole, BigInt), [2]),
-                    window: new ort.Tensor('int64', BigInt64Array.from([top + r, left + c, h, w], BigInt), [4])};
-      const result = await this.session.run(feed);
-      writePiece(out, result.sr, [r, c, h, w], input.alpha);
-      result.sr.dispose();
+      const sr = await this.run(input, whole, [top + r, left + c, h, w]);
+      writePiece(out, sr, [r, c, h, w], input.alpha);
+      sr.dispose();
       done += h * w;
       onProgress?.(done, height * width);
     }
     return out;
+  }
+
+  // One graph run: the float32 tensor `sr` (B, 3, height, width) of `window` in the render at `size`
+  async run(input, size, window) {
+    const int64 = values => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]);
+    return (await this.session.run({lr: input.lr, size: int64(size), window: int64(window)})).sr;
   }
 
   input(image) {  // lr (B, 3, h, w) in [0, 1]: the RGB, and the alpha as gray when it is not constant
