@@ -13,6 +13,7 @@ times untimed, then `repeats` times; the median counts. The model is the officia
 (random weights without the file).
 """
 import base64
+import os
 import statistics
 import sys
 import tempfile
@@ -73,6 +74,35 @@ def median_seconds(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid` (children, their children, ...), from /proc."""
+    parent = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(')', 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    found, new = set(), {pid}
+    while new:
+        found |= new
+        new = {p for p, up in parent.items() if up in new} - found
+    return found - {pid}
+
+
+def same_priority(driver) -> None:
+    """Chromium lowers the priority of its GPU and renderer processes (nice 10); on a shared machine that
+    alone would slow its rows: their threads run at this process's priority, as the Python rows do
+    (called while the page runs: threads come and go)."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    for pid in descendants(driver.service.process.pid):
+        for task in Path(f'/proc/{pid}/task').glob('*'):
+            try:
+                if os.getpriority(os.PRIO_PROCESS, int(task.name)) != nice:
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+            except OSError:  # gone, or not allowed: that thread keeps Chromium's priority
+                pass
+
+
 def in_browser(url: str, rgba: np.ndarray, backend: str, threads: int, size, args) -> dict:
     """One browser row: a fresh headless Chromium (the WebAssembly threads are fixed per page)."""
     driver = make_figure.headless_chromium(640, 480, webgpu=backend == 'webgpu')
@@ -81,6 +111,7 @@ def in_browser(url: str, rgba: np.ndarray, backend: str, threads: int, size, arg
         driver.execute_script(PAGE_BENCH, base64.b64encode(rgba.tobytes()).decode(), *rgba.shape[:2],
                               backend, threads, list(size), args.warmup, args.repeats)
         while not (got := driver.execute_script('return globalThis.benchResult')):  # runs take minutes: no script timeout
+            same_priority(driver)
             time.sleep(1)
     finally:
         driver.quit()
@@ -129,7 +160,7 @@ def main(argv: list[str]) -> None:
     print(f"WebGPU adapter: {adapter or 'none'}\n")
     print("| path | seconds | MP/s | x PyTorch fast | max abs float diff to ONNX Runtime (Python) |\n|---|---|---|---|---|")
     for label, seconds, diff in rows:
-        print(f"| {label} | {seconds:.2f} | {mp / seconds:.3f} | {rows[0][1] / seconds:.2f} | {diff} |")
+        print(f"| {label} | {seconds:.2f} | {mp / seconds:.3g} | {rows[0][1] / seconds:.2f} | {diff} |")
 
 
 if __name__ == '__main__':
