@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
         reference = session.render(lr.numpy(), size, window)
         rows = [('PyTorch fast path, fp32', median_seconds(lambda: model.render(lr, size), args.warmup, args.repeats), ''),
                 ('ONNX Runtime (Python)', median_seconds(lambda: session.render(lr.numpy(), size), args.warmup,
-                                                         args.repeats), '0')]
+                                                         args.repeats), '(reference)')]
         server = serve_web.make_server(Path(folder) / 'site', port=0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f'http://127.0.0.1:{server.server_address[1]}/'
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> None:
         server.server_close()
     print(header(f"liif.js in headless Chromium beside Python, {args.size}x{args.size} {name} at x{args.scale:g} "
                  f"({size[0]}x{size[1]}), {weights}", device))
-    print(f"WebGPU adapter: {adapter or 'none'}\n")
+    print(f"WebGPU adapter: {adapter or 'none'}; load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| path | seconds | MP/s | x PyTorch fast | max abs float diff to ONNX Runtime (Python) |\n|---|---|---|---|---|")
     for label, seconds, diff in rows:
         print(f"| {label} | {seconds:.2f} | {mp / seconds:.3g} | {rows[0][1] / seconds:.2f} | {diff} |")

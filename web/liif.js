@@ -63,23 +63,25 @@ export async function loadModel(url = new URL('./liif.onnx', import.meta.url).hr
     if (adapter) {
       try {
         const queries = Math.floor(GPU_BUFFER_SHARE * adapter.limits.maxBufferSize / BYTES_PER_QUERY);
-        return new Model(await session(bytes, 'webgpu'), 'webgpu', Math.min(WASM_QUERIES, queries), '');
+        return new Model(await session(bytes, 'webgpu'), 'webgpu', Math.min(WASM_QUERIES, queries), '',
+                         adapter.limits.maxStorageBufferBindingSize);
       } catch (e) {
         fallback = e.message;
       }
     } else fallback = reason;
   }
-  return new Model(await session(bytes, 'wasm'), 'wasm', WASM_QUERIES, fallback);
+  return new Model(await session(bytes, 'wasm'), 'wasm', WASM_QUERIES, fallback, Infinity);
 }
 
 class Model {
-  constructor(session, backend, queries, fallback) {
+  constructor(session, backend, queries, fallback, maxInputBytes) {
     this.session = session;
     this.backend = backend;  // 'webgpu' or 'wasm', whichever runs
     this.queries = queries;  // output pixels per graph run and image
     this.fallback = fallback;  // why WebGPU was asked for and WebAssembly runs, or ''
     this.threads = backend === 'wasm' ? ort.env.wasm.numThreads : 0;
     this.inputs = new WeakMap();  // ImageData -> its graph input, made once
+    this.maxInputBytes = maxInputBytes;  // the whole image is one graph input: on a GPU, one buffer binding
   }
 
   // The window [top, left, height, width] (default: all) of the render at `size` [H, W], or at `scale`
@@ -120,7 +122,12 @@ class Model {
     const {data, height: h, width: w} = image, n = h * w;
     let constant = true;
     for (let i = 7; i < data.length && constant; i += 4) constant = data[i] === data[3];
-    const lr = new Float32Array((constant ? 3 : 6) * n);
+    const bytes = (constant ? 3 : 6) * 4 * n;
+    if (bytes > this.maxInputBytes) {
+      throw new Error(`a ${w} x ${h} image is a ${Math.round(bytes / 2 ** 20)} MB graph input, more than this GPU binds at once ` +
+                      `(${Math.round(this.maxInputBytes / 2 ** 20)} MB): load the model with {backend: 'wasm'}`);
+    }
+    const lr = new Float32Array(bytes / 4);
     for (let i = 0; i < n; i++) {
       for (let k = 0; k < 3; k++) lr[k * n + i] = data[4 * i + k] / 255;
       if (!constant) lr[3 * n + i] = lr[4 * n + i] = lr[5 * n + i] = data[4 * i + 3] / 255;
