@@ -300,7 +300,7 @@ def test_save_view_keeps_the_alpha(page, site, benchmark_root):
     assert np.abs(saved[..., 3].astype(int) - expected.mean(axis=2)).max() <= 1
 
 
-def test_export_command_refuses_bad_settings_with_one_line(tmp_path):
+def test_export_and_serve_commands_refuse_bad_settings_with_one_line(tmp_path):
     (tmp_path / 'file').write_text('x')
     (tmp_path / 'other').mkdir()
     (tmp_path / 'other' / 'keep.txt').write_text('x')
@@ -312,6 +312,9 @@ def test_export_command_refuses_bad_settings_with_one_line(tmp_path):
         assert done.returncode == 2 and done.stderr.startswith('error: ') and message in done.stderr, done.stderr
         assert done.stderr.count('\n') == 1 and not (tmp_path / 'new').exists()
     assert sorted(p.name for p in (tmp_path / 'other').iterdir()) == ['keep.txt']
+    done = subprocess.run([sys.executable, 'scripts/serve_web.py', str(tmp_path / 'other'), '--port=0'], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith('error: ') and 'has no index.html' in done.stderr
 
 
 def test_viewer_command_with_the_browser_engine(site, benchmark_root, tmp_path):
