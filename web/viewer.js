@@ -294,7 +294,7 @@ function updateStatus() {
     setStatus(modes().every(m => state.done[m] === key) ? 'ready' : 'rendering');
   }
   if (state.model) {
-    const note = state.model.fallback ? ` (no WebGPU: ${state.model.fallback})` : '';
+    const note = state.model.fallback ? ` (${state.model.fallback})` : '';
     $('engine').textContent = [engineName() + note, state.speed].filter(Boolean).join(' \u00b7 ');
   }
 }
