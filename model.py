@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import render as engine
 from precision import linear
-from render import Lookup, batch_index, decoder_rows, in_blocks, nearest_index, pair, pixel_centres, real
+from render import Lookup, batch_index, decoder_rows, in_blocks, nearest_index, pair, pixel_centres, ratio
 
 UPSAMPLE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}  # pixel-shuffle stages per up-sampler scale
 
@@ -331,7 +331,7 @@ def axis_lookups(c: torch.Tensor, n: int, local_ensemble: bool) -> tuple[torch.T
     centres = pixel_centres(n, c.device)
     index, rel = [], []
     for v in shifts:
-        i = nearest_index((c + (v / real(n) + eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
+        i = nearest_index((c + ratio(v, n, eps)).clamp_(-1 + 1e-6, 1 - 1e-6), n)
         index.append(i)
         rel.append((c - centres[i]) * n)
     return torch.stack(index), torch.stack(rel)
@@ -463,7 +463,7 @@ class MetaSR(SRModel):
     def lookup(self, c: torch.Tensor, n: int, cell: torch.Tensor) -> Lookup:
         corner = c - cell / 2  # the top-left corner of the query's cell
         index = nearest_index((corner + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
-        pixel_corner = pixel_centres(n, c.device)[index] - (2 / real(n)) / 2
+        pixel_corner = pixel_centres(n, c.device)[index] - ratio(1, n)
         # * n / 2 (halving is exact) equals * (n / 2): the same float32 values, and a 0-d cell stays float32
         return Lookup(index[None], ((corner - pixel_corner) * n / 2)[None], cell * n / 2)
 
@@ -582,7 +582,7 @@ def bilinear_taps(c: torch.Tensor, n) -> tuple[torch.Tensor, torch.Tensor]:
     grid_sample(mode='bilinear', padding_mode='border', align_corners=False) blends at coordinates c
     on an axis of n pixels: the position ((c + 1) n - 1) / 2 clamped to [0, n - 1]; at n - 1 the upper
     tap has weight 0 (clamped onto the last pixel)."""
-    p = (((c + 1) * real(n) - 1) / 2).clamp(0, n - 1)
+    p = (((c + 1) * n - 1) / 2).clamp(0, n - 1)
     low = p.floor()
     i0 = low.long()
     i1 = (i0 + 1).clamp(max=n - 1)

@@ -49,18 +49,50 @@ def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(a, b), -1)
 
 
-def real(n):
-    """An axis length as a float64 number for the coordinate formulas: a Python int as it is, a 0-d
-    int64 tensor (a dynamic length in an exported ONNX graph) as a float64 tensor. Both then round to
-    float32 at the same steps, so PyTorch and the exported graph compute the same coordinates."""
-    return n.double() if isinstance(n, torch.Tensor) else n
+def ratio(v: int, n, plus: float = 0.0):
+    """v / n + plus for an axis length n, the number the coordinate formulas round to float32: with a
+    Python int n, computed in float64 as the official code computes it; with a 0-d int64 tensor n (an
+    exported graph: ONNX Runtime in browsers has no float64), the same float32 number from float32
+    operations alone (a correctly rounded division, then error-free products and sums; tests check it
+    for every n up to MAX_SIDE)."""
+    if not isinstance(n, torch.Tensor):
+        return v / n + plus
+    n = n.float()
+    hi = torch.full_like(n, v) / n  # a division, not reciprocal then product
+    if plus == 0:  # a division rounded once: float64 then float32 rounds the same for n <= 2**24
+        return hi
+    p, p_err = _two_product(hi, n)
+    lo = ((v - p) - p_err) / n  # hi + lo = v / n to ~2**-48 relative (v - p is exact)
+    plus_hi = torch.tensor(plus, dtype=torch.float32)
+    plus_lo = torch.tensor(plus - plus_hi.item(), dtype=torch.float32)
+    s, t = _two_sum(hi, plus_hi)
+    x, y = _two_sum(s, lo)
+    return x + (y + (t + plus_lo))
+
+
+def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a + b as s + t exactly, s = fl(a + b) (Knuth)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _two_product(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a * b as p + e exactly, p = fl(a * b), in float32 without fused multiply-add (Dekker, Veltkamp's
+    split at 2**12 + 1)."""
+    def split(x):
+        c = 4097 * x
+        high = c - (c - x)
+        return high, x - high
+    p = a * b
+    (ah, al), (bh, bl) = split(a), split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
 def pixel_centres(n: int | torch.Tensor, device=None, start=0, stop=None) -> torch.Tensor:
     """Centres of pixels [start, stop) (all n by default) of n pixels on [-1, 1]: -1 + (2i + 1) / n,
     computed as the official make_coord does (the same values for a part as for the whole)."""
-    r = 1 / real(n)
-    return -1 + r + 2 * r * torch.arange(start, n if stop is None else stop, device=device).float()
+    return ratio(1, n, -1) + ratio(2, n) * torch.arange(start, n if stop is None else stop, device=device).float()
 
 
 def nearest_index(c: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
@@ -155,7 +187,7 @@ def window_lookups(model, size, window, lr_size, device=None) -> tuple[Lookup, L
     tensors in an exported graph; the centres are those of the whole output, computed for the window only."""
     (height, width), (top, left, rows, cols) = size, window
     # the cell (2/H, 2/W) in float32, as the training items make it
-    cell = [(torch.full((), 2.0, dtype=torch.float64, device=device) / real(n)).float() for n in (height, width)]
+    cell = [torch.as_tensor(ratio(2, n), device=device).float() for n in (height, width)]
     return (model.lookup(pixel_centres(height, device, top, top + rows), lr_size[0], cell[0]),
             model.lookup(pixel_centres(width, device, left, left + cols), lr_size[1], cell[1]))
 

@@ -59,14 +59,16 @@ def find_chromium() -> tuple[str, str]:
     return browser, driver
 
 
-def headless_chromium(width: int, height: int, download_dir: Path | None = None):
-    """A selenium driver for headless Chromium with a width x height viewport at one device pixel per CSS pixel."""
+def headless_chromium(width: int, height: int, download_dir: Path | None = None, webgpu: bool = False):
+    """A selenium driver for headless Chromium with a width x height viewport at one device pixel per CSS pixel;
+    webgpu: with WebGPU on Vulkan (SwiftShader, a CPU emulation, where there is no GPU) instead of no GPU."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     browser, driver_path = find_chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--force-device-scale-factor=1',
+    gpu = ('--enable-unsafe-webgpu', '--enable-features=Vulkan') if webgpu else ('--disable-gpu',)
+    for arg in ('--headless=new', '--no-sandbox', *gpu, '--force-device-scale-factor=1',
                 '--disable-dev-shm-usage', '--force-color-profile=srgb', '--hide-scrollbars'):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(driver_path))

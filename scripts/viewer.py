@@ -4,6 +4,7 @@
     python scripts/viewer.py --input=photo.jpg --port=8080 --amp=bf16
     python scripts/viewer.py --input=photo.jpg --host=0.0.0.0     # on purpose: reachable from other machines
     python scripts/viewer.py --input=photo.jpg --weights=liif.onnx   # through ONNX Runtime (fp32, CPU)
+    python scripts/viewer.py --input=photo.jpg --engine=browser   # the page renders (liif.js: WebGPU or WebAssembly)
 
 The page shows the image fit to the window. Mouse wheel, trackpad pinch or the + / - keys zoom
 (anchored at the cursor) from fit up to x32; drag to pan; 0 fits again. Only the visible part is
@@ -12,7 +13,9 @@ rendered by the model, at screen resolution: the window of the render at zoom z,
 shows its own scaling of the input. "Compare" splits the view with a draggable divider: the model on
 the left, PIL bicubic at the same size on the right. "Save view" downloads what is shown as PNG.
 
-The server is Python's standard threading HTTP server. It serves the page, its static files, the
+The page is web/'s, the static site's (scripts/export_web.py). With --engine=browser the page renders
+the views itself in a Web Worker with the exported model (liif.onnx, written at start from --weights),
+and this server only serves files. The server is Python's standard threading HTTP server. It serves the page, its static files, the
 input image and rendered views (GET /render?mode=liif|bicubic&zoom=Z&top=T&left=L&height=H&width=W),
 and nothing else. Every parameter is checked (400 with a one-line JSON message), unknown paths get
 404, the model renders one view at a time and a view request still waiting when a newer one comes
@@ -33,6 +36,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import traceback
 from dataclasses import dataclass
@@ -55,14 +59,17 @@ from imgproc import bicubic_window, image_to_tensor, load_uint8, quantize, read_
 from onnx_model import OnnxModel
 from precision import AMP_DTYPES, check_amp
 from render import check_size, check_window, output_size
+from scripts.export_web import ORT_DIST, ORT_FILES, install_ort, place_model
+from scripts.serve_web import ISOLATION
 from weights import resolve_weights
 
-PAGE = Path(__file__).with_name('viewer_page')  # index.html, viewer.js, viewer.css
+PAGE = ROOT / 'web'  # the page: index.html, viewer.js, viewer.css, ... (shared with scripts/export_web.py)
 MAX_ZOOM = 32.0  # output pixels per input pixel, the most the page zooms to
 MAX_VIEW_PIXELS = 4_000_000  # pixels per rendered view (one request)
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # views are sent once: speed over size
 VIEW_KEYS = ('mode', 'zoom', 'top', 'left', 'height', 'width')
 MODES = ('liif', 'bicubic')
+ENGINES = ('server', 'browser')
 LOCAL_HOST = re.compile(r'(127\.0\.0\.1|localhost|\[::1\])(:\d+)?', re.IGNORECASE)  # Host headers of this machine
 
 
@@ -156,26 +163,32 @@ def parse_view(query: str, image_hw: tuple[int, int]) -> View:
 
 
 class Viewer:
-    """One image and the model that renders its views."""
+    """One image and the model that renders its views: a PyTorch or ONNX Runtime model here, or an
+    exported .onnx file that the page renders with (the browser engine)."""
 
-    def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel, amp: str = 'fp32'):
+    def __init__(self, path: str | Path, model: torch.nn.Module | OnnxModel | Path, amp: str = 'fp32'):
         self.picture = read_picture(path)  # an alpha is rendered (cli.upscaled_alpha) and shown
         self.image8 = load_uint8(path)  # bicubic and the page's preview: 8 bits, RGB or RGBA
         if self.picture.alpha is not None:
             self.image8 = np.dstack([self.image8, to_integer(self.picture.alpha)])
-        self.device = 'cpu' if isinstance(model, OnnxModel) else next(model.parameters()).device
+        self.device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else 'cpu'
         self.lr = image_to_tensor(self.picture.rgb)[None].to(self.device)
         self.model, self.amp, self.name = model, amp, Path(path).name
         self.queue = LatestOnly()
         self.image_png = encode_png(self.image8)
 
     @property
+    def engine(self) -> str:
+        """'browser' when the page renders the views with the model file, 'server' when this process does."""
+        return 'browser' if isinstance(self.model, Path) else 'server'
+
+    @property
     def shape(self) -> tuple[int, int]:
         return self.image8.shape[0], self.image8.shape[1]
 
     def info(self) -> dict:
-        return {'name': self.name, 'height': self.shape[0], 'width': self.shape[1], 'max_zoom': MAX_ZOOM,
-                'max_view_pixels': MAX_VIEW_PIXELS}
+        return {'engine': self.engine, 'name': self.name, 'height': self.shape[0], 'width': self.shape[1],
+                'max_zoom': MAX_ZOOM, 'max_view_pixels': MAX_VIEW_PIXELS}
 
     def render(self, view: View) -> np.ndarray:
         """The view's HxWx3 (HxWx4 with an alpha) uint8 pixels; the model's views one at a time
@@ -244,6 +257,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(HTTPStatus.OK, *static)
 
     def send_view(self, viewer: Viewer, query: str) -> None:
+        if viewer.engine == 'browser':
+            return self.send_error_json(HTTPStatus.NOT_FOUND, "the page renders the views (--engine=browser)")
         try:
             view = parse_view(query, viewer.shape)
         except ValueError as e:
@@ -275,6 +290,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header('Content-Length', str(len(body)))
         self.send_header('Cache-Control', 'no-store')
         self.send_header('X-Content-Type-Options', 'nosniff')
+        for name, value in ISOLATION.items():  # the browser engine's WebAssembly threads
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -282,12 +299,18 @@ class Handler(BaseHTTPRequestHandler):
         pass  # one line per tile request would drown the console
 
 
-def static_files() -> dict[str, tuple[str, bytes]]:
-    """URL path -> (content type, bytes) for the page's files, read once: nothing else on disk is served."""
-    types = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
-             '.css': 'text/css; charset=utf-8'}
-    files = {f'/static/{p.name}': (types[p.suffix], p.read_bytes()) for p in PAGE.iterdir() if p.suffix in types}
-    files['/'] = files['/static/index.html']
+TYPES = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
+         '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm'}
+
+
+def static_files(viewer: Viewer) -> dict[str, tuple[str, bytes]]:
+    """URL path -> (content type, bytes) for the page's files (with the browser engine also the model and
+    onnxruntime-web's files), read once: nothing else on disk is served."""
+    files = {f'/{p.name}': (TYPES[p.suffix], p.read_bytes()) for p in PAGE.iterdir() if p.suffix in TYPES}
+    files['/'] = files['/index.html']
+    if viewer.engine == 'browser':
+        files.update({f'/ort/{name}': (TYPES[Path(name).suffix], (ORT_DIST / name).read_bytes()) for name in ORT_FILES})
+        files['/liif.onnx'] = ('application/octet-stream', viewer.model.read_bytes())
     return files
 
 
@@ -299,7 +322,7 @@ class Server(ThreadingHTTPServer):
     closes must not hold the process (see leave_now)."""
 
     def __init__(self, address: tuple[str, int], viewer: Viewer):
-        self.viewer, self.static = viewer, static_files()
+        self.viewer, self.static = viewer, static_files(viewer)
         self.connections: dict[threading.Thread, socket.socket] = {}  # changed by the serving thread only
         super().__init__(address, Handler)  # calls server_close() when it cannot listen
         self.local_only = ipaddress.ip_address(self.server_address[0]).is_loopback  # the address bound
@@ -354,6 +377,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--device', default=config.device, help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--amp', default=config.amp, choices=list(AMP_DTYPES), help="autocast (default fp32)")
     parser.add_argument('--threads', type=int, default=config.threads, help="torch CPU threads (0: one per core)")
+    parser.add_argument('--engine', default='server', choices=ENGINES,
+                        help="who renders the views: this process (default) or the browser (liif.js)")
     parser.add_argument('--host', default='127.0.0.1',
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument('--port', type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -365,19 +390,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def load_model(weights: Path, args: argparse.Namespace, folder: Path) -> torch.nn.Module | OnnxModel | Path:
+    """The model of the engine: PyTorch's or ONNX Runtime's here, or for the browser an .onnx file (the
+    given one, or the checkpoint exported into `folder`)."""
+    if args.engine == 'browser':
+        install_ort()
+        place_model(weights, folder / 'liif.onnx')
+        return folder / 'liif.onnx'
+    if weights.suffix.lower() == '.onnx':
+        return load_onnx(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
+    device = pick_device(args.device)
+    check_amp(device, args.amp)
+    return model_from_checkpoint(weights).to(device).eval()
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
     read_picture(args.input)  # a bad image fails here, before the model loads
     weights = resolve_weights(args.weights)
-    if weights.suffix.lower() == '.onnx':
-        model = load_onnx(SimpleNamespace(amp=args.amp, threads=args.threads), [], weights)
-    else:
-        device = pick_device(args.device)
-        check_amp(device, args.amp)
-        model = model_from_checkpoint(weights).to(device).eval()
-    viewer = Viewer(args.input, model, args.amp)
-    server = make_server(viewer, args.host, args.port)
+    with tempfile.TemporaryDirectory() as folder:
+        viewer = Viewer(args.input, load_model(weights, args, Path(folder)), args.amp)
+        server = make_server(viewer, args.host, args.port)  # its files are read: the folder may go
     host, port = server.server_address[:2]
     serving = serve_in_thread(server)  # Ctrl-C then interrupts this thread's wait, never the server's loop
     try:

@@ -17,6 +17,7 @@ from dataset import BenchmarkDataset
 from helpers import small
 from image_quality_assessment import psnr
 from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
+from render import MAX_SIDE, ratio
 from scripts.export_onnx import export_checked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +167,22 @@ def test_export_script_errors_are_one_line(tmp_path):
                               text=True, timeout=120)
         assert done.returncode == 2 and done.stderr.startswith('error: ') and done.stderr.count('\n') == 1
     assert list(tmp_path.iterdir()) == [tmp_path / 'text.pth']
+
+
+@pytest.mark.parametrize('v, plus', [(1, -1.0), (2, 0.0), (1, 0.0), (-1, 1e-6), (1, 1e-6)])
+def test_graph_coordinate_scalars_equal_float64_ones_for_every_side(v, plus):
+    """The graph's float32-only v / n + plus (render.ratio with a tensor n, as ONNX Runtime in browsers
+    has no float64) is the float32 rounding of the float64 value the PyTorch path computes, for every
+    axis length n up to MAX_SIDE: the pixel centres, cells and ensemble shifts are the same numbers."""
+    step = 1 << 22
+    for start in range(1, MAX_SIDE + 1, step):
+        n = torch.arange(start, min(start + step, MAX_SIDE + 1))
+        assert torch.equal(ratio(v, n, plus), (v / n.double() + plus).float()), (v, plus, start)
+
+
+def test_exported_graph_has_no_float64(tmp_path):
+    export(small('liif-reference'), tmp_path / 'm.onnx')
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / 'm.onnx'))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    casts = [a.i for node in graph.node for a in node.attribute if node.op_type == 'Cast' and a.name == 'to']
+    assert onnx.TensorProto.DOUBLE not in [*types.values(), *casts]

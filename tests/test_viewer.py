@@ -229,8 +229,8 @@ def test_a_page_that_goes_away_leaves_no_traceback(server, capsys):
 
 def test_page_files_info_and_image(server, viewer):
     assert get(server, '/')[:2] == (200, 'text/html; charset=utf-8')
-    assert get(server, '/static/viewer.js')[:2] == (200, 'text/javascript; charset=utf-8')
-    assert get(server, '/static/viewer.css')[:2] == (200, 'text/css; charset=utf-8')
+    assert get(server, '/viewer.js')[:2] == (200, 'text/javascript; charset=utf-8')
+    assert get(server, '/viewer.css')[:2] == (200, 'text/css; charset=utf-8')
     info = json.loads(get(server, '/info')[2])
     assert (info['name'], info['height'], info['width'], info['max_zoom']) == ('butterfly_crop.png', 64, 56, 32)
     np.testing.assert_array_equal(png(get(server, '/image.png')[2]), viewer.image8)
