@@ -84,7 +84,7 @@ def help_text(script: str) -> str:
             section = docs[name][0]
             lines.append(f"\n  {section}")
         option = f"--{name}={_as_typed(settings[name])}"
-        if len(option) >= width:  # a long default: its comment goes on the next line
+        if len(option) >= width - 1:  # a long default: its comment goes on the next line (two spaces apart at least)
             lines.append(f"    {option}")
             option = ''
         lines.append(f"    {option:<{width}}{docs[name][1]}")

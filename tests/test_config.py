@@ -74,7 +74,7 @@ def config_comments() -> dict[str, tuple[str, str]]:
 # per script: the sections of config.py it reads, single settings it reads from other sections, and
 # settings of its sections that it ignores
 SCRIPT_SETTINGS = {
-    'train': ({'experiment', 'model', 'data', 'training'}, {'chunk'}, {'compile_decoder'}),
+    'train': ({'experiment', 'model', 'data', 'degradation', 'training'}, {'chunk'}, {'compile_decoder'}),
     'test': ({'experiment', 'model', 'testing'}, {'amp'}, {'seed'}),
     'inference': ({'experiment', 'model', 'inference'}, {'weights', 'chunk', 'amp'}, {'out_dir', 'seed'}),
 }

@@ -57,11 +57,11 @@ def test_inference_leaves_the_earlier_output(benchmark_root, official_weights, t
 
 @pytest.fixture(scope='module')
 def many_small(benchmark_root, tmp_path_factory):
-    """A benchmark set of 48 real 24x24 crops of Set14: its per-image table outgrows test_config.json."""
+    """A benchmark set of 96 real 24x24 crops of Set14: its per-image table outgrows test_config.json."""
     root = tmp_path_factory.mktemp('many')
     (root / 'Many' / 'HR').mkdir(parents=True)
     images = [cv2.imread(str(p)) for p in sorted((benchmark_root / 'Set14' / 'HR').glob('*.png'))]
-    for i in range(48):
+    for i in range(96):
         y = x = 30 + 24 * (i // len(images))
         cv2.imwrite(str(root / 'Many' / 'HR' / f'set14_crop_{i:02d}.png'), images[i % len(images)][y:y + 24, x:x + 24])
     return root
@@ -74,7 +74,7 @@ def test_test_script_keeps_the_previous_tables_together(many_small, official_wei
     tables = {name: (tmp_path / name).read_bytes() for name in ('test_results.csv', 'test_per_image.csv',
                                                                   'test_results.md')}
     config_size = (tmp_path / 'test_config.json').stat().st_size
-    limit = config_size + 200  # the settings fit, the per-image table of 48 rows does not
+    limit = config_size + 200  # the settings fit, the per-image table of 96 rows does not
     assert len(tables['test_per_image.csv']) > limit + 200
     done = run_limited(['test.py', *args, '--test_scales=[3]', '--threads=1'], limit)
     assert_disk_full(done, tmp_path / 'test_per_image.csv')

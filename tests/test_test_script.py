@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import zlib
 from pathlib import Path
 
@@ -277,3 +278,23 @@ def test_celebahq_experiments_test_on_the_validation_pairs(paired_folder, tmp_pa
     cv2.imwrite(str(tmp_path / 'lr' / 'c.png'), np.zeros((6, 6, 3), np.uint8))
     with pytest.raises(ValueError, match=re.escape('HR / LR ratios [2, 4]')):
         test_script.PairedTestSet(tmp_path / 'lr', paired_folder / 'hr')
+
+
+@pytest.mark.slow
+def test_the_published_real_photo_weights(benchmark_root, official_weights, tmp_path):
+    """results/pretrained_models/edsr-baseline-liif-real.pth does what the README says: on Set5 head at x2
+    with JPEG-40 plus noise it scores above the official weights (by 1.65 dB when published; 1 dB asked
+    here), and on the clean input below them (the fine-tune's cost, 7.8 dB on Set5 x2 as published)."""
+    real = Path(__file__).resolve().parents[1] / 'results' / 'pretrained_models' / 'edsr-baseline-liif-real.pth'
+    head = tmp_path / 'bench' / 'Head'  # Set5 head alone, with its released LR file
+    for part in ('HR/head.png', 'LR_bicubic/X2/headx2.png'):
+        (head / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(benchmark_root / 'Set5' / part, head / part)
+    scores = {}
+    for name, weights in (('official', official_weights), ('real', real)):
+        for degrade in ('jpeg40+noise10', ''):
+            [row] = test_script.main([f'--test_root={tmp_path / "bench"}', f'--weights={weights}', '--test_sets=Head',
+                                      '--test_scales=[2]', f'--degrade={degrade}', f'--out_dir={tmp_path / "out"}'])
+            scores[name, degrade] = row['psnr']
+    assert scores['real', 'jpeg40+noise10'] > scores['official', 'jpeg40+noise10'] + 1
+    assert scores['real', ''] < scores['official', ''] - 1

@@ -355,7 +355,7 @@ def test_data_settings_are_checked(x2_folders, tmp_path, capsys):
     lr_dir, hr_dir = (str(d) for d in x2_folders)
     folders = [f'--train_dir={hr_dir}', f'--valid_dir={hr_dir}', f'--valid_lr_dir={lr_dir}']
     message = check_problems([*folders, '--train_data=pairs'], 'train')
-    assert "train_data must be 'downsampled', 'paired' or 'varied'" in message
+    assert "train_data must be 'downsampled', 'degraded', 'paired' or 'varied'" in message
     message = check_problems([*folders, '--train_data=paired', f'--train_lr_dir={lr_dir},{lr_dir}',
                               f'--valid_lr_dir={tmp_path / "none"}'], 'train')
     assert 'train_lr_dir has 2 folder(s) for the 1 of train_dir' in message
