@@ -359,3 +359,31 @@ def test_exif_orientation_is_applied(page, site, benchmark_root):
     right = np.abs(saved - onnx_render(site / 'liif.onnx', np.ascontiguousarray(shown), (72, 48), None)).mean()
     wrong = np.abs(saved - onnx_render(site / 'liif.onnx', np.ascontiguousarray(other_way), (72, 48), None)).mean()
     assert right < 3 and 4 * right < wrong, (right, wrong)
+
+
+def test_tiles_of_a_view_left_are_cancelled(page, site, benchmark_root):
+    """A new view while the last one's tiles are still pending sends the worker a cancel for each of them
+    (the view's request made in the same turn of the page's event loop, so no tile can finish in
+    between), and the new view renders."""
+    rgb = real_photo(benchmark_root, 'Set14/HR/lenna.png', 64, 64)
+    open_in_page(page, put(site, 'left.png', png_bytes(rgb)), 'left.png')
+    wait_for(page, "document.body.dataset.status === 'ready'")
+    left = page.execute_async_script("""
+        const done = arguments[0], state = viewer.state, worker = state.worker, post = worker.postMessage.bind(worker);
+        const cancels = [];
+        worker.postMessage = m => { if (m.type === 'cancel') cancels.push(m.id); post(m); };
+        viewer.fit();
+        viewer.zoomAt(12, 0, 0);
+        const poll = () => {
+          if (!state.pending.size) return setTimeout(poll, 5);
+          const pending = [...state.pending.values()];
+          viewer.zoomAt(20, 300, 200);  // elsewhere: none of the zoom-12 tiles is wanted any more
+          clearTimeout(state.timer);  // the request the pause would make, now: in this same turn
+          viewer.requestView();
+          done({pending, cancels: [...cancels]});
+        };
+        poll();""")
+    assert left['pending'] and sorted(left['cancels']) == sorted(left['pending'])
+    wait_for(page, "document.body.dataset.status === 'ready'")
+    assert page.execute_script("return viewer.state.zoom") == 20 and not page.execute_script(
+        "return [...viewer.state.pending.keys()].length")

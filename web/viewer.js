@@ -525,5 +525,5 @@ async function start() {
   fit();
 }
 
-window.viewer = {state, zoomAt, moveTo, fit, renderSize, visibleWindow, openFile, saveImage, cancelSave};  // for scripts and tests
+window.viewer = {state, zoomAt, moveTo, fit, renderSize, visibleWindow, requestView, openFile, saveImage, cancelSave};  // for scripts and tests
 start();
