@@ -270,14 +270,18 @@ class TrainDataset(EpochSeeded):
         top, left, side = d['top'], d['left'], d['side']
         return np.ascontiguousarray(img[top:top + side, left:left + side])
 
-    def make_lr(self, hr: np.ndarray, d: dict) -> np.ndarray:
-        """The LR patch (before the flips) of an HR crop: PIL bicubic."""
+    def make_lr(self, hr: np.ndarray, index: int) -> np.ndarray:
+        """The LR patch (before the flips) of item `index`'s HR crop: PIL bicubic."""
         return pil_resize(hr, (self.patch_size, self.patch_size))
+
+    def device_draw(self, index: int) -> dict:
+        """What the loader's workers hand DevicePatches for item `index` (device_data): its draws."""
+        return self.draw(index)
 
     def __getitem__(self, index: int) -> dict:
         d = self.draw(index)
         hr = self.crop(d)
-        lr, hr = augment(self.make_lr(hr, d), *d['flips']), augment(hr, *d['flips'])
+        lr, hr = augment(self.make_lr(hr, index), *d['flips']), augment(hr, *d['flips'])
         return {'lr': image_to_tensor(lr), **pixel_queries(hr, d['picks']), 'scale': d['scale']}
 
 
@@ -285,27 +289,25 @@ class DegradedDataset(TrainDataset):
     """TrainDataset's patches with the LR made by a real-world degradation (degrade.draw_plan: Real-ESRGAN's
     second-order model, its final resize to patch_size) instead of PIL bicubic. The crop, scale, flips
     and queries are TrainDataset's own draws for the same seed; the degradation draws from a second
-    generator of (seed, epoch, index), so items stay exactly reproducible. Its draws carry the degraded
-    LR ('lr', uint8, before the flips), which DevicePatches uses as it is: JPEG needs the CPU encoder."""
+    generator of (seed, epoch, index), so items stay exactly reproducible. Under device_data the workers
+    hand over the degraded LR ('lr', uint8, before the flips) with the draws: JPEG needs the CPU encoder."""
 
     def __init__(self, root: str | Path | list, degradation: Degradation, **options):
         super().__init__(root, **options)
         self.degradation = degradation
 
-    def draw(self, index: int) -> dict:
-        d = super().draw(index)
+    def make_lr(self, hr: np.ndarray, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        p = self.patch_size
-        plan = draw_plan(rng, self.degradation, (d['side'], d['side']), (p, p))
-        d['lr'] = torch.from_numpy(apply(self.crop(d), plan, rng))
-        return d
+        plan = draw_plan(rng, self.degradation, hr.shape[:2], (self.patch_size, self.patch_size))
+        return apply(hr, plan, rng)
 
-    def make_lr(self, hr: np.ndarray, d: dict) -> np.ndarray:
-        return d['lr'].numpy()
+    def device_draw(self, index: int) -> dict:
+        d = self.draw(index)
+        return {**d, 'lr': torch.from_numpy(self.make_lr(self.crop(d), index))}
 
 
 class Draws(Dataset):
-    """A TrainDataset's random choices only (TrainDataset.draw), for DevicePatches: what the DataLoader's
+    """A TrainDataset's random choices only (TrainDataset.device_draw), for DevicePatches: what the DataLoader's
     workers make when the items themselves are made on the device."""
 
     def __init__(self, dataset: TrainDataset):
@@ -315,7 +317,7 @@ class Draws(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return self.dataset.draw(index)
+        return self.dataset.device_draw(index)
 
 
 def dihedral_source(rows: torch.Tensor, cols: torch.Tensor, n: torch.Tensor, flips: torch.Tensor):
@@ -357,7 +359,7 @@ class DevicePatches:
         self.cell = torch.tensor([2 / s if s else 0.0 for s in range(self.max_side + 1)]).to(self.device)
 
     def __call__(self, draws: dict) -> dict:
-        """The batch {'lr', 'coord', 'cell', 'gt', 'scale'} of a batch of draws (collated TrainDataset.draw)."""
+        """The batch {'lr', 'coord', 'cell', 'gt', 'scale'} of a batch of draws (collated TrainDataset.device_draw)."""
         d = {k: v.to(self.device, non_blocking=True) for k, v in draws.items()}
         side, flips = d['side'], d['flips']
         lr = d['lr'] if 'lr' in d else self.bicubic_lr(d)  # (B, p, p, 3); 'lr': made by the workers (degraded)

@@ -111,7 +111,7 @@ def run_steps(args, dataset: TrainDataset, device: torch.device, results: dict) 
     (device-data rows: made on the device each step from pre-drawn draws)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
     batch = {k: v.to(device) for k, v in default_collate([dataset[i] for i in order[:args.batch]]).items()}
-    draws = [default_collate([dataset.draw(i) for i in order[j:j + args.batch]])
+    draws = [default_collate([dataset.device_draw(i) for i in order[j:j + args.batch]])
              for j in range(0, min(8 * args.batch, len(order) - args.batch + 1), args.batch)]
     patches = DevicePatches(dataset, device)
     floor, floor_line = floors(device, list(dict.fromkeys(amp for _, amp, *_ in modes(args, device))),
@@ -157,7 +157,7 @@ def loader_per_s(args, items, order: list[int], workers: int, device: torch.devi
 def device_patches_per_s(args, dataset: TrainDataset, order: list[int], device: torch.device) -> float:
     """Patches per second DevicePatches makes on the device from collated draws (drawn beforehand)."""
     patches = DevicePatches(dataset, device)
-    draws = [default_collate([dataset.draw(i) for i in order[j:j + args.batch]])
+    draws = [default_collate([dataset.device_draw(i) for i in order[j:j + args.batch]])
              for j in range(0, args.loader_batches * args.batch, args.batch)]
     patches(draws[0])  # warm-up
     seconds = timed(lambda: [patches(d) for d in draws], device)[0]
@@ -173,7 +173,7 @@ def run_loader(args, dataset: TrainDataset, device: torch.device, train_rows: li
     items = order[:args.loader_batches * args.batch]
     result = {'workers': workers, 'one_worker_patches_per_s': items_per_s(dataset.__getitem__, items),
               'patches_per_s': loader_per_s(args, dataset, order, workers, device),
-              'one_worker_draws_per_s': items_per_s(dataset.draw, items),
+              'one_worker_draws_per_s': items_per_s(dataset.device_draw, items),
               'draws_per_s': loader_per_s(args, Draws(dataset), order, workers, device),
               'device_patches_per_s': device_patches_per_s(args, dataset, order, device)}
     print(f"\n| training data ({args.train_data}, {len(dataset.files)} images of {', '.join(str(p) for p in train_dirs(args))}) "

@@ -142,7 +142,7 @@ def test_device_patches_equal_the_loaders_items(train_root, device):
     for start in (0, 16):
         indices = range(start, start + 16)
         expected = torch.utils.data.default_collate([dataset[i] for i in indices])
-        made = patches(torch.utils.data.default_collate([dataset.draw(i) for i in indices]))
+        made = patches(torch.utils.data.default_collate([dataset.device_draw(i) for i in indices]))
         assert all(torch.equal(made[k].cpu(), expected[k]) for k in expected)
 
 
