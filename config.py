@@ -82,6 +82,7 @@ poisson_scale_range2 = [0.05, 2.5]  # second noise: Poisson noise scale
 gray_noise_prob2 = 0.4  # second noise: chance of gray noise
 jpeg_range2 = [30, 95]  # final JPEG: quality range
 final_sinc_prob = 0.8  # chance of the sinc filter after the final resize
+final_noise_prob = 0.0  # chance of noise (drawn as the second's) after everything, on top of the JPEG (not in Real-ESRGAN)
 
 # ---- training
 batch_size = 16  # patches per step (over all processes)
@@ -175,11 +176,14 @@ EXPERIMENTS = {
     'celebAHQ-64-128-upsample': {**_celebahq(64, 128), 'gt_resize': 128, 'model': 'upsample', 'upsample_scale': 2},
     # minutes on one GPU: batch 32 at twice the official lr (linear scaling), cosine to max_steps after a
     # 200-step warm-up (Adam's early steps at 2e-4 are unstable without it), bf16 autocast for speed
-    # real photos: the official weights fine-tuned on patches through the degradation section's model,
-    # L1, cosine from half the official lr (the weights are already good; see docs/training.md)
+    # real photos: the official weights fine-tuned on patches through the degradation model with camera-like
+    # ranges (milder than Real-ESRGAN's, noise also after the JPEG), L1, cosine (see docs/training.md)
     'edsr-baseline-liif-real': {'train_data': 'degraded', 'init_weights': 'results/pretrained_models/edsr-baseline-liif.pth',
-                                'lr': 5e-5, 'schedule': 'cosine', 'warmup_steps': 100, 'max_steps': 1000, 'amp': 'bf16',
-                                'repeat': 5, 'save_every': 2, 'valid_dir': 'data/benchmark/Set5', 'valid_scale': 4.0},
+                                'lr': 1e-4, 'schedule': 'cosine', 'warmup_steps': 100, 'max_steps': 800, 'amp': 'bf16',
+                                'repeat': 5, 'save_every': 2, 'valid_dir': 'data/benchmark/Set5', 'valid_scale': 4.0,
+                                'blur_sigma': [0.2, 1.5], 'resize_range': [0.5, 1.5], 'noise_range': [1.0, 15.0],
+                                'poisson_scale_range': [0.05, 1.0], 'second_blur_prob': 0.5, 'resize_range2': [0.5, 1.2],
+                                'noise_range2': [1.0, 15.0], 'poisson_scale_range2': [0.05, 1.0], 'final_noise_prob': 0.5},
     'edsr-baseline-liif-short': {'batch_size': 32, 'lr': 2e-4, 'schedule': 'cosine', 'warmup_steps': 200,
                                  'amp': 'bf16'},
 }

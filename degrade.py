@@ -148,6 +148,7 @@ class Degradation:
     first: Order
     second: Order
     final_sinc_prob: float
+    final_noise_prob: float
     kernel_range: list
 
 
@@ -158,7 +159,8 @@ def from_settings(cfg) -> Degradation:
     """The degradation config.py's degradation section describes (checked: check_degradation)."""
     def order(suffix: str, blur_prob: float) -> Order:
         return Order(blur_prob=blur_prob, **{name: getattr(cfg, name + suffix) for name in ORDER_SETTINGS})
-    return Degradation(order('', 1.0), order('2', cfg.second_blur_prob), cfg.final_sinc_prob, cfg.kernel_range)
+    return Degradation(order('', 1.0), order('2', cfg.second_blur_prob), cfg.final_sinc_prob, cfg.final_noise_prob,
+                       cfg.kernel_range)
 
 
 def draw_blur(rng: np.random.Generator, o: Order, kernel_range: list) -> dict:
@@ -205,7 +207,8 @@ def draw_plan(rng: np.random.Generator, d: Degradation, hr_size: tuple[int, int]
               lr_size: tuple[int, int]) -> list[tuple[str, dict]]:
     """The second-order model from an HR crop of hr_size to lr_size: blur, resize by a drawn factor,
     noise, JPEG; blur (blur_prob), resize to lr_size x a drawn factor, noise; then in either order (even
-    chances) JPEG and [resize to lr_size, sinc blur (final_sinc_prob)]."""
+    chances) JPEG and [resize to lr_size, sinc blur (final_sinc_prob)]; then noise drawn as the second
+    order's (final_noise_prob; not in Real-ESRGAN, which always ends on the JPEG or the sinc)."""
     first, second = d.first, d.second
     f1 = draw_factor(rng, first)
     plan = [('blur', draw_blur(rng, first, d.kernel_range)),
@@ -220,7 +223,10 @@ def draw_plan(rng: np.random.Generator, d: Degradation, hr_size: tuple[int, int]
         size = 2 * int(rng.integers(d.kernel_range[0] // 2, d.kernel_range[1] // 2 + 1)) + 1
         final.append(('blur', {'shape': 'sinc', 'size': size, 'cutoff': rng.uniform(np.pi / 3, np.pi)}))
     jpeg_step = ('jpeg', draw_jpeg(rng, second))
-    return plan + (final + [jpeg_step] if rng.random() < 0.5 else [jpeg_step] + final)
+    plan += (final + [jpeg_step]) if rng.random() < 0.5 else ([jpeg_step] + final)
+    if d.final_noise_prob and rng.random() < d.final_noise_prob:  # no draw at 0: Real-ESRGAN's plans unchanged
+        plan.append(('noise', draw_noise(rng, second)))
+    return plan
 
 
 def check_degradation(d: Degradation) -> None:
@@ -228,7 +234,8 @@ def check_degradation(d: Degradation) -> None:
     lo, hi = d.kernel_range if len(d.kernel_range) == 2 else (0, 0)
     if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi and lo % 2 and hi % 2):
         raise ValueError(f"kernel_range must be [low, high] of odd kernel sides, 1 <= low <= high, got {d.kernel_range}")
-    for name, value in (('final_sinc_prob', d.final_sinc_prob), ('second_blur_prob', d.second.blur_prob)):
+    for name, value in (('final_sinc_prob', d.final_sinc_prob), ('final_noise_prob', d.final_noise_prob),
+                        ('second_blur_prob', d.second.blur_prob)):
         _probability(name, value)
     for suffix, o in (('', d.first), ('2', d.second)):
         _check_order(o, suffix)

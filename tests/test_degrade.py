@@ -449,6 +449,28 @@ def test_draw_plan_structure(model):
     fits_frequency(counts[2], n, model.final_sinc_prob)
 
 
+def test_final_noise():
+    """final_noise_prob (the real-photo experiment's 0.5): 4000 plans, of which that share end with noise
+    drawn as the second order's (Gaussian sigma uniform on noise_range2 by gaussian_noise_prob, Poisson
+    scale on poisson_scale_range2) after the usual final steps; Real-ESRGAN's default (0) never adds it."""
+    exp = degrade.from_settings(settings.parse(['--experiment=edsr-baseline-liif-real', '--noise_range2=[2.0,9.0]'],
+                                               'train'))  # unlike the first order's [1, 15]
+    assert exp.final_noise_prob == 0.5 and settings.parse([], 'train').final_noise_prob == 0
+    rng = np.random.default_rng(16)
+    n, last = 4000, []
+    for _ in range(n):
+        plan = degrade.draw_plan(rng, exp, (96, 96), (24, 24))
+        if plan[-1][0] == 'noise':  # the second order's noise is always followed by the final steps
+            last.append(plan[-1][1])
+            plan = plan[:-1]
+        final_steps(plan, (24, 24))
+    fits_frequency(len(last), n, exp.final_noise_prob)
+    gaussian = [p['sigma'] for p in last if p['kind'] == 'gaussian']
+    fits_frequency(len(gaussian), len(last), exp.second.gaussian_noise_prob)
+    fits_uniform(gaussian, *exp.second.noise_range)
+    fits_uniform([p['scale'] for p in last if p['kind'] == 'poisson'], *exp.second.poisson_scale_range)
+
+
 def test_drawn_plans_apply(model):
     """40 drawn plans, 48 x 48 HR to 12 x 12, through apply: uint8 at lr_size whatever the steps (the
     second resize may reach 3 x 3 and the kernels 21 taps, wider than the image)."""
@@ -503,6 +525,7 @@ def test_degrade_named_is_seeded_by_key():
     ('--kernel_range=[7,20]', 'kernel_range'), ('--kernel_range=[8,21]', 'kernel_range'),
     ('--resize_prob2=[0.5,0.5,0.5]', 'resize_prob2'), ('--final_sinc_prob=1.5', 'final_sinc_prob'),
     ('--noise_range=[-1,30]', 'noise_range'), ('--betag_range=[1.5,4]', 'betag_range'),
+    ('--final_noise_prob=-0.1', 'final_noise_prob'),
 ])
 def test_check_degradation_names_the_setting(arg, setting):
     with pytest.raises(ValueError, match=rf'^{setting}\b'):
