@@ -1,13 +1,16 @@
 """A model as one self-contained ONNX file that renders any window of any size, and its use through
 ONNX Runtime (no PyTorch in the rendering).
 
-The graph's inputs: `lr` float32 (B, 3, h, w) in [0, 1] (B, h, w dynamic); `size` int64 (2,) = (H, W),
-the whole output; `window` int64 (4,) = (top, left, height, width). Its output `sr` float32
-(B, 3, height, width) holds the values render.render gives for that window (unclamped). Inside, the
-graph makes render.py's per-axis look-ups of the window, slices the LR region they read plus the
-model's margin, encodes only that, and decodes with integer gathers (no grid_sample), so a caller
-renders a big output window by window in bounded memory. The model's options are stored in the
-file's metadata (`liif_options`), so a file is known for what it holds.
+The graph's inputs: `lr` float32 (B, 3, h', w') in [0, 1] (B, h', w' dynamic), a crop of the whole LR
+image; `lr_frame` int64 (4,) = (top, left, h, w), where the crop starts in the whole h x w image;
+`size` int64 (2,) = (H, W), the whole output; `window` int64 (4,) = (top, left, height, width). Its
+output `sr` float32 (B, 3, height, width) holds the values render.render gives for that window of the
+whole image (unclamped), provided the crop holds the LR rectangle `lr_crop` names (the whole image
+always does). Inside, the graph makes render.py's per-axis look-ups of the window, slices the LR
+region they read plus the model's margin, encodes only that, and decodes with integer gathers (no
+grid_sample), so a caller renders a big output window by window in bounded memory, each run fed only
+its crop. The file's metadata holds the model's options (`liif_options`) and the crop's reach
+(`liif_reach`), so a file is known for what it holds.
 """
 import importlib
 import json
@@ -23,8 +26,8 @@ from imgproc import image_to_tensor, read_image
 from render import check_window, decode_grid, encode_region, window_lookups
 
 OPSET = 17  # the oldest opset current ONNX Runtime runs well; every op used here exists in it
-INPUTS = {'lr': 'tensor(float)', 'size': 'tensor(int64)', 'window': 'tensor(int64)'}
-OPTIONS_KEY = 'liif_options'
+INPUTS = {'lr': 'tensor(float)', 'lr_frame': 'tensor(int64)', 'size': 'tensor(int64)', 'window': 'tensor(int64)'}
+OPTIONS_KEY, REACH_KEY = 'liif_options', 'liif_reach'
 WINDOW_QUERIES = 1 << 16  # output pixels per graph run when not given: 256 x 256 windows of one image
 CHECK_TOL = 1e-5  # ONNX Runtime vs PyTorch, fp32: summation orders differ (measured up to ~3e-6)
 CHECK_IMAGE = Path(__file__).resolve().parent / 'figure' / 'example_lr.png'
@@ -46,11 +49,27 @@ class WindowGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, lr: torch.Tensor, size: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-        shape = torch._shape_as_tensor(lr)
-        lr_size = (shape[2], shape[3])
-        rows, cols = window_lookups(self.model, (size[0], size[1]), tuple(window.unbind()), lr_size)
-        return decode_grid(self.model, *encode_region(self.model, lr, rows, cols, lr_size))
+    def forward(self, lr: torch.Tensor, lr_frame: torch.Tensor, size: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = lr_frame.unbind()
+        rows, cols = window_lookups(self.model, (size[0], size[1]), tuple(window.unbind()), (h, w))
+        return decode_grid(self.model, *encode_region(self.model, lr, rows, cols, (h, w), offset=(top, left)))
+
+
+def reach(model: torch.nn.Module) -> int:
+    """LR pixels around a window's scaled extent that its look-ups and the model's margin may read: the
+    margin (render.lr_region), one pixel for the local ensemble's half-pixel shift beyond the outer pixel
+    centres, one more for float rounding at a pixel's edge. The tests check it against render.py's rule."""
+    return model.tile_margin + 2
+
+
+def lr_crop(size: tuple[int, int], window: tuple[int, int, int, int], lr_size: tuple[int, int],
+            reach: int) -> tuple[int, int, int, int]:
+    """The LR rows and columns [top, bottom) x [left, right) a graph run of `window` in the `size` render
+    of an `lr_size` image reads: the window scaled to the LR image, widened by `reach`, clipped to it.
+    Integer arithmetic only (liif.js does the same in doubles, exact below 2^53)."""
+    (height, width), (top, left, rows, cols), (h, w) = size, window, lr_size
+    return (max(0, top * h // height - reach), max(0, left * w // width - reach),
+            min(h, -(-(top + rows) * h // height) + reach), min(w, -(-(left + cols) * w // width) + reach))
 
 
 @torch.no_grad()
@@ -58,7 +77,8 @@ def export(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> None
     """Write `model` (in eval mode, fp32) as one ONNX file at `path`, its options in the metadata."""
     onnx = need('onnx')
     graph = WindowGraph(model.float().eval())
-    example = (torch.rand(1, 3, 20, 17), torch.tensor([43, 37]), torch.tensor([3, 4, 30, 25]))
+    example = (torch.rand(1, 3, 20, 17), torch.tensor([0, 0, 20, 17]), torch.tensor([43, 37]),
+               torch.tensor([3, 4, 30, 25]))
     # LIIF decodes in one block while grad is enabled (as in training): a loop over blocks would be
     # unrolled at the example's size. The exporter's notes (legacy exporter, index ops with negative
     # indices, which never occur here) are silenced.
@@ -69,7 +89,7 @@ def export(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> None
                           dynamic_axes={'lr': {0: 'batch', 2: 'h', 3: 'w'},
                                         'sr': {0: 'batch', 2: 'height', 3: 'width'}})
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {OPTIONS_KEY: json.dumps(model.options)})
+    onnx.helper.set_model_props(proto, {OPTIONS_KEY: json.dumps(model.options), REACH_KEY: str(reach(model))})
     onnx.save(proto, str(path))
 
 
@@ -90,16 +110,19 @@ class OnnxModel:
             raise ValueError(f"{path} is not a readable ONNX file: {' '.join(str(e).split())[:200]}") from None
         inputs = {i.name: i.type for i in self.session.get_inputs()}
         meta = self.session.get_modelmeta().custom_metadata_map
-        if inputs != INPUTS or OPTIONS_KEY not in meta or len(self.session.get_outputs()) != 1:
+        if inputs != INPUTS or not {OPTIONS_KEY, REACH_KEY} <= set(meta) or len(self.session.get_outputs()) != 1:
             raise ValueError(f"{path} is an ONNX file of another model (inputs {inputs}), not one written by "
-                             f"scripts/export_onnx.py")
-        self.options = json.loads(meta[OPTIONS_KEY])
+                             f"this version of scripts/export_onnx.py (export it again)")
+        self.options, self.reach = json.loads(meta[OPTIONS_KEY]), int(meta[REACH_KEY])
         self.path = path
 
     def run(self, lr: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
-        """One graph run: the (B, 3, height, width) window of the `size` render of lr (B, 3, h, w)."""
-        feed = {'lr': np.ascontiguousarray(lr, dtype=np.float32), 'size': np.asarray(size, dtype=np.int64),
-                'window': np.asarray(window, dtype=np.int64)}
+        """One graph run: the (B, 3, height, width) window of the `size` render of lr (B, 3, h, w), fed
+        the crop of lr it reads (lr_crop)."""
+        top, left, bottom, right = lr_crop(size, window, lr.shape[-2:], self.reach)
+        feed = {'lr': np.ascontiguousarray(lr[:, :, top:bottom, left:right], dtype=np.float32),
+                'lr_frame': np.asarray([top, left, *lr.shape[-2:]], dtype=np.int64),
+                'size': np.asarray(size, dtype=np.int64), 'window': np.asarray(window, dtype=np.int64)}
         return self.session.run(None, feed)[0]
 
     def render(self, lr: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int] | None = None,

@@ -242,12 +242,14 @@ def predict(model, lr: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, ch
     return out
 
 
-def encode_region(model, lr: torch.Tensor, rows: Lookup, cols: Lookup, lr_size) -> tuple[torch.Tensor, Lookup, Lookup]:
+def encode_region(model, lr: torch.Tensor, rows: Lookup, cols: Lookup, lr_size,
+                  offset=(0, 0)) -> tuple[torch.Tensor, Lookup, Lookup]:
     """The latent of the LR rectangle that the look-ups `rows` and `cols` read, plus the model's
-    margin, and the look-ups with indices into it. lr_size = (h, w): ints, or 0-d tensors in a graph."""
+    margin, and the look-ups with indices into it. lr_size = (h, w) of the whole LR image: ints, or 0-d
+    tensors in a graph; `lr` holds that image from row and column `offset` on (a crop holding the rectangle)."""
     k, margin = model.latent_scale, model.tile_margin
     (y0, y1), (x0, x1) = lr_region(rows.index, k, margin, lr_size[0]), lr_region(cols.index, k, margin, lr_size[1])
-    latent = model.encode(lr[:, :, y0:y1, x0:x1])
+    latent = model.encode(lr[:, :, y0 - offset[0]:y1 - offset[0], x0 - offset[1]:x1 - offset[1]])
     return latent, rows._replace(index=rows.index - k * y0), cols._replace(index=cols.index - k * x0)
 
 

@@ -4,8 +4,10 @@ renders any window of any size, and check it against PyTorch.
     python scripts/export_onnx.py --weights=results/pretrained_models/edsr-baseline-liif.pth --output=liif.onnx
     python inference.py --weights=liif.onnx --input=photo.png --scale=3.5   # ONNX Runtime, no PyTorch model
 
-The file's inputs are lr (B, 3, h, w) float32 in [0, 1], size int64 (H, W) and window int64 (top, left,
-height, width); its output the (B, 3, height, width) window of the H x W render (unclamped). After
+The file's inputs are lr (B, 3, h', w') float32 in [0, 1], a crop of the whole LR image, lr_frame int64
+(top, left, h, w), where the crop starts in the whole h x w image, size int64 (H, W) and window int64 (top,
+left, height, width); its output the (B, 3, height, width) window of the H x W render (unclamped). The
+crop must hold what the window reads: onnx_model.lr_crop gives it (the whole image always does). After
 writing, ONNX Runtime runs it on a real image at a non-integer scale and compares with PyTorch: a
 file that differs by more than 1e-5 is removed and the script fails.
 """

@@ -17,7 +17,7 @@ from dataset import BenchmarkDataset
 from helpers import small
 from image_quality_assessment import psnr
 from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
-from render import MAX_SIDE, ratio
+from render import MAX_SIDE, lr_region, ratio, window_lookups
 from scripts.export_onnx import export_checked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,43 @@ def test_split_window_covers_the_window_once():
             assert 0 < h * w <= max(queries, 1)
             cover[top:top + h, left:left + w] += 1
         assert (cover == 1).all()
+
+
+@pytest.mark.parametrize('kind', ['liif-reference', 'lte', 'metasr', 'upsample-3'])
+def test_lr_crop_holds_what_the_window_reads(kind):
+    """lr_crop with the file's reach holds the LR rectangle render.py encodes for a window (its own rule:
+    the look-ups' indices, lr_region with the model's margin), over 400 random LR sizes, output sizes
+    (down to x0.3, up to x40) and windows; and it is that rectangle plus a few pixels a side (and half an
+    output pixel's span, which a down-scale's first centre is in from the window's edge)."""
+    model, rng = small(kind), np.random.default_rng(17)
+    k, margin, reach = model.latent_scale, model.tile_margin, onnx_model.reach(model)
+    for _ in range(400):
+        lr_size = tuple(int(n) for n in rng.integers(1, 300, 2))
+        size = tuple(max(1, round(n * rng.choice([0.3, 1, 2.5, 4, 7.3, 40]) * rng.uniform(0.8, 1.25))) for n in lr_size)
+        top, left = (int(rng.integers(0, n)) for n in size)
+        window = (top, left, int(rng.integers(1, size[0] - top + 1)), int(rng.integers(1, size[1] - left + 1)))
+        rows, cols = window_lookups(model, size, window, lr_size)
+        (y0, y1), (x0, x1) = (lr_region(look.index, k, margin, n) for look, n in ((rows, lr_size[0]), (cols, lr_size[1])))
+        crop = onnx_model.lr_crop(size, window, lr_size, reach)
+        assert crop[0] <= y0 and crop[1] <= x0 and y1 <= crop[2] and x1 <= crop[3], (lr_size, size, window, crop)
+        wide = [3 + n / out for n, out in zip(lr_size, size)]  # and an output pixel's half in LR pixels
+        assert y0 - crop[0] <= wide[0] and crop[2] - y1 <= wide[0] and x0 - crop[1] <= wide[1] and crop[3] - x1 <= wide[1]
+
+
+@pytest.mark.parametrize('kind', ['liif-reference', 'upsample-3'])
+def test_a_graph_run_fed_a_crop_equals_pytorch(kind, benchmark_root, tmp_path):
+    """Windows inside a 60 x 50 image through OnnxModel.run, which feeds the graph only the crop it reads
+    (smaller than the image here: a small model's margin): PyTorch's pixels of the whole image's render."""
+    model = small(kind)
+    export(model, tmp_path / 'm.onnx')
+    session, fed = OnnxModel(tmp_path / 'm.onnx'), []
+    lr, size = real_crops(benchmark_root, 60, 50), (150, 131)
+    feed = session.session.run
+    session.session.run = lambda names, inputs: fed.append(inputs['lr'].shape) or feed(names, inputs)
+    for window in [(60, 50, 30, 31), (0, 0, 20, 131), (149, 100, 1, 31), (10, 120, 140, 11)]:
+        expected = model.render(torch.from_numpy(lr), size, window=window).numpy()
+        assert np.abs(session.run(lr, size, window) - expected).max() <= CHECK_TOL, window
+        assert fed[-1][2] * fed[-1][3] < 0.6 * 60 * 50
 
 
 def test_a_batch_counts_in_the_queries_of_a_graph_run(exported, benchmark_root):

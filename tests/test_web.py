@@ -104,15 +104,16 @@ def onnx_render(path: Path, rgb: np.ndarray, size, window) -> np.ndarray:
 
 
 RENDER = """
-const [b64, h, w, backend, options, done] = arguments;
+const [b64, h, w, backend, options, inputLimit, done] = arguments;
 (async () => {
   try {
     const {loadModel} = await import('./liif.js');
     globalThis.models ??= {};
     globalThis.models[backend] ??= await loadModel(undefined, {backend});
-    const model = globalThis.models[backend];
+    const model = globalThis.models[backend], limit = model.maxInputBytes;
     const bytes = Uint8ClampedArray.from(atob(b64), c => c.charCodeAt(0));
-    const out = await model.render(new ImageData(bytes, w, h), options);
+    if (inputLimit) model.maxInputBytes = inputLimit;  // as a GPU that binds less at once
+    const out = await model.render(new ImageData(bytes, w, h), options).finally(() => { model.maxInputBytes = limit; });
     let s = '';
     for (let i = 0; i < out.data.length; i += 8192) s += String.fromCharCode(...out.data.subarray(i, i + 8192));
     done({backend: model.backend, data: btoa(s), height: out.height, width: out.width});
@@ -122,19 +123,27 @@ const [b64, h, w, backend, options, done] = arguments;
 })();"""
 
 
-def engine_render(driver, rgba: np.ndarray, backend: str, options: dict) -> tuple[str, np.ndarray]:
-    """(backend that ran, the RGBA uint8 result) of liif.js's model.render in the page."""
+def engine_render(driver, rgba: np.ndarray, backend: str, options: dict, input_limit: int = 0,
+                  error: str = '') -> tuple[str, np.ndarray]:
+    """(backend that ran, the RGBA uint8 result) of liif.js's model.render in the page, its graph inputs
+    limited to `input_limit` bytes when given; with `error`, the render must fail saying that."""
     got = driver.execute_async_script(RENDER, base64.b64encode(rgba.tobytes()).decode(), *rgba.shape[:2],
-                                      backend, options)
+                                      backend, options, input_limit)
+    if error:
+        assert error in got.get('error', ''), got
+        return got['error'], None
     assert 'error' not in got, got.get('error')
     pixels = np.frombuffer(base64.b64decode(got['data']), np.uint8).reshape(got['height'], got['width'], 4)
     return got['backend'], pixels
 
 
-EXACT_CASES = [  # (photo, crop rows, cols, render options, the same as inference.py sizes it)
-    ('Set5/HR/baby.png', 30, 26, {'scale': 2.5}, (75, 65), None),
-    ('Set14/HR/baboon.png', 24, 30, {'scale': 4, 'window': [10, 33, 70, 61]}, (96, 120), (10, 33, 70, 61)),
-    ('Set14/HR/lenna.png', 27, 21, {'size': [71, 50], 'window': [0, 3, 71, 40]}, (71, 50), (0, 3, 71, 40)),
+EXACT_CASES = [  # (photo, crop rows, cols, render options, the same as inference.py sizes it, graph input limit)
+    ('Set5/HR/baby.png', 30, 26, {'scale': 2.5}, (75, 65), None, 0),
+    ('Set14/HR/baboon.png', 24, 30, {'scale': 4, 'window': [10, 33, 70, 61]}, (96, 120), (10, 33, 70, 61), 0),
+    ('Set14/HR/lenna.png', 27, 21, {'size': [71, 50], 'window': [0, 3, 71, 40]}, (71, 50), (0, 3, 71, 40), 0),
+    # each graph run fed a crop, within a limit of half the whole image's input (a GPU that binds less)
+    ('Set14/HR/baboon.png', 120, 100, {'scale': 3, 'window': [150, 120, 60, 70]}, (360, 300), (150, 120, 60, 70),
+     12 * 120 * 100 // 2),
 ]
 
 
@@ -150,13 +159,16 @@ def test_engine_equals_onnx_runtime(backend, url, site, benchmark_root):
                 "const done = arguments[0]; (navigator.gpu ? navigator.gpu.requestAdapter() : Promise.resolve(null))"
                 ".then(a => done(!!a), () => done(false))"):
             pytest.skip("this Chromium has no WebGPU adapter (it needs Vulkan: SwiftShader where there is no GPU)")
-        for name, rows, cols, options, size, window in EXACT_CASES:
+        for name, rows, cols, options, size, window, limit in EXACT_CASES:
             rgb = real_photo(benchmark_root, name, rows, cols)
-            ran, got = engine_render(driver, np.dstack([rgb, np.full((rows, cols), 255, np.uint8)]), backend, options)
+            rgba = np.dstack([rgb, np.full((rows, cols), 255, np.uint8)])
+            ran, got = engine_render(driver, rgba, backend, options, limit)
             expected = onnx_render(site / 'liif.onnx', rgb, size, window)
             assert ran == backend and got.shape[:2] == expected.shape[:2] and expected.std() > 5
             assert np.abs(got[..., :3].astype(int) - expected).max() <= 1, (name, options)
             assert (got[..., 3] == 255).all()
+        # a limit below even one output pixel's crop: one message, nothing rendered
+        engine_render(driver, rgba, backend, options, 100, error='more than this GPU binds at once')
     finally:
         driver.quit()
 

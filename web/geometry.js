@@ -1,5 +1,5 @@
 // Sizes and windows of a render, as the Python side defines them (render.output_size, check_window,
-// onnx_model.split_window): the page and the engine both use these, so they agree with inference.py.
+// onnx_model.split_window, onnx_model.lr_crop): the page and the engine both use these, so they agree with inference.py.
 
 export function roundHalfEven(x) {  // Python's round(): halves go to the even integer
   const r = Math.round(x);
@@ -43,4 +43,11 @@ export function splitWindow(height, width, pixels) {
     for (let c = 0; c < width; c += cols) pieces.push([r, c, Math.min(rows, height - r), Math.min(cols, width - c)]);
   }
   return pieces;
+}
+
+// [top, left, bottom, right]: the LR rows and columns a graph run of `window` in the `size` render of an
+// `lrSize` image reads, widened by the file's `reach` (onnx_model.lr_crop; exact in doubles below 2^53)
+export function lrCrop([H, W], [top, left, rows, cols], [h, w], reach) {
+  return [Math.max(0, Math.floor(top * h / H) - reach), Math.max(0, Math.floor(left * w / W) - reach),
+          Math.min(h, Math.ceil((top + rows) * h / H) + reach), Math.min(w, Math.ceil((left + cols) * w / W) + reach)];
 }

@@ -1,12 +1,12 @@
 // The LIIF engine as an ES module: the exported ONNX graph (scripts/export_onnx.py) in onnxruntime-web,
 // on WebGPU or WebAssembly. A render is cut into windows that each fit the backend's memory, and each
-// window is one graph run, so any output size renders in bounded memory.
+// window is one graph run fed only the crop of the image it reads, so any size renders in bounded memory.
 //
 //   import { loadModel } from './liif.js';
 //   const model = await loadModel();   // or loadModel(url, {backend: 'webgpu' | 'wasm'})
 //   const out = await model.render(imageData, {size: [H, W], window: [top, left, height, width]});
 import * as ort from './ort/ort.webgpu.min.mjs';
-import { checkWindow, outputSize, splitWindow } from './geometry.js';
+import { checkWindow, lrCrop, outputSize, splitWindow } from './geometry.js';
 
 ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
 ort.env.logLevel = 'error';
@@ -48,6 +48,37 @@ async function session(bytes, backend) {
   }
 }
 
+// The ONNX file's metadata (ModelProto's metadata_props, field 14: entries of key 1 and value 2), read
+// from its protobuf encoding: onnxruntime-web does not expose it
+function onnxMetadata(bytes) {
+  const text = new TextDecoder(), props = {};
+  const fields = (start, end, visit) => {  // visit(field, start, end) for each length-delimited field
+    let at = start;
+    const varint = () => {
+      let value = 0, unit = 1, b;
+      do { b = bytes[at++]; value += (b & 127) * unit; unit *= 128; } while (b >= 128);
+      return value;
+    };
+    while (at < end) {
+      const key = varint(), type = key % 8;
+      if (type === 2) {
+        const n = varint();
+        visit(Math.floor(key / 8), at, at + n);
+        at += n;
+      } else if (type === 0) varint();
+      else if (type === 1 || type === 5) at += type === 1 ? 8 : 4;
+      else break;  // not protobuf: the caller finds no entries
+    }
+  };
+  fields(0, bytes.length, (field, start, end) => {
+    if (field !== 14) return;
+    const entry = {};
+    fields(start, end, (f, a, b) => { entry[f] = text.decode(bytes.subarray(a, b)); });
+    props[entry[1]] = entry[2];
+  });
+  return props;
+}
+
 // The model at `url` (default: the site's liif.onnx beside this module) on `backend` ('webgpu' or
 // 'wasm'; default WebGPU where there is an adapter). WebGPU that is missing or fails falls back to
 // WebAssembly; `fallback` then says why. `threads`: WebAssembly threads (default: all cores when the
@@ -57,20 +88,26 @@ export async function loadModel(url = new URL('./liif.onnx', import.meta.url).hr
   if (!['webgpu', 'wasm'].includes(backend)) throw new Error(`backend must be 'webgpu' or 'wasm', got ${backend}`);
   ort.env.wasm.numThreads = threads;
   const bytes = await fetchModel(url);
-  let fallback = '';
+  let fallback = '', made = null;
   if (backend === 'webgpu') {
     const [adapter, reason] = await gpuAdapter();
     if (adapter) {
       try {
         const queries = Math.floor(GPU_BUFFER_SHARE * adapter.limits.maxBufferSize / BYTES_PER_QUERY);
-        return new Model(await session(bytes, 'webgpu'), 'webgpu', Math.min(WASM_QUERIES, queries), '',
+        made = new Model(await session(bytes, 'webgpu'), 'webgpu', Math.min(WASM_QUERIES, queries), '',
                          adapter.limits.maxStorageBufferBindingSize);
       } catch (e) {
         fallback = e.message;
       }
     } else fallback = reason;
   }
-  return new Model(await session(bytes, 'wasm'), 'wasm', WASM_QUERIES, fallback, Infinity);
+  made ??= new Model(await session(bytes, 'wasm'), 'wasm', WASM_QUERIES, fallback, Infinity);
+  const reach = Number(onnxMetadata(bytes).liif_reach);
+  if (!Number.isInteger(reach)) {
+    throw new Error(`the model ${url} was not written by this version of scripts/export_onnx.py: export it again`);
+  }
+  made.reach = reach;
+  return made;
 }
 
 class Model {
@@ -80,8 +117,9 @@ class Model {
     this.queries = queries;  // output pixels per graph run and image
     this.fallback = fallback;  // why WebGPU was asked for and WebAssembly runs, or ''
     this.threads = backend === 'wasm' ? ort.env.wasm.numThreads : 0;
-    this.inputs = new WeakMap();  // ImageData -> its graph input, made once
-    this.maxInputBytes = maxInputBytes;  // the whole image is one graph input: on a GPU, one buffer binding
+    this.gray = new WeakMap();  // ImageData -> whether its alpha is rendered too (not constant)
+    this.maxInputBytes = maxInputBytes;  // a graph run's LR crop: on a GPU, one buffer binding
+    this.reach = 0;  // LR pixels a window reads beyond its scaled extent (the file's liif_reach)
   }
 
   // The window [top, left, height, width] (default: all) of the render at `size` [H, W], or at `scale`
@@ -92,17 +130,19 @@ class Model {
     if (!size && scale === undefined) throw new Error('render needs {size: [H, W]} or {scale: s}');
     const whole = outputSize(image.height, image.width, {scale, size});
     const [top, left, height, width] = checkWindow(window, whole);
-    const input = this.input(image);
+    const gray = this.alphaRendered(image), batch = gray ? 2 : 1;
     const out = new ImageData(width, height);
-    const pieces = splitWindow(height, width, Math.max(1, Math.floor(this.queries / input.lr.dims[0])));
+    // pieces within the queries and, at down-scales, with an LR crop well within the input limit
+    const lrPerPixel = Math.max(1, image.height / whole[0] * image.width / whole[1]);
+    const pixels = Math.min(this.queries, this.maxInputBytes / (2 * 12 * lrPerPixel)) / batch;
     let done = 0;
-    for (const [r, c, h, w] of pieces) {
+    for (const [r, c, h, w] of splitWindow(height, width, Math.max(1, Math.floor(pixels)))) {
       // a graph run may finish without the event loop turning: give it a turn, so that an abort sent
       // by a message (the page cancelling) lands before the next run
       if (signal) await new Promise(resolve => setTimeout(resolve));
       signal?.throwIfAborted();
-      const sr = await this.run(input, whole, [top + r, left + c, h, w]);
-      writePiece(out, sr, [r, c, h, w], input.alpha);
+      const sr = await this.run(image, whole, [top + r, left + c, h, w]);
+      writePiece(out, sr, [r, c, h, w], gray ? null : image.data[3]);
       sr.dispose();
       done += h * w;
       onProgress?.(done, height * width);
@@ -110,34 +150,44 @@ class Model {
     return out;
   }
 
-  // One graph run: the float32 tensor `sr` (B, 3, height, width) of `window` in the render at `size`
-  async run(input, size, window) {
+  // One graph run: the float32 tensor `sr` (B, 3, height, width) of `window` in the render at `size`,
+  // fed the crop of the image it reads (B = 2 when the alpha is rendered too)
+  async run(image, size, window) {
     const int64 = values => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]);
-    return (await this.session.run({lr: input.lr, size: int64(size), window: int64(window)})).sr;
+    const box = lrCrop(size, window, [image.height, image.width], this.reach);
+    const feeds = {lr: this.crop(image, this.alphaRendered(image), box), lr_frame: int64([box[0], box[1], image.height, image.width]),
+                   size: int64(size), window: int64(window)};
+    return (await this.session.run(feeds)).sr;
   }
 
-  input(image) {  // lr (B, 3, h, w) in [0, 1]: the RGB, and the alpha as gray when it is not constant
-    let input = this.inputs.get(image);
-    if (input) return input;
-    const {data, height: h, width: w} = image, n = h * w;
-    let constant = true;
-    for (let i = 7; i < data.length && constant; i += 4) constant = data[i] === data[3];
-    const bytes = (constant ? 3 : 6) * 4 * n;
+  alphaRendered(image) {
+    let gray = this.gray.get(image);
+    if (gray === undefined) {
+      const data = image.data;
+      gray = false;
+      for (let i = 7; i < data.length && !gray; i += 4) gray = data[i] !== data[3];
+      this.gray.set(image, gray);
+    }
+    return gray;
+  }
+
+  // lr (B, 3, bottom - top, right - left) in [0, 1]: the RGB of the box, and its alpha as gray when `gray`
+  crop(image, gray, [top, left, bottom, right]) {
+    const h = bottom - top, w = right - left, n = h * w, bytes = (gray ? 6 : 3) * 4 * n;
     if (bytes > this.maxInputBytes) {
-      throw new Error(`a ${w} x ${h} image is a ${Math.round(bytes / 2 ** 20)} MB graph input, more than this GPU binds at once ` +
-                      `(${Math.round(this.maxInputBytes / 2 ** 20)} MB): load the model with {backend: 'wasm'}`);
+      throw new Error(`this window reads a ${w} x ${h} region of the image, a ${Math.round(bytes / 2 ** 20)} MB graph ` +
+                      `input, more than this GPU binds at once (${Math.round(this.maxInputBytes / 2 ** 20)} MB)`);
     }
-    const lr = new Float32Array(bytes / 4);
-    for (let i = 0; i < n; i++) {
-      for (let k = 0; k < 3; k++) lr[k * n + i] = data[4 * i + k] / 255;
-      if (!constant) lr[3 * n + i] = lr[4 * n + i] = lr[5 * n + i] = data[4 * i + 3] / 255;
+    const lr = new Float32Array(bytes / 4), data = image.data;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0, i = y * w, o = 4 * ((top + y) * image.width + left); x < w; x++, i++, o += 4) {
+        for (let k = 0; k < 3; k++) lr[k * n + i] = data[o + k] / 255;
+        if (gray) lr[3 * n + i] = lr[4 * n + i] = lr[5 * n + i] = data[o + 3] / 255;
+      }
     }
-    input = {lr: new ort.Tensor('float32', lr, [constant ? 1 : 2, 3, h, w]), alpha: constant ? data[3] : null};
-    this.inputs.set(image, input);
-    return input;
+    return new ort.Tensor('float32', lr, [gray ? 2 : 1, 3, h, w]);
   }
 }
-
 const toByte = v => Math.floor(Math.min(1, Math.max(0, v)) * 255 + 0.5);  // imgproc.to_integer
 
 // Graph output `sr` (B, 3, h, w) into `out` at (r, c); the alpha: constant, or the mean of image 2's channels

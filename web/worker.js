@@ -3,7 +3,7 @@
 import { loadModel } from './liif.js';
 import { PngWriter } from './png.js';
 
-const MAX_PIXELS = 50_000_000;  // the largest input opened: its graph input is 0.6 GB of WebAssembly's 4 GB
+const MAX_PIXELS = 50_000_000;  // the largest input opened (200 MB of pixels; each graph run gets a crop of them)
 const MAX_SIDE = 16384;  // a canvas side every browser draws
 const BAND_PIXELS = 1 << 24;  // a save renders bands of whole rows of at most this many pixels (64 MB)
 
