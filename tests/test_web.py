@@ -238,6 +238,26 @@ def test_bad_files_get_one_message_and_the_page_goes_on(page, site, benchmark_ro
     wait_for(page, "document.body.dataset.status === 'ready'")
 
 
+def test_a_dropped_file_opens(page, site, benchmark_root):
+    """A file dropped on the page (a real drag event's DataTransfer) opens as the chosen one does; the page
+    marks itself while something is dragged over it."""
+    rgb = real_photo(benchmark_root, 'Set5/HR/head.png', 32, 28)
+    marked = page.execute_async_script("""
+const [path, done] = arguments;
+fetch(path).then(r => r.blob()).then(blob => {
+  const data = new DataTransfer();
+  data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+  document.dispatchEvent(new DragEvent('dragover', {dataTransfer: data, cancelable: true}));
+  const marked = document.body.classList.contains('dropping');
+  document.dispatchEvent(new DragEvent('drop', {dataTransfer: data, cancelable: true}));
+  done(marked);
+});""", put(site, 'dropped.png', png_bytes(rgb)))
+    assert marked
+    wait_for(page, "viewer.state.info && viewer.state.info.name === 'dropped.png'")
+    assert not page.execute_script("return document.body.classList.contains('dropping')")
+    assert page.execute_script("return [viewer.state.info.height, viewer.state.info.width]") == [32, 28]
+
+
 def test_a_model_that_does_not_load_gets_one_message(url, site, benchmark_root):
     driver = open_page(url, query='?model=missing.onnx')
     try:
