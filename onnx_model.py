@@ -117,13 +117,15 @@ class OnnxModel:
         self.path = path
 
     def run(self, lr: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
-        """One graph run: the (B, 3, height, width) window of the `size` render of lr (B, 3, h, w), fed
-        the crop of lr it reads (lr_crop)."""
+        """One graph run: the (B, 3, height, width) window of the `size` render of lr (B, 3, h, w)."""
+        return self.session.run(None, self.feed(lr, size, window))[0]
+
+    def feed(self, lr: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> dict:
+        """The graph's inputs for `window`: the crop of lr it reads (lr_crop) and where that crop starts."""
         top, left, bottom, right = lr_crop(size, window, lr.shape[-2:], self.reach)
-        feed = {'lr': np.ascontiguousarray(lr[:, :, top:bottom, left:right], dtype=np.float32),
+        return {'lr': np.ascontiguousarray(lr[:, :, top:bottom, left:right], dtype=np.float32),
                 'lr_frame': np.asarray([top, left, *lr.shape[-2:]], dtype=np.int64),
                 'size': np.asarray(size, dtype=np.int64), 'window': np.asarray(window, dtype=np.int64)}
-        return self.session.run(None, feed)[0]
 
     def render(self, lr: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int] | None = None,
                queries: int = WINDOW_QUERIES, progress: bool = False) -> np.ndarray:

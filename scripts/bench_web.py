@@ -4,6 +4,7 @@ backend's graph output to ONNX Runtime in Python.
 
     python scripts/bench_web.py                        # 64x64 LR at x4 (a 256x256 output: one graph run)
     python scripts/bench_web.py --size=128 --scale=2 --repeats=3
+    python scripts/bench_web.py --profile              # where ONNX Runtime's time goes (no browser)
 
 Rows: PyTorch fast path (fp32), ONNX Runtime (Python, CPU, all cores), then headless Chromium with
 WebAssembly on 1 thread, on every core (the page cross-origin isolated by scripts/serve_web.py), and
@@ -11,21 +12,26 @@ WebGPU (on a machine without a GPU Chromium's adapter is SwiftShader, a CPU emul
 header names the adapter). Each path renders the same LR (a top-left crop of a Set14 image) `warmup`
 times untimed, then `repeats` times; the median counts. The model is the official EDSR-baseline-LIIF
 (random weights without the file).
+
+--profile: ONNX Runtime's own profile of one graph run (the first 256 x 256 output window) as kernel
+time by operator type, and that run's time at each graph optimisation level, in this process.
 """
 import base64
+import json
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli import run_main
-from onnx_model import OnnxModel, export
+from onnx_model import OnnxModel, export, need
 from render import output_size
 from scripts import make_figure, serve_web
 from scripts.benchlib import header, load_model, lr_input, parser, setup
@@ -47,7 +53,7 @@ const done = result => { globalThis.benchResult = result; };
       await model.render(image, {size});
       if (i >= warmup) seconds.push((performance.now() - start) / 1000);
     }
-    const sr = await model.run(model.input(image), size, [0, 0, ...size.map(n => Math.min(n, 256))]);
+    const sr = await model.run(image, size, [0, 0, ...size.map(n => Math.min(n, 256))]);
     const bytes = new Uint8Array(sr.data.buffer, sr.data.byteOffset, sr.data.byteLength);
     let s = '';
     for (let i = 0; i < bytes.length; i += 8192) s += String.fromCharCode(...bytes.subarray(i, i + 8192));
@@ -120,10 +126,43 @@ def in_browser(url: str, rgba: np.ndarray, backend: str, threads: int, size, arg
     return got
 
 
+LEVELS = ('ORT_DISABLE_ALL', 'ORT_ENABLE_BASIC', 'ORT_ENABLE_EXTENDED', 'ORT_ENABLE_ALL')
+
+
+def onnx_profile(path: Path, feed: dict, args) -> tuple[list, Counter]:
+    """(level, seconds) of one graph run at each graph optimisation level, and microseconds of kernel
+    time by operator type from ONNX Runtime's profile of the runs at the highest level."""
+    ort = need('onnxruntime')
+    rows, by_op = [], Counter()
+    for level in LEVELS:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.enable_profiling = level == LEVELS[-1]
+        options.profile_file_prefix = str(path.with_name('profile'))
+        session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        rows.append((level, median_seconds(lambda: session.run(None, feed), args.warmup, args.repeats)))
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):
+            by_op[event['args']['op_name']] += event['dur']
+    return rows, by_op
+
+
+def print_profile(rows: list, by_op: Counter, pixels: int) -> None:
+    print("| graph optimisation | seconds per run | MP/s | x disabled |\n|---|---|---|---|")
+    for level, seconds in rows:
+        print(f"| {level} | {seconds:.3f} | {pixels / 1e6 / seconds:.3g} | {rows[0][1] / seconds:.2f} |")
+    total = sum(by_op.values())
+    print("\n| operator (highest level) | share of kernel time |\n|---|---|")
+    for op, us in by_op.most_common(8):
+        print(f"| {op} | {100 * us / total:.1f} % |")
+    print(f"| other {max(0, len(by_op) - 8)} types | {100 * (total - sum(us for _, us in by_op.most_common(8))) / total:.1f} % |")
+
+
 def main(argv: list[str]) -> None:
     p = parser(__doc__)
     p.add_argument('--size', type=int, default=64, help="LR side (default 64)")
     p.add_argument('--scale', type=float, default=4.0, help="scale (default 4)")
+    p.add_argument('--profile', action='store_true', help="ONNX Runtime's profile and optimisation levels only")
     args = p.parse_args(argv)
     device = setup(args)
     model, weights = load_model(device)
@@ -136,6 +175,12 @@ def main(argv: list[str]) -> None:
         session = OnnxModel(Path(folder) / 'site' / 'liif.onnx')
         window = (0, 0, min(size[0], 256), min(size[1], 256))
         reference = session.render(lr.numpy(), size, window)
+        if args.profile:
+            print(header(f"ONNX Runtime (Python) on one {window[2]}x{window[3]} window of {args.size}x{args.size} "
+                         f"{name} at x{args.scale:g}, {weights}", device))
+            print_profile(*onnx_profile(Path(folder) / 'liif.onnx', session.feed(lr.numpy(), size, window), args),
+                          window[2] * window[3])
+            return
         rows = [('PyTorch fast path, fp32', median_seconds(lambda: model.render(lr, size), args.warmup, args.repeats), ''),
                 ('ONNX Runtime (Python)', median_seconds(lambda: session.render(lr.numpy(), size), args.warmup,
                                                          args.repeats), '(reference)')]

@@ -6,7 +6,7 @@ import pytest
 
 from cli import run_main
 from fast_liif import FastLIIF
-from scripts import bench_node, bench_render, bench_train
+from scripts import bench_node, bench_render, bench_train, bench_web
 
 
 def test_render_rows_compare_every_mode_with_the_reference(tmp_path):
@@ -32,6 +32,19 @@ def test_the_diff_column_is_each_modes_distance_from_the_reference(tmp_path, mon
     assert rows[0]['path'] == 'reference' and rows[0]['max_abs_diff'] == 0
     # fp32 rows: 0.25 up to float32 rounding; bf16 rows (native CPUs) further off, within 0.05 (test_fast)
     assert all(abs(r['max_abs_diff'] - 0.25) <= (1e-5 if r['amp'] == 'fp32' else 0.05) for r in rows[1:])
+
+
+def test_onnx_profile_times_every_level_and_shares_the_kernel_time(capsys):
+    """bench_web.py --profile: a row for each of ONNX Runtime's four optimisation levels, and operator
+    shares that add up to 100 % with the decoder's matrix products (Gemm, fused or not) among them."""
+    assert run_main(bench_web.main, ['--profile', '--size=8', '--scale=2', '--repeats=1', '--warmup=0',
+                                     '--threads=1']) == 0
+    rows = [line.split(' | ') for line in capsys.readouterr().out.splitlines() if line.startswith('| ORT_')
+            or line.endswith(' % |')]
+    levels = [r[0].strip('| ') for r in rows if r[0].startswith('| ORT_')]
+    assert levels == ['ORT_DISABLE_ALL', 'ORT_ENABLE_BASIC', 'ORT_ENABLE_EXTENDED', 'ORT_ENABLE_ALL']
+    shares = {r[0].strip('| '): float(r[1].split()[0]) for r in rows if r[1].endswith(' % |')}
+    assert abs(sum(shares.values()) - 100) < 0.5 and any('Gemm' in op for op in shares)
 
 
 @pytest.mark.slow

@@ -332,6 +332,18 @@ def test_save_view_keeps_the_alpha(page, site, benchmark_root):
     assert np.abs(saved[..., 3].astype(int) - expected.mean(axis=2)).max() <= 1
 
 
+def test_bench_web_runs_every_backend():
+    """scripts/bench_web.py on an 8 x 8 LR at x2: the five rows, each browser backend the one asked for,
+    and every graph output within ONNX Runtime's tolerance of Python's."""
+    done = subprocess.run([sys.executable, 'scripts/bench_web.py', '--size=8', '--scale=2', '--repeats=1',
+                           '--warmup=0'], cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(' | ') for line in done.stdout.splitlines() if line.startswith(('| PyTorch', '| ONNX', '| Web'))]
+    assert [row[0] for row in rows][:2] == ['| PyTorch fast path, fp32', '| ONNX Runtime (Python)'] and len(rows) == 5
+    assert not any('fell back' in row[0] for row in rows)
+    assert all(float(row[-1].rstrip(' |')) <= 1e-5 for row in rows[2:])
+
+
 def test_export_and_serve_commands_refuse_bad_settings_with_one_line(tmp_path):
     (tmp_path / 'file').write_text('x')
     (tmp_path / 'other').mkdir()
