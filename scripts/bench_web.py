@@ -17,6 +17,7 @@ times untimed, then `repeats` times; the median counts. The model is the officia
 time by operator type, and that run's time at each graph optimisation level, in this process.
 """
 import base64
+import functools
 import json
 import os
 import statistics
@@ -140,7 +141,7 @@ def onnx_profile(path: Path, feed: dict, args) -> tuple[list, Counter]:
         options.enable_profiling = level == LEVELS[-1]
         options.profile_file_prefix = str(path.with_name('profile'))
         session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-        rows.append((level, median_seconds(lambda: session.run(None, feed), args.warmup, args.repeats)))
+        rows.append((level, median_seconds(functools.partial(session.run, None, feed), args.warmup, args.repeats)))
     for event in json.loads(Path(session.end_profiling()).read_text()):
         if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):
             by_op[event['args']['op_name']] += event['dur']
