@@ -157,3 +157,15 @@ def coord_cell(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     coord = make_coord((height, width))
     cell = torch.tensor([2 / height, 2 / width]).expand_as(coord).clone()
     return coord, cell
+
+
+def without_reach(path: Path, out: Path) -> None:
+    """The exported file at `path` written to `out` without its crop's reach, as exports before it had."""
+    import onnx
+
+    import onnx_model
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != onnx_model.REACH_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(out))

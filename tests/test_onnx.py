@@ -14,7 +14,7 @@ import inference
 import onnx_model
 from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset
-from helpers import small
+from helpers import small, without_reach
 from image_quality_assessment import psnr
 from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
 from render import MAX_SIDE, lr_region, ratio, window_lookups
@@ -168,6 +168,7 @@ def foreign_onnx(path: Path) -> None:
 @pytest.mark.parametrize('setup, args, message', [
     ('bytes', [], 'not a readable ONNX file'),
     ('foreign', [], 'ONNX file of another model'),
+    ('older', [], 'this version of scripts/export_onnx.py'),
     ('liif', ['--window=[0,0,100,5]'], 'window must be'),
     ('liif', ['--model=metasr'], "--model asks for model='metasr' but .* holds model='liif'"),
     ('liif', ['--hidden_list=[256,256]'], 'hidden_list'),
@@ -175,7 +176,10 @@ def foreign_onnx(path: Path) -> None:
 ])
 def test_bad_onnx_inputs_are_refused(exported, benchmark_root, tmp_path, setup, args, message):
     cv2.imwrite(str(tmp_path / 'lr.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'bird.png'))[:20, :20])
-    weights = {'bytes': tmp_path / 'random.onnx', 'foreign': tmp_path / 'add.onnx', 'liif': exported}[setup]
+    weights = {'bytes': tmp_path / 'random.onnx', 'foreign': tmp_path / 'add.onnx', 'liif': exported,
+               'older': tmp_path / 'older.onnx'}[setup]
+    if setup == 'older':
+        without_reach(exported, weights)
     if setup == 'bytes':
         weights.write_bytes(np.random.default_rng(0).bytes(5000))
     if setup == 'foreign':

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import tiny_liif
+from helpers import tiny_liif, without_reach
 from imgproc import to_integer
 from onnx_model import OnnxModel, export
 from scripts import export_web, make_figure, serve_web
@@ -267,6 +267,12 @@ def test_a_model_that_does_not_load_gets_one_message(url, site, benchmark_root):
         driver.execute_script("viewer.zoomAt(24, 0, 0)")  # the preview pans and zooms without a model
         assert driver.execute_script("return viewer.state.zoom") == 24
         assert 'could not load the model' in driver.find_element('id', 'status').text
+    finally:
+        driver.quit()
+    without_reach(site / 'liif.onnx', site / 'older.onnx')
+    driver = open_page(url, query='?model=older.onnx')
+    try:
+        assert 'export it again' in driver.find_element('id', 'status').text
     finally:
         driver.quit()
 
