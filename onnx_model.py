@@ -64,8 +64,9 @@ def reach(model: torch.nn.Module) -> int:
 
 def lr_crop(size: tuple[int, int], window: tuple[int, int, int, int], lr_size: tuple[int, int],
             reach: int) -> tuple[int, int, int, int]:
-    """The LR rows and columns [top, bottom) x [left, right) a graph run of `window` in the `size` render
-    of an `lr_size` image reads: the window scaled to the LR image, widened by `reach`, clipped to it.
+    """(top, left, bottom, right): the LR rows [top, bottom) and columns [left, right) a graph run of
+    `window` in the `size` render of an `lr_size` image reads: the window scaled to the LR image, widened
+    by `reach`, clipped to it.
     Integer arithmetic only (liif.js does the same in doubles, exact below 2^53)."""
     (height, width), (top, left, rows, cols), (h, w) = size, window, lr_size
     return (max(0, top * h // height - reach), max(0, left * w // width - reach),
