@@ -152,11 +152,11 @@ def print_profile(rows: list, by_op: Counter, pixels: int) -> None:
     print("| graph optimisation | seconds per run | MP/s | x disabled |\n|---|---|---|---|")
     for level, seconds in rows:
         print(f"| {level} | {seconds:.3f} | {pixels / 1e6 / seconds:.3g} | {rows[0][1] / seconds:.2f} |")
-    total = sum(by_op.values())
+    total, top = sum(by_op.values()), by_op.most_common(8)
     print("\n| operator (highest level) | share of kernel time |\n|---|---|")
-    for op, us in by_op.most_common(8):
+    for op, us in top:
         print(f"| {op} | {100 * us / total:.1f} % |")
-    print(f"| other {max(0, len(by_op) - 8)} types | {100 * (total - sum(us for _, us in by_op.most_common(8))) / total:.1f} % |")
+    print(f"| other {len(by_op) - len(top)} types | {100 * (total - sum(us for _, us in top)) / total:.1f} % |")
 
 
 def main(argv: list[str]) -> None:
@@ -171,17 +171,17 @@ def main(argv: list[str]) -> None:
     size = output_size(args.size, args.size, args.scale)
     mp = size[0] * size[1] / 1e6
     with tempfile.TemporaryDirectory() as folder:
-        export(model, Path(folder) / 'liif.onnx')
-        write_site(Path(folder) / 'site', Path(folder) / 'liif.onnx')
-        session = OnnxModel(Path(folder) / 'site' / 'liif.onnx')
+        path = Path(folder) / 'liif.onnx'
+        export(model, path)
+        session = OnnxModel(path)
         window = (0, 0, min(size[0], 256), min(size[1], 256))
-        reference = session.render(lr.numpy(), size, window)
-        if args.profile:
+        if args.profile:  # ONNX Runtime alone: no site, no browser
             print(header(f"ONNX Runtime (Python) on one {window[2]}x{window[3]} window of {args.size}x{args.size} "
                          f"{name} at x{args.scale:g}, {weights}", device))
-            print_profile(*onnx_profile(Path(folder) / 'liif.onnx', session.feed(lr.numpy(), size, window), args),
-                          window[2] * window[3])
+            print_profile(*onnx_profile(path, session.feed(lr.numpy(), size, window), args), window[2] * window[3])
             return
+        write_site(Path(folder) / 'site', path)
+        reference = session.render(lr.numpy(), size, window)
         rows = [('PyTorch fast path, fp32', median_seconds(lambda: model.render(lr, size), args.warmup, args.repeats), ''),
                 ('ONNX Runtime (Python)', median_seconds(lambda: session.render(lr.numpy(), size), args.warmup,
                                                          args.repeats), '(reference)')]
