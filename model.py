@@ -468,18 +468,30 @@ class MetaSR(SRModel):
         return Lookup(index[None], ((corner - pixel_corner) * n / 2)[None], cell * n / 2)
 
     def decode(self, latent: torch.Tensor, rows: Lookup, cols: Lookup) -> torch.Tensor:
-        b, c = latent.shape[:2]
-        padded = F.pad(latent, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # the unfolding's zero padding
-        batch, iy, ix = batch_index(b, rows.index), rows.index[0], cols.index[0]
-        taps = [padded[batch, iy + dy, ix + dx] for dy in range(3) for dx in range(3)]
-        q_feat = torch.stack(taps, -1).flatten(-2)  # (*Q, C*9), channel c * 9 + tap as F.unfold orders it
-        rel_y, rel_x = torch.broadcast_tensors(rows.rel[0], cols.rel[0])
-        filters = self.imnet(torch.stack([rel_y, rel_x, rows.cell.expand_as(rel_y)], -1)).unflatten(-1, (c * 9, 3))
-        return denormalise((q_feat.unsqueeze(-2) @ filters).squeeze(-2))
+        b, _, h, w = latent.shape
+        codes = table(F.pad(latent, (1, 1, 1, 1)))  # the unfolding's zero padding; rows of (h + 2) x (w + 2)
+        index = (batch_index(b, rows.index) * (h + 2) + rows.index[0]) * (w + 2) + cols.index[0]  # top-left tap
+        k = torch.arange(3, device=latent.device)
+        taps = (k * (w + 2)).repeat_interleave(3) + k.repeat(3)  # table rows of the 3x3 taps from the top-left one
+        index, rel_y, rel_x = torch.broadcast_tensors(index, rows.rel[0], cols.rel[0])
+        inputs = torch.stack([rel_y, rel_x, rows.cell.expand_as(rel_y)], -1)
+        per_query = (index.flatten(), inputs.flatten(0, -2))
+        rows_per_call = decoder_rows(latent.device) or index.numel()
+        rgb = in_blocks(lambda *block: self._decode_block(codes, taps, *block), per_query, rows_per_call)
+        return rgb.view(*index.shape, 3)
+
+    def _decode_block(self, table, taps, index, inputs) -> torch.Tensor:
+        """RGB (n, 3) of n queries: index (n,) the table row of the top-left tap, inputs (n, 3)."""
+        code = table.index_select(0, (index.unsqueeze(-1) + taps).flatten()).view(index.shape[0], 9, -1)
+        q_feat = code.transpose(1, 2).flatten(1)  # (n, C*9), channel c * 9 + tap as F.unfold orders it
+        filters = self.imnet(inputs).unflatten(-1, (q_feat.shape[1], 3))
+        return denormalise((q_feat.unsqueeze(1) @ filters).squeeze(1))
 
     def bytes_per_query(self, device: torch.device) -> int:
-        # the 9 taps, the unfolded code, the filter and the hidden layer
-        return 4 * (self.encoder.out_dim * 9 * 2 + self.encoder.out_dim * 9 * 3 + 256 + 8)
+        # index and inputs; the 9 taps, the unfolded code, the filter and the hidden layer count only where a
+        # whole chunk is one decoder block
+        whole = decoder_rows(device) is None
+        return 4 * (2 + 3 + whole * (self.encoder.out_dim * 9 * 2 + self.encoder.out_dim * 9 * 3 + 256 + 8))
 
     def bytes_per_lr_pixel(self) -> int:
         return 4 * (self.encoder.peak_channels + 2 * self.encoder.out_dim)
