@@ -18,7 +18,7 @@ bicubic with --alpha=bicubic), one gray channel, 16-bit samples, the ICC profile
 with --strip_metadata=True); EXIF orientation is applied first. What the output format cannot hold
 is dropped with one warning line.
 Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, in
-windows of at most `chunk` output pixels (0: 65536), without a PyTorch model.
+windows of at most `chunk` output pixels (0: 262144), without a PyTorch model.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
 part alone. For a folder, outputs already there are skipped (an interrupted run finishes where it
 stopped) unless --overwrite=True; one image is always written. A video (mp4, mkv, mov, webm, avi) is

@@ -8,8 +8,8 @@ output `sr` float32 (B, 3, height, width) holds the values render.render gives f
 whole image (unclamped), provided the crop holds the LR rectangle `lr_crop` names (the whole image
 always does). Inside, the graph makes render.py's per-axis look-ups of the window, slices the LR
 region they read plus the model's margin, encodes only that, and decodes with integer gathers (no
-grid_sample), so a caller renders a big output window by window in bounded memory, each run fed only
-its crop. The file's metadata holds the model's options (`liif_options`) and the crop's reach
+grid_sample) in a fixed number of blocks (render.GRAPH_BLOCKS), so a caller renders a big output window
+by window in bounded memory, each run fed only its crop. The file's metadata holds the model's options (`liif_options`) and the crop's reach
 (`liif_reach`), so a file is known for what it holds.
 """
 import importlib
@@ -28,7 +28,10 @@ from render import check_window, decode_grid, encode_region, window_lookups
 OPSET = 17  # the oldest opset current ONNX Runtime runs well; every op used here exists in it
 INPUTS = {'lr': 'tensor(float)', 'lr_frame': 'tensor(int64)', 'size': 'tensor(int64)', 'window': 'tensor(int64)'}
 OPTIONS_KEY, REACH_KEY = 'liif_options', 'liif_reach'
-WINDOW_QUERIES = 1 << 16  # output pixels per graph run when not given: 256 x 256 windows of one image
+# Output pixels per graph run when not given: 512 x 512 windows of one image. A run decodes in
+# render.GRAPH_BLOCKS blocks, here of render.CPU_BLOCK_ROWS rows (1024 queries x 4 members), so the
+# activations stay in cache; smaller windows re-encode their LR margin more often.
+WINDOW_QUERIES = 1 << 18
 CHECK_TOL = 1e-5  # ONNX Runtime vs PyTorch, fp32: summation orders differ (measured up to ~3e-6)
 CHECK_IMAGE = Path(__file__).resolve().parent / 'figure' / 'example_lr.png'
 

@@ -109,6 +109,9 @@ def spans(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
 # Rows (queries x ensemble members) per decoder call on a CPU: a block's 256-wide fp32 activations
 # (4 MiB) stay in the cache. A GPU decodes a whole chunk in one call.
 CPU_BLOCK_ROWS = 4096
+# An exported graph (onnx_model) decodes each run in this many blocks: ONNX Runtime, too, runs a block's
+# layers while its activations are in cache (at onnx_model's 512 x 512 windows: CPU_BLOCK_ROWS rows).
+GRAPH_BLOCKS = 256
 
 
 def decoder_rows(device: torch.device) -> int | None:
@@ -122,6 +125,8 @@ def in_blocks(decode_block, per_query: tuple[torch.Tensor, ...], step: int, padd
     dimension: the queries), concatenated; one block while autograd records (training). padded(q): the
     queries a block of q is padded to, repeating its last query (a compiled block has few shapes)."""
     n = per_query[0].shape[0]
+    if torch.jit.is_tracing():
+        return _fixed_blocks(decode_block, per_query, n)
     if torch.is_grad_enabled():
         return decode_block(*per_query)
     out = []
@@ -132,6 +137,15 @@ def in_blocks(decode_block, per_query: tuple[torch.Tensor, ...], step: int, padd
             block = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in block]
         out.append(decode_block(*block)[:e - s])
     return out[0] if len(out) == 1 else torch.cat(out)  # a GPU's whole chunk is one block: no copy
+
+
+def _fixed_blocks(decode_block, per_query: tuple[torch.Tensor, ...], n) -> torch.Tensor:
+    """in_blocks in a traced graph: a graph's steps are fixed, so the n queries (a traced size) go in
+    GRAPH_BLOCKS blocks of ceil(n / GRAPH_BLOCKS), the last padded by repeating query n - 1."""
+    step = (n + GRAPH_BLOCKS - 1) // GRAPH_BLOCKS
+    pick = torch.minimum(torch.arange(GRAPH_BLOCKS * step), torch.as_tensor(n - 1))
+    blocks = [t.index_select(0, pick).view(GRAPH_BLOCKS, step, *t.shape[1:]) for t in per_query]
+    return torch.cat([decode_block(*[t[i] for t in blocks]) for i in range(GRAPH_BLOCKS)])[:n]
 
 
 # The longest output side: pixel centres are computed in float32, which tells neighbouring pixels apart

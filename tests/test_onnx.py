@@ -128,6 +128,28 @@ def test_a_graph_run_fed_a_crop_equals_pytorch(kind, benchmark_root, tmp_path):
         assert fed[-1][2] * fed[-1][3] < 0.6 * 60 * 50
 
 
+PEAK_GROWTH = """
+import resource, sys
+import numpy as np
+from onnx_model import OnnxModel
+session, lr = OnnxModel(sys.argv[1]), np.random.default_rng(0).random((1, 3, 160, 160), np.float32)
+session.run(lr, (640, 640), (0, 0, 16, 16))  # the session's own allocations
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+session.run(lr, (640, 640), (64, 64, 512, 512))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.slow
+def test_a_graph_run_decodes_its_window_in_blocks(exported):
+    """A run of a 512 x 512 window (x4) grows the process by less than one 256-wide activation of the whole
+    window would take (262144 pixels x 4 members x 256 channels x 4 bytes = 1 GiB): its decoder runs in
+    render.GRAPH_BLOCKS blocks, one after another. Measured: ~0.12 GB; the same graph in one block ~2.2 GB."""
+    out = subprocess.run([sys.executable, '-c', PEAK_GROWTH, str(exported)], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert int(out.stdout) * 1024 < 512 * 512 * 4 * 256 * 4
+
+
 def test_a_batch_counts_in_the_queries_of_a_graph_run(exported, benchmark_root):
     """`queries` bounds the output pixels of one graph run over the whole batch (what memory follows): a
     batch of 2 at 500 queries runs windows of at most 250 pixels, and the pieces make the whole render."""

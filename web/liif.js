@@ -11,9 +11,10 @@ import { checkWindow, lrCrop, outputSize, splitWindow } from './geometry.js';
 ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
 ort.env.logLevel = 'error';
 
-// The graph's widest activation per output pixel and image: 4 ensemble members x 256 channels, fp32.
-const BYTES_PER_QUERY = 4 * 256 * 4;
-const WASM_QUERIES = 1 << 16;  // onnx_model.WINDOW_QUERIES: 256 x 256 windows, ~1 GB of WebAssembly's 4 GB
+// The graph's widest tensor per output pixel and image: 4 ensemble members x 4 decoder inputs, fp32 (the
+// decoder's 256-wide activations are those of one of the run's blocks, a 256th of it).
+const BYTES_PER_QUERY = 4 * 4 * 4;
+const WASM_QUERIES = 1 << 18;  // onnx_model.WINDOW_QUERIES: 512 x 512 windows
 const GPU_BUFFER_SHARE = 0.5;  // a window's activations use at most half of the adapter's largest buffer
 
 export const threadsAvailable = () =>
