@@ -22,7 +22,7 @@ from checkpoint import model_from_checkpoint, read_checkpoint
 from distributed import leave, reports_error, under_torchrun
 from imgproc import Picture, pil_resize_float, three_to_one
 from model import model_keys, model_name
-from onnx_model import WINDOW_QUERIES, OnnxModel
+from onnx_model import OnnxModel, window_queries
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -95,7 +95,7 @@ def render_window(model, device: torch.device, lr: torch.Tensor, size: tuple[int
     """The (1, 3, h, w) window of the model's render of lr (1, 3, H, W) at `size` (cfg.chunk, cfg.amp): a
     PyTorch model on `device`, or an ONNX Runtime one (OnnxModel) on the CPU."""
     if not isinstance(model, torch.nn.Module):  # ONNX Runtime, on the CPU
-        return torch.from_numpy(model.render(lr.numpy(), size, window, cfg.chunk or WINDOW_QUERIES, progress=progress))
+        return torch.from_numpy(model.render(lr.numpy(), size, window, window_queries(cfg.chunk), progress=progress))
     return model.render(lr.to(device), size, chunk=cfg.chunk, amp=cfg.amp, progress=progress, window=window)
 
 

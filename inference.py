@@ -17,8 +17,9 @@ The output keeps what the input carries (docs/images.md): alpha (rendered by the
 bicubic with --alpha=bicubic), one gray channel, 16-bit samples, the ICC profile and EXIF (none
 with --strip_metadata=True); EXIF orientation is applied first. What the output format cannot hold
 is dropped with one warning line.
-Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, in
-windows of at most `chunk` output pixels (0: 262144), without a PyTorch model.
+Weights ending in .onnx (from scripts/export_onnx.py) run through ONNX Runtime on the CPU, without a
+PyTorch model, in graph runs of at most 262144 output pixels, each decoded in 256 blocks of at most
+`chunk` queries.
 A window [top, left, height, width] writes only that rectangle of the output, at the cost of that
 part alone. For a folder, outputs already there are skipped (an interrupted run finishes where it
 stopped) unless --overwrite=True; one image is always written. A video (mp4, mkv, mov, webm, avi) is

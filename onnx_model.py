@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from imgproc import image_to_tensor, read_image
-from render import check_window, decode_grid, encode_region, window_lookups
+from render import GRAPH_BLOCKS, check_window, decode_grid, encode_region, window_lookups
 
 OPSET = 17  # the oldest opset current ONNX Runtime runs well; every op used here exists in it
 INPUTS = {'lr': 'tensor(float)', 'lr_frame': 'tensor(int64)', 'size': 'tensor(int64)', 'window': 'tensor(int64)'}
@@ -146,6 +146,12 @@ class OnnxModel:
                 out[:, :, r:r + h, c:c + w] = self.run(lr, size, (top + r, left + c, h, w))
                 bar.update(lr.shape[0] * h * w)
         return out
+
+
+def window_queries(chunk: int) -> int:
+    """Output pixels per graph run for `chunk` queries per decoder call (the `chunk` setting; 0: not set):
+    a run decodes in GRAPH_BLOCKS blocks, so chunk x GRAPH_BLOCKS, at most WINDOW_QUERIES."""
+    return min(WINDOW_QUERIES, chunk * GRAPH_BLOCKS) if chunk else WINDOW_QUERIES
 
 
 def split_window(height: int, width: int, queries: int):

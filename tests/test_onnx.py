@@ -10,14 +10,15 @@ import onnx
 import pytest
 import torch
 
+import config
 import inference
 import onnx_model
 from checkpoint import model_from_checkpoint
 from dataset import BenchmarkDataset
 from helpers import small, without_reach
 from image_quality_assessment import psnr
-from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window
-from render import MAX_SIDE, lr_region, ratio, window_lookups
+from onnx_model import CHECK_TOL, OnnxModel, export, self_check, split_window, window_queries
+from render import GRAPH_BLOCKS, MAX_SIDE, lr_region, ratio, window_lookups
 from scripts.export_onnx import export_checked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,13 @@ def test_set5_x4_through_onnx_runtime_gives_the_official_score(exported, benchma
         sr = session.render(item['lr'][None].numpy(), tuple(item['hr'].shape[-2:]))
         scores.append(float(psnr(torch.from_numpy(sr).clamp_(0, 1), item['hr'][None], 4)))
     assert round(sum(scores) / len(scores), 4) == 32.2394  # the official code's score with these weights
+
+
+def test_chunk_bounds_a_graph_runs_blocks():
+    """`chunk` is queries per decoder call for an .onnx model too: a run of chunk x GRAPH_BLOCKS pixels, so
+    config.py's default (30000) and 0 give full 512 x 512 runs, and a small chunk small ones."""
+    assert window_queries(config.chunk) == window_queries(0) == onnx_model.WINDOW_QUERIES == 512 * 512
+    assert window_queries(3) == 3 * GRAPH_BLOCKS and -(-window_queries(1000) // GRAPH_BLOCKS) <= 1000
 
 
 def test_split_window_covers_the_window_once():
@@ -167,10 +175,15 @@ def test_a_batch_counts_in_the_queries_of_a_graph_run(exported, benchmark_root):
 
 
 @pytest.mark.slow
-def test_inference_runs_the_onnx_file(exported, official_weights, benchmark_root, tmp_path):
+def test_inference_runs_the_onnx_file(exported, official_weights, benchmark_root, tmp_path, monkeypatch):
+    """inference.py through the .onnx file equals it through the checkpoint; --chunk=2 (queries per decoder
+    call) makes graph runs of at most 2 x GRAPH_BLOCKS = 512 output pixels, so the window takes several."""
     cv2.imwrite(str(tmp_path / 'lr.png'), cv2.imread(str(benchmark_root / 'Set5' / 'HR' / 'head.png'))[60:95, 70:99])
-    common = [f'--input={tmp_path / "lr.png"}', '--scale=2.3', '--window=[3,0,70,60]', '--chunk=900']
+    common = [f'--input={tmp_path / "lr.png"}', '--scale=2.3', '--window=[3,0,70,60]', '--chunk=2']
+    runs, run = [], OnnxModel.run
+    monkeypatch.setattr(OnnxModel, 'run', lambda self, lr, size, window: runs.append(window) or run(self, lr, size, window))
     [onnx_out] = inference.main([f'--weights={exported}', f'--output={tmp_path / "onnx.png"}', *common])
+    assert len(runs) > 1 and max(h * w for *_, h, w in runs) <= 2 * GRAPH_BLOCKS
     [torch_out] = inference.main([f'--weights={official_weights}', f'--output={tmp_path / "torch.png"}', *common])
     a, b = (cv2.imread(str(p)).astype(int) for p in (onnx_out, torch_out))
     assert a.shape == (70, 60, 3)
