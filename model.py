@@ -476,8 +476,8 @@ class MetaSR(SRModel):
         index, rel_y, rel_x = torch.broadcast_tensors(index, rows.rel[0], cols.rel[0])
         inputs = torch.stack([rel_y, rel_x, rows.cell.expand_as(rel_y)], -1)
         per_query = (index.flatten(), inputs.flatten(0, -2))
-        rows_per_call = decoder_rows(latent.device) or index.numel()
-        rgb = in_blocks(lambda *block: self._decode_block(codes, taps, *block), per_query, rows_per_call)
+        step = decoder_rows(latent.device) or index.numel()  # one decoder row per query
+        rgb = in_blocks(lambda *block: self._decode_block(codes, taps, *block), per_query, step)
         return rgb.view(*index.shape, 3)
 
     def _decode_block(self, table, taps, index, inputs) -> torch.Tensor:

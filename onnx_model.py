@@ -9,8 +9,8 @@ whole image (unclamped), provided the crop holds the LR rectangle `lr_crop` name
 always does). Inside, the graph makes render.py's per-axis look-ups of the window, slices the LR
 region they read plus the model's margin, encodes only that, and decodes with integer gathers (no
 grid_sample) in a fixed number of blocks (render.GRAPH_BLOCKS), so a caller renders a big output window
-by window in bounded memory, each run fed only its crop. The file's metadata holds the model's options (`liif_options`) and the crop's reach
-(`liif_reach`), so a file is known for what it holds.
+by window in bounded memory, each run fed only its crop. The file's metadata holds the model's options
+(`liif_options`) and the crop's reach (`liif_reach`), so a file is known for what it holds.
 """
 import importlib
 import json

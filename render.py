@@ -122,8 +122,9 @@ def decoder_rows(device: torch.device) -> int | None:
 
 def in_blocks(decode_block, per_query: tuple[torch.Tensor, ...], step: int, padded=None) -> torch.Tensor:
     """decode_block(*block) -> (q, 3) over blocks of `step` queries of the tensors `per_query` (first
-    dimension: the queries), concatenated; one block while autograd records (training). padded(q): the
-    queries a block of q is padded to, repeating its last query (a compiled block has few shapes)."""
+    dimension: the queries), concatenated; one block while autograd records (training), GRAPH_BLOCKS in a
+    traced graph (an export). padded(q): the queries a block of q is padded to, repeating its last query
+    (a compiled block has few shapes)."""
     n = per_query[0].shape[0]
     if torch.jit.is_tracing():
         return _fixed_blocks(decode_block, per_query, n)
