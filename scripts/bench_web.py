@@ -113,11 +113,14 @@ def same_priority(driver) -> None:
 def in_browser(url: str, rgba: np.ndarray, backend: str, threads: int, size, args) -> dict:
     """One browser row: a fresh headless Chromium (the WebAssembly threads are fixed per page)."""
     driver = make_figure.headless_chromium(640, 480, webgpu=backend == 'webgpu')
+    # the engine runs on the page's own thread here, which a session's creation or a WebAssembly run may hold
+    # for minutes on a busy machine: a poll waits for it (WebDriver's default gives up after 30 s)
+    driver.set_script_timeout(3600)
     try:
         driver.get(url)
         driver.execute_script(PAGE_BENCH, base64.b64encode(rgba.tobytes()).decode(), *rgba.shape[:2],
                               backend, threads, list(size), args.warmup, args.repeats)
-        while not (got := driver.execute_script('return globalThis.benchResult')):  # runs take minutes: no script timeout
+        while not (got := driver.execute_script('return globalThis.benchResult')):
             same_priority(driver)
             time.sleep(1)
     finally:
