@@ -341,8 +341,10 @@ def test_save_view_keeps_the_alpha(page, site, benchmark_root):
 def test_bench_web_runs_every_backend():
     """scripts/bench_web.py on an 8 x 8 LR at x2: the five rows, each browser backend the one asked for,
     and every graph output within ONNX Runtime's tolerance of Python's."""
+    # three fresh browsers, each building a session of the graph (about 3 min with a test suite beside it):
+    # the timeout guards against a hang, it bounds no speed
     done = subprocess.run([sys.executable, 'scripts/bench_web.py', '--size=8', '--scale=2', '--repeats=1',
-                           '--warmup=0'], cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+                           '--warmup=0'], cwd=ROOT, capture_output=True, text=True, timeout=4 * WAIT)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split(' | ') for line in done.stdout.splitlines() if line.startswith(('| PyTorch', '| ONNX', '| Web'))]
     assert [row[0] for row in rows][:2] == ['| PyTorch fast path, fp32', '| ONNX Runtime (Python)'] and len(rows) == 5
